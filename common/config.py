@@ -1,0 +1,549 @@
+"""The site config: the one pydantic model (`SiteConfig`) of a site's YAML/JSON document.
+
+Control plane and agent validate a config the same way, through this module. Every section
+refuses unknown keys, so a typo'd key is an error rather than a silently ignored setting; every
+error names the dotted key, the bad value and what is allowed (`ConfigError`).
+
+DICOM keywords (``routing.field``, ``upload_policy.field``) are checked by shape only, because
+this module must not import pydicom: the agent checks them against the DICOM dictionary when it
+applies a config. Imports pydantic, PyYAML, stdlib and `common` only: never web, database or
+DICOM libraries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Annotated, Any, Literal, Self, get_args
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from common.durations import Duration, WorkingHoursField, format_duration
+from common.routing import contains_control_characters, group_id_problem, label_problem
+
+__all__ = [
+    "ConfigError",
+    "DeidConfig",
+    "DicomConfig",
+    "DicomPeer",
+    "HierarchyConfig",
+    "PullConfig",
+    "PullSource",
+    "RoutingConfig",
+    "SiteConfig",
+    "TimingConfig",
+    "UploadPolicyConfig",
+    "load_site_config",
+    "site_config_json_schema",
+    "validate_site_config",
+]
+
+DICOM_KEYWORD_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
+_DICOM_KEYWORD = re.compile(DICOM_KEYWORD_PATTERN)
+_AE_TITLE_CHARS = re.compile(r"[ -\[\]-~]+")  # printable ASCII except backslash
+_HOST = re.compile(r"[A-Za-z0-9._:%\[\]-]{1,253}")
+
+
+def _invalid(kind: str, message: str) -> PydanticCustomError:
+    # Messages carry user input; passing them as context keeps braces from being templated.
+    return PydanticCustomError(f"invalid_{kind}", "{reason}", {"reason": message})
+
+
+def _check_ae_title(value: str) -> str:
+    # Leading and trailing spaces are not significant in a DICOM AE title.
+    title = value.strip(" ")
+    if not title or len(title) > 16 or not _AE_TITLE_CHARS.fullmatch(title):
+        raise _invalid(
+            "ae_title",
+            f"{value!r} is not a DICOM AE title; use 1-16 printable ASCII characters "
+            "without backslash, not all spaces (e.g. CONNECTOR)",
+        )
+    return title
+
+
+def _check_host(value: str) -> str:
+    if not _HOST.fullmatch(value):
+        raise _invalid(
+            "host",
+            f"{value!r} is not a host name or IP address (e.g. pacs.example.org, 10.0.0.5)",
+        )
+    return value
+
+
+def _check_dicom_keyword(value: str) -> str:
+    if not _DICOM_KEYWORD.fullmatch(value):
+        raise _invalid(
+            "dicom_keyword",
+            f"{value!r} is not a DICOM keyword; use the attribute's keyword, letters and "
+            "digits starting with a letter (e.g. PatientComments)",
+        )
+    return value
+
+
+def _check_group_id(value: str) -> str:
+    problem = group_id_problem(value)
+    if problem is not None:
+        raise _invalid("group_id", f"{value!r} {problem}")
+    return value
+
+
+def _check_project_label(value: str) -> str:
+    problem = label_problem(value)
+    if problem is not None:
+        raise _invalid("label", f"{value!r} {problem}; it must be usable as a project label")
+    return value
+
+
+def _check_policy_string(value: str) -> str:
+    text = value.strip()
+    if not text or len(text) > 64 or contains_control_characters(text):
+        raise _invalid(
+            "policy_string",
+            f"{value!r} is not an upload-policy string; use 1-64 visible characters "
+            "(e.g. NOFW, NO-UPLOAD)",
+        )
+    return text
+
+
+def _check_deid_profile(value: Any) -> Any:
+    if value in ("none", "basic") or (isinstance(value, dict) and value):
+        return value
+    raise _invalid(
+        "deid_profile",
+        f"{_short_repr(value)} is not a de-identification profile; use none, basic, "
+        "or a profile document (a mapping)",
+    )
+
+
+AETitle = Annotated[
+    str,
+    AfterValidator(_check_ae_title),
+    Field(min_length=1, json_schema_extra={"maxLength": 16}),
+]
+Host = Annotated[
+    str, AfterValidator(_check_host), Field(json_schema_extra={"minLength": 1, "maxLength": 253})
+]
+PolicyString = Annotated[
+    str,
+    AfterValidator(_check_policy_string),
+    Field(json_schema_extra={"minLength": 1, "maxLength": 64}),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+DicomKeyword = Annotated[
+    str,
+    AfterValidator(_check_dicom_keyword),
+    Field(json_schema_extra={"pattern": DICOM_KEYWORD_PATTERN}),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DicomPeer(_Section):
+    """A DICOM node allowed to send to the connector's SCP."""
+
+    ae_title: AETitle
+    host: Host
+
+
+class DicomConfig(_Section):
+    """The connector's own DICOM node and who may talk to it."""
+
+    ae_title: AETitle = Field(default="CONNECTOR", description="The connector's AE title.")
+    port: Port = Field(default=11112, description="TCP port of the connector's SCP.")
+    peers: list[DicomPeer] = Field(
+        default_factory=list,
+        description="Allowlist of sending nodes; an empty list accepts any peer.",
+    )
+
+
+class PullSource(_Section):
+    """A PACS or scanner that a pull connector queries (C-FIND) and retrieves from (C-MOVE)."""
+
+    ae_title: AETitle
+    host: Host
+    port: Port
+
+
+class PullConfig(_Section):
+    """Where a pull connector looks for data."""
+
+    sources: list[PullSource] = Field(default_factory=list)
+
+
+class RoutingConfig(_Section):
+    """Where the routing string is read and where unroutable data goes."""
+
+    field: DicomKeyword = Field(
+        default="PatientComments", description="DICOM keyword of the attribute to read."
+    )
+    unknown_group: Annotated[str, AfterValidator(_check_group_id)] = Field(
+        default="unknown", description="Group id that receives data without a known group."
+    )
+    unsorted_project: Annotated[str, AfterValidator(_check_project_label)] = Field(
+        default="Unsorted", description="Project label for data without a known project."
+    )
+
+
+class UploadPolicyConfig(_Section):
+    """Opt-out (upload unless a string says no) or opt-in (upload only if a string says yes)."""
+
+    mode: Literal["opt-out", "opt-in"] = "opt-out"
+    strings: list[PolicyString] = Field(
+        default_factory=lambda: ["NOFW"],
+        description="The opt-out (or opt-in) strings, matched as whole words, any case.",
+    )
+    field: DicomKeyword = Field(
+        default="PatientComments", description="DICOM keyword of the attribute to read."
+    )
+
+    @model_validator(mode="after")
+    def _opt_in_needs_its_own_strings(self) -> Self:
+        if self.mode != "opt-in":
+            return self
+        if "strings" not in self.model_fields_set:
+            raise _invalid(
+                "upload_policy",
+                "mode opt-in needs its own opt-in strings, because the default [NOFW] is an "
+                "opt-out string; set strings, e.g. strings: [UPLOAD]",
+            )
+        if not self.strings:
+            raise _invalid(
+                "upload_policy",
+                "strings is empty, so opt-in would never upload anything; "
+                "list at least one opt-in string, e.g. strings: [UPLOAD]",
+            )
+        return self
+
+
+class TimingConfig(_Section):
+    """Upload window, completion delay, vanish grace period, polling and health thresholds.
+
+    The JSON Schema states each default as config text ("30s"); pydantic would otherwise
+    publish ISO 8601 ("PT30S"), which a config document may not use.
+    """
+
+    working_hours: WorkingHoursField | None = Field(
+        default=None, description="Upload window in the site's timezone; null means always."
+    )
+    acquisition_delay: Duration = Field(
+        default=dt.timedelta(seconds=30),
+        description="Quiet time after the last instance before a series is complete.",
+        json_schema_extra={"default": "30s"},
+    )
+    grace_period: Duration = Field(
+        default=dt.timedelta(days=7),
+        description="How long a series that vanished from a source is remembered.",
+        json_schema_extra={"default": "7d"},
+    )
+    sleep_time: Duration = Field(
+        default=dt.timedelta(seconds=60),
+        description="Time between checks for new data.",
+        json_schema_extra={"default": "60s"},
+    )
+    query_time_threshold: Duration = Field(
+        default=dt.timedelta(minutes=10),
+        description="Query time above which health degrades.",
+        json_schema_extra={"default": "10m"},
+    )
+    reap_time_threshold: Duration = Field(
+        default=dt.timedelta(hours=1),
+        description="Reap time above which health degrades.",
+        json_schema_extra={"default": "1h"},
+    )
+
+    @field_validator("sleep_time", "query_time_threshold", "reap_time_threshold")
+    @classmethod
+    def _must_be_positive(cls, value: dt.timedelta) -> dt.timedelta:
+        if value <= dt.timedelta(0):
+            raise _invalid("duration", f"'{format_duration(value)}' is too short; use more than 0s")
+        return value
+
+
+class HierarchyConfig(_Section):
+    """How DICOM series map onto acquisitions."""
+
+    acquisition_grouping: Literal["series_instance_uid", "series_description"] = Field(
+        default="series_instance_uid",
+        description="What groups series into one acquisition.",
+    )
+
+
+class DeidConfig(_Section):
+    """The de-identification applied before data leaves the site."""
+
+    profile: Annotated[
+        Literal["none", "basic"] | dict[str, Any], BeforeValidator(_check_deid_profile)
+    ] = Field(default="none", description="none, basic, or a profile document.")
+
+
+class SiteConfig(_Section):
+    """One site's config document: every key of DESIGN.md "Site config", with its default."""
+
+    model_config = ConfigDict(title="SiteConfig")
+
+    mode: Literal["push", "pull"] = Field(
+        default="push", description="push: receive C-STORE; pull: query and retrieve sources."
+    )
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    pull: PullConfig = Field(default_factory=PullConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    upload_policy: UploadPolicyConfig = Field(default_factory=UploadPolicyConfig)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    hierarchy: HierarchyConfig = Field(default_factory=HierarchyConfig)
+    deid: DeidConfig = Field(default_factory=DeidConfig)
+
+    @model_validator(mode="after")
+    def _pull_needs_sources(self) -> Self:
+        if self.mode == "pull" and not self.pull.sources:
+            raise _invalid(
+                "pull",
+                "pull.sources is empty but mode is pull, so nothing would ever be queried; "
+                "list at least one source as {ae_title, host, port}",
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A site config that cannot be used; ``problems`` has one line per problem found.
+
+    Each problem reads ``dotted.key: what was wrong; what is allowed``, for example
+    ``timing.acquisition_delay: '30 parsecs' is not a duration; use a number with s, m, h or d
+    (e.g. 30s, 10m, 7d)``.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        heading = "1 problem" if count == 1 else f"{count} problems"
+        return f"invalid site config ({heading}):\n" + "\n".join(
+            f"  {problem}" for problem in self.problems
+        )
+
+    @classmethod
+    def from_validation_error(cls, error: ValidationError) -> ConfigError:
+        """Turn pydantic's errors for a `SiteConfig` into readable problems."""
+        return cls([_describe(detail) for detail in error.errors(include_url=False)])
+
+
+def validate_site_config(data: Mapping[str, Any]) -> SiteConfig:
+    """Validate an already-parsed config document.
+
+    Raises:
+        ConfigError: listing every problem.
+    """
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError.from_validation_error(exc) from None
+
+
+def load_site_config(text: str) -> SiteConfig:
+    """Parse and validate a config document written in YAML or JSON.
+
+    An empty document (or only comments) gives every default. YAML is read with YAML 1.2
+    scalars: ``no``, ``on`` or ``off`` stay text and ``1:30`` is not a base-60 number, so an
+    AE title or an opt-out string is never turned into a boolean. A key given twice in one
+    mapping is an error rather than last-one-wins.
+
+    Raises:
+        ConfigError: for unreadable text, a document that is not a mapping, or invalid values.
+    """
+    document = _parse_document(text)
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            [
+                "the site config must be a mapping with the keys "
+                f"{', '.join(SiteConfig.model_fields)}; got {type(document).__name__} "
+                f"{_short_repr(document)}"
+            ]
+        )
+    return validate_site_config(document)
+
+
+def site_config_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a site config document."""
+    schema = SiteConfig.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+# --- reading YAML and JSON ---------------------------------------------------------------
+
+
+def _parse_document(text: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_json_object_without_duplicates)
+    except json.JSONDecodeError:
+        pass
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML or JSON{where}: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML or JSON: {exc}"]) from None
+    finally:
+        loader.dispose()
+
+
+def _json_object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ConfigError([f"key {key!r} appears twice in one object; keep one"])
+        result[key] = value
+    return result
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core scalars and refusal of duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise ConfigError(
+                    [f"key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"]
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in {_BOOL, _INT, _FLOAT, _TIMESTAMP}
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_ConfigLoader.add_implicit_resolver(
+    _INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+_ConfigLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9]+[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+# --- turning pydantic errors into problems -------------------------------------------------
+
+
+def _describe(detail: ErrorDetails) -> str:
+    location = _dotted(detail["loc"])
+    message = _message(detail)
+    return f"{location}: {message}" if location else message
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not text:
+            text = part
+        else:
+            text += f".{part}"
+    return text
+
+
+def _message(detail: ErrorDetails) -> str:
+    kind = detail["type"]
+    value = detail.get("input")
+    context = detail.get("ctx") or {}
+    loc = detail["loc"]
+    if kind.startswith("invalid_"):
+        return detail["msg"]
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"{_short_repr(value)} is not allowed; use {context.get('expected')}"
+    if kind == "greater_than_equal":
+        return f"{_short_repr(value)} is too small; use at least {context.get('ge')}"
+    if kind == "less_than_equal":
+        return f"{_short_repr(value)} is too large; use at most {context.get('le')}"
+    if kind in {"int_parsing", "int_type", "int_from_float"}:
+        return f"{_short_repr(value)} is not a whole number"
+    if kind == "string_type":
+        return f"{_short_repr(value)} is not text; put it in quotes"
+    if kind == "list_type":
+        return f"{_short_repr(value)} is not a list; use [item, ...]"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        keys = _allowed_keys(loc)
+        allowed = f" with the keys {', '.join(keys)}" if keys else ""
+        return f"{_short_repr(value)} is not a mapping; use a mapping{allowed}"
+    text = detail["msg"]
+    return f"{_short_repr(value)} is not valid: {text[:1].lower()}{text[1:]}"
+
+
+def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    key = str(loc[-1])
+    allowed = _allowed_keys(loc[:-1])
+    suggestion = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {suggestion[0]!r}?)" if suggestion else ""
+    return f"unknown key{hint}; allowed keys here: {', '.join(allowed)}"
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] | None = SiteConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
