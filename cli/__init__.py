@@ -1,0 +1,1 @@
+"""The `dicom-connector` command line: deployables and the admin client."""

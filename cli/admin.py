@@ -1,0 +1,258 @@
+"""`dicom-connector admin`: a terminal client of the HTTP API for site admins and support staff.
+
+Only HTTP: it works the same against an all-in-one on this machine and a remote control plane.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx2
+import typer
+from rich.console import Console
+from rich.table import Table
+
+admin_app = typer.Typer(help="Inspect and change a control plane over its HTTP API.")
+groups_app = typer.Typer(help="Groups of the hierarchy store.")
+projects_app = typer.Typer(help="Projects of a group.")
+sites_app = typer.Typer(help="Sites of the fleet.")
+agents_app = typer.Typer(help="Agents of a site.")
+config_app = typer.Typer(help="Versioned site configuration.")
+for sub, name in (
+    (groups_app, "groups"),
+    (projects_app, "projects"),
+    (sites_app, "sites"),
+    (agents_app, "agents"),
+    (config_app, "config"),
+):
+    admin_app.add_typer(sub, name=name)
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API is and how to authenticate to it."""
+
+    url: str
+    token: str
+
+
+@admin_app.callback()
+def connect(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Option("--url", envvar="DICOM_CONNECTOR_URL", help="Control-plane base URL.")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="DICOM_CONNECTOR_ADMIN_TOKEN", help="Admin bearer token."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File holding the token (e.g. DATA_DIR/admin-token)."),
+    ] = None,
+) -> None:
+    """Connect to a control plane."""
+    if token is None and token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+    if not token:
+        raise typer.BadParameter(
+            "no token: pass --token, --token-file or set DICOM_CONNECTOR_ADMIN_TOKEN"
+        )
+    ctx.obj = Connection(url=url.rstrip("/"), token=token)
+
+
+@contextmanager
+def _client(ctx: typer.Context) -> Iterator[httpx2.Client]:
+    conn: Connection = ctx.obj
+    headers = {"Authorization": f"Bearer {conn.token}"}
+    try:
+        with httpx2.Client(base_url=conn.url, headers=headers, timeout=30.0) as client:
+            yield client
+    except httpx2.TransportError as exc:
+        console.print(f"[red]cannot reach {conn.url}: {exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> Any:
+    with _client(ctx) as client:
+        response = client.request(method, path, **kwargs)
+    if response.is_success:
+        return response.json() if response.content else None
+    try:
+        detail: Any = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, dict):
+        problems = detail.get("problems") or []
+        detail = "\n  ".join([str(detail.get("message", "")), *map(str, problems)])
+    console.print(f"[red]{method} {path}: HTTP {response.status_code}: {detail}[/red]")
+    raise typer.Exit(1)
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    console.print(table)
+
+
+@groups_app.command("list")
+def groups_list(ctx: typer.Context) -> None:
+    """List groups."""
+    items = _call(ctx, "GET", "/api/v1/groups")["items"]
+    _table("groups", ["id", "label"], [(g["id"], g["label"]) for g in items])
+
+
+@groups_app.command("create")
+def groups_create(ctx: typer.Context, group_id: str, label: str) -> None:
+    """Create a group (the GROUP of fw://GROUP/PROJECT)."""
+    _call(ctx, "POST", "/api/v1/groups", json={"id": group_id, "label": label})
+    console.print(f"created group {group_id}")
+
+
+@projects_app.command("list")
+def projects_list(ctx: typer.Context, group: str) -> None:
+    """List the projects of a group."""
+    items = _call(ctx, "GET", f"/api/v1/groups/{group}/projects")["items"]
+    _table(f"projects of {group}", ["label"], [(p["label"],) for p in items])
+
+
+@projects_app.command("create")
+def projects_create(ctx: typer.Context, group: str, label: str) -> None:
+    """Create a project in a group."""
+    _call(ctx, "POST", f"/api/v1/groups/{group}/projects", json={"label": label})
+    console.print(f"created project {group}/{label}")
+
+
+@admin_app.command("acquisitions")
+def acquisitions(
+    ctx: typer.Context,
+    group: Annotated[str | None, typer.Option(help="Filter by group id.")] = None,
+    project: Annotated[str | None, typer.Option(help="Filter by project label.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Filter by subject label.")] = None,
+    session: Annotated[str | None, typer.Option(help="Filter by session label.")] = None,
+) -> None:
+    """Where did my data land? Acquisitions with their place in the hierarchy and routing reason."""
+    params = {
+        k: v
+        for k, v in {
+            "group": group,
+            "project": project,
+            "subject": subject,
+            "session": session,
+        }.items()
+        if v is not None
+    }
+    items = _call(ctx, "GET", "/api/v1/acquisitions", params=params)["items"]
+    _table(
+        "acquisitions",
+        ["group", "project", "subject", "session", "acquisition", "files", "routing"],
+        [
+            (
+                a["group"],
+                a["project"],
+                a["subject"],
+                a["session"],
+                a["label"],
+                len(a["files"]),
+                a.get("routing_reason"),
+            )
+            for a in items
+        ],
+    )
+
+
+@sites_app.command("list")
+def sites_list(ctx: typer.Context) -> None:
+    """List sites."""
+    items = _call(ctx, "GET", "/api/v1/sites")["items"]
+    _table("sites", ["name", "timezone"], [(s["name"], s["timezone"]) for s in items])
+
+
+@sites_app.command("create")
+def sites_create(
+    ctx: typer.Context,
+    name: str,
+    timezone: Annotated[str, typer.Option(help="IANA timezone of the site.")] = "UTC",
+) -> None:
+    """Create a site."""
+    _call(ctx, "POST", "/api/v1/sites", json={"name": name, "timezone": timezone})
+    console.print(f"created site {name}")
+
+
+@agents_app.command("list")
+def agents_list(ctx: typer.Context, site: str) -> None:
+    """List a site's agents."""
+    items = _call(ctx, "GET", f"/api/v1/sites/{site}/agents")["items"]
+    _table(
+        f"agents of {site}",
+        ["id", "name", "deployment", "connected", "config revision"],
+        [
+            (a["id"], a.get("name"), a.get("deployment"), a["connected"], a["config_revision"])
+            for a in items
+        ],
+    )
+
+
+@agents_app.command("create")
+def agents_create(
+    ctx: typer.Context,
+    site: str,
+    name: str,
+    deployment: Annotated[str, typer.Option(help="edge or in-cluster.")] = "edge",
+) -> None:
+    """Register an agent; its token is printed once."""
+    created = _call(
+        ctx, "POST", f"/api/v1/sites/{site}/agents", json={"name": name, "deployment": deployment}
+    )
+    console.print(f"agent id: {created['id']}")
+    console.print(f"token (shown once, store it now): {created['token']}")
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context, site: str) -> None:
+    """Print the current config revision of a site."""
+    current = _call(ctx, "GET", f"/api/v1/sites/{site}/config")
+    console.print(f"revision {current['revision']}")
+    console.print_json(json.dumps(current["config"]))
+
+
+@config_app.command("set")
+def config_set(ctx: typer.Context, site: str, file: Path) -> None:
+    """Store FILE (YAML or JSON) as the site's next config revision."""
+    answer = _call(
+        ctx,
+        "PUT",
+        f"/api/v1/sites/{site}/config",
+        content=file.read_bytes(),
+        headers={"Content-Type": "application/yaml"},
+    )
+    console.print(f"revision {answer['revision']}")
+
+
+@config_app.command("revisions")
+def config_revisions(ctx: typer.Context, site: str) -> None:
+    """List a site's config revisions with who changed what."""
+    items = _call(ctx, "GET", f"/api/v1/sites/{site}/config/revisions")["items"]
+    _table(
+        f"config revisions of {site}",
+        ["revision", "created at", "by", "changed keys"],
+        [
+            (
+                r["revision"],
+                r.get("created_at"),
+                r.get("created_by"),
+                ", ".join(change.get("key", "") for change in r.get("diff") or []),
+            )
+            for r in items
+        ],
+    )

@@ -1,0 +1,114 @@
+"""The `dicom-connector` console script: one command per deployable, plus the admin client.
+
+Each command imports its side lazily, so `dicom-connector agent` never loads FastAPI and
+`dicom-connector control-plane` never loads pynetdicom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.admin import admin_app
+
+app = typer.Typer(
+    name="dicom-connector",
+    help="Move DICOM from scanners and PACS into the group/project/subject/session hierarchy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(admin_app, name="admin")
+
+AdminTokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token",
+        help="Admin token; else env DICOM_CONNECTOR_ADMIN_TOKEN, else DATA_DIR/admin-token.",
+        show_default=False,
+    ),
+]
+
+
+@app.command("all-in-one")
+def all_in_one(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where everything is kept.")],
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP API port.")] = 8080,
+    dicom_port: Annotated[
+        int, typer.Option("--dicom-port", help="DICOM port (C-STORE SCP).")
+    ] = 11112,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Site config (YAML or JSON) for the default site.", exists=True
+        ),
+    ] = None,
+    admin_token: AdminTokenOption = None,
+    http_host: Annotated[
+        str, typer.Option("--http-host", help="Address the HTTP API binds to.")
+    ] = "127.0.0.1",
+) -> None:
+    """Run the control plane (SQLite, local blobs) and one agent on this machine."""
+    from cli.all_in_one import run_all_in_one
+
+    raise typer.Exit(
+        run_all_in_one(
+            data_dir=data_dir,
+            http_port=http_port,
+            dicom_port=dicom_port,
+            config_file=config,
+            admin_token=admin_token,
+            http_host=http_host,
+        )
+    )
+
+
+@app.command("control-plane")
+def control_plane(
+    db: Annotated[str, typer.Option("--db", help="sqlite:///PATH or postgresql://…")],
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP API port.")] = 8080,
+    blob_dir: Annotated[
+        Path, typer.Option("--blob-dir", help="Directory for stored files.")
+    ] = Path("blobs"),
+    admin_token: AdminTokenOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "0.0.0.0",  # noqa: S104
+) -> None:
+    """Run the control plane: fleet API and the built-in hierarchy store."""
+    import uvicorn
+
+    from cli.tokens import resolve_admin_token
+    from control_plane.main import create_app
+    from control_plane.settings import ControlPlaneSettings
+
+    try:
+        token = resolve_admin_token(admin_token, None)
+    except ValueError as exc:
+        typer.echo(f"control-plane: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = ControlPlaneSettings(database_url=db, blob_dir=blob_dir, admin_token=token)
+    uvicorn.run(create_app(settings), host=host, port=http_port, log_level="info", access_log=False)
+
+
+@app.command("agent")
+def agent(
+    control_plane_url: Annotated[
+        str, typer.Option("--control-plane", help="Base URL of the control plane.")
+    ],
+    token_file: Annotated[Path, typer.Option("--token-file", help="File holding the agent token.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Spool, state and cached config.")],
+) -> None:
+    """Run an edge agent: DICOM intake, spool, routing and upload."""
+    from agent.runtime import main as run_agent
+    from agent.settings import AgentSettings
+    from cli.all_in_one import AGENT_READY_PREFIX
+
+    settings = AgentSettings(
+        control_plane_url=control_plane_url, token_file=token_file, data_dir=data_dir
+    )
+
+    def announce(port: int) -> None:
+        print(f"{AGENT_READY_PREFIX} dicom_port={port}", flush=True)
+
+    raise typer.Exit(run_agent(settings, ready=announce))

@@ -1,0 +1,58 @@
+"""Scanner stand-ins: pynetdicom and dcmtk `storescu` sending to a port on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydicom import Dataset
+from pynetdicom import AE
+
+from tests.support.environment import require_executable, tool_env
+
+
+def send_datasets(
+    port: int,
+    datasets: Sequence[Dataset],
+    *,
+    called_ae: str = "CONNECTOR",
+    on_status: Callable[[Dataset, int], None] | None = None,
+) -> list[int]:
+    """Send `datasets` on one association; return the C-STORE status of each (-1 if none)."""
+    ae = AE(ae_title="TEST_SCU")
+    contexts = {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    if not assoc.is_established:
+        raise ConnectionError(f"association to port {port} was not established")
+    statuses: list[int] = []
+    try:
+        for ds in datasets:
+            response = assoc.send_c_store(ds)
+            status = int(response.Status) if "Status" in response else -1
+            statuses.append(status)
+            if on_status is not None:
+                on_status(ds, status)
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses
+
+
+def storescu(port: int, files: Sequence[Path], *, called_ae: str = "CONNECTOR") -> None:
+    """Send files with dcmtk's storescu on one association; raise if it reports a failure."""
+    exe = require_executable("storescu")
+    result = subprocess.run(
+        [exe, "-aec", called_ae, "-aet", "STORESCU", "127.0.0.1", str(port), *map(str, files)],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"storescu failed ({result.returncode}): {result.stderr}")
