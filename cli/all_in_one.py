@@ -55,6 +55,9 @@ def _spawn(args: list[str], *, env: dict[str, str], capture: bool) -> subprocess
         env=env,
         stdout=subprocess.PIPE if capture else None,
         text=True,
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which then stops the
+        # agent before the control plane so in-flight uploads can still be confirmed.
+        start_new_session=True,
         preexec_fn=_die_with_parent,
     )
 

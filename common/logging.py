@@ -6,8 +6,9 @@ passed by mistake never reaches a log line. The event message itself is printed 
 keep it a constant sentence and put values in allowlisted keys. Correlate a series with
 `series_key`, never with its UID.
 
-Libraries that log through stdlib logging are not filtered key by key; pynetdicom and pydicom
-are held at WARNING or above because their debug and info output prints dataset contents.
+Libraries that log through stdlib logging are not filtered key by key; pynetdicom, pydicom and
+the HTTP clients are held at WARNING or above because their lower levels print dataset contents
+or request URLs.
 
 Imports structlog, stdlib and `common` only: never web, database or DICOM libraries.
 """
@@ -39,7 +40,9 @@ ALLOWED_LOG_KEYS: frozenset[str] = SAFE_KEYS | frozenset(
 # Keys structlog's ProcessorFormatter adds for its own bookkeeping; removed before rendering.
 _FORMATTER_KEYS = frozenset({"_record", "_from_structlog"})
 _HANDLER_NAME = "dicom-connector"
-_CHATTY_LIBRARIES = ("pynetdicom", "pydicom")
+# pynetdicom and pydicom print dataset contents below WARNING; httpx2 and httpcore2 print request
+# URLs, and upload URLs carry hierarchy labels in their query string.
+_CHATTY_LIBRARIES = ("pynetdicom", "pydicom", "httpx2", "httpcore2", "httpx", "httpcore")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -28,9 +28,13 @@ FAST = {"timing": {"acquisition_delay": "1s"}}
 SUCCESS = 0x0000
 
 
-@pytest.fixture
-def connector(tmp_path: Path) -> Iterator[AllInOne]:
-    with running_all_in_one(tmp_path / "data", FAST) as server:
+@pytest.fixture(scope="module")
+def connector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AllInOne]:
+    """One connector shared by the tests that need no config of their own.
+
+    Each of those tests uses its own subject, so they cannot see each other's data.
+    """
+    with running_all_in_one(tmp_path_factory.mktemp("shared") / "data", FAST) as server:
         _create_group(server, "neuro", "study-parkinsons-2024")
         yield server
 
@@ -85,8 +89,8 @@ def test_routed_series_lands_in_its_session_byte_for_byte(connector: AllInOne) -
     sent = _series(5, f"operator note {route} end")
     assert send_datasets(connector.dicom_port, sent) == [SUCCESS] * 5
 
-    _wait_for_files(connector, 5, group="neuro")
-    [acq] = connector.acquisitions(group="neuro")
+    _wait_for_files(connector, 5, subject="sub-001")
+    [acq] = connector.acquisitions(subject="sub-001")
     assert (acq["project"], acq["subject"], acq["session"]) == (
         "study-parkinsons-2024",
         "sub-001",
@@ -110,36 +114,39 @@ def test_routed_series_lands_in_its_session_byte_for_byte(connector: AllInOne) -
 def test_unknown_group_lands_in_unknown_unsorted(connector: AllInOne) -> None:
     sent = _series(2, "fw://nosuchgroup/whatever/sub-9")
     send_datasets(connector.dicom_port, sent)
-    _wait_for_files(connector, 2, group="unknown")
-    [acq] = connector.acquisitions(group="unknown")
-    assert acq["project"] == "Unsorted"
+    _wait_for_files(connector, 2, subject="sub-9")
+    [acq] = connector.acquisitions(subject="sub-9")
+    assert (acq["group"], acq["project"]) == ("unknown", "Unsorted")
     assert acq["routing_reason"] == "unknown_group"
     assert acq["routing_string"] == "fw://nosuchgroup/whatever/sub-9"
 
 
 def test_known_group_unknown_project_lands_in_its_unsorted(connector: AllInOne) -> None:
-    send_datasets(connector.dicom_port, _series(2, "fw://neuro/typo-project"))
-    _wait_for_files(connector, 2, group="neuro", project="Unsorted")
-    [acq] = connector.acquisitions(group="neuro", project="Unsorted")
+    send_datasets(connector.dicom_port, _series(2, "fw://neuro/typo-project/sub-typo"))
+    _wait_for_files(connector, 2, subject="sub-typo")
+    [acq] = connector.acquisitions(subject="sub-typo")
+    assert (acq["group"], acq["project"]) == ("neuro", "Unsorted")
     assert acq["routing_reason"] == "unknown_project"
 
 
 def test_missing_routing_string_lands_in_unknown_with_header_labels(connector: AllInOne) -> None:
     sent = _series(2, None, patient_id="PAT-42", study_description="Brain MRI")
     send_datasets(connector.dicom_port, sent)
-    _wait_for_files(connector, 2, group="unknown")
-    [acq] = connector.acquisitions(group="unknown")
-    assert (acq["project"], acq["subject"], acq["session"]) == ("Unsorted", "PAT-42", "Brain MRI")
+    _wait_for_files(connector, 2, subject="PAT-42")
+    [acq] = connector.acquisitions(subject="PAT-42")
+    assert (acq["group"], acq["project"], acq["session"]) == ("unknown", "Unsorted", "Brain MRI")
     assert acq["routing_reason"] == "no_routing_string"
 
 
 def test_opted_out_series_is_never_uploaded(connector: AllInOne) -> None:
-    send_datasets(connector.dicom_port, _series(3, "NOFW fw://neuro/study-parkinsons-2024"))
+    send_datasets(
+        connector.dicom_port, _series(3, "NOFW fw://neuro/study-parkinsons-2024/sub-optout")
+    )
     # A later series with the same delay: once it landed, the opted-out one was reaped too.
     marker = _series(1, "fw://neuro/study-parkinsons-2024/sub-marker")
     send_datasets(connector.dicom_port, marker)
     _wait_for_files(connector, 1, group="neuro", subject="sub-marker")
-    assert len(_files_of(connector)) == 1
+    assert connector.acquisitions(subject="sub-optout") == []
 
 
 def test_opt_in_uploads_only_marked_series(tmp_path: Path) -> None:

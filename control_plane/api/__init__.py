@@ -1,0 +1,1 @@
+"""The HTTP API: thin routes over the fleet and hierarchy services. Must not import `agent`."""

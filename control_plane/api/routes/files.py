@@ -1,0 +1,30 @@
+"""File download: the stored bytes of one file version (admin only)."""
+
+import uuid
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+
+from control_plane.deps import BlobsDep, SessionDep, require_admin
+from control_plane.hierarchy.catalog import get_file
+
+router = APIRouter(tags=["hierarchy"], dependencies=[Depends(require_admin)])
+DICOM_MEDIA_TYPE = "application/dicom"
+
+
+@router.get(
+    "/files/{file_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "The Part-10 bytes."}},
+)
+async def download_file(file_id: uuid.UUID, session: SessionDep, blobs: BlobsDep) -> FileResponse:
+    """Stream the stored bytes (404 for an unknown id)."""
+    file = await get_file(session, file_id)
+    # End the read transaction now: on SQLite it holds the write lock, and the download may
+    # stream for a long time.
+    await session.close()
+    return FileResponse(
+        await blobs.existing_path(file.sha256),
+        media_type=DICOM_MEDIA_TYPE,
+        filename=f"{file.sop_instance_uid}.dcm",
+    )

@@ -1,0 +1,56 @@
+"""Failures the control plane reports to its callers, each with the HTTP status it maps to.
+
+Services raise these; one handler in `control_plane.main` turns them into `{"detail": ...}`
+answers, so routes never paste status codes. Messages say what was wrong and what to do, and
+never repeat a DICOM value that could identify a patient. Must not import FastAPI.
+"""
+
+
+class ControlPlaneError(Exception):
+    """Base of the failures a caller can act on."""
+
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(ControlPlaneError):
+    """The named group, project, site, agent or file does not exist."""
+
+    http_status = 404
+
+
+class ConflictError(ControlPlaneError):
+    """Creating something that already exists."""
+
+    http_status = 409
+
+
+class RejectedUploadError(ControlPlaneError):
+    """An ingest body that must not be stored (bad digest, not DICOM); resending will not help."""
+
+    http_status = 400
+
+
+class BusyError(ControlPlaneError):
+    """Concurrent writers kept colliding; the caller should retry later."""
+
+    http_status = 503
+
+
+class InvalidConfigError(ControlPlaneError):
+    """A site config that does not validate; `problems` name each key, value and what is allowed."""
+
+    http_status = 422
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class MissingBlobError(ControlPlaneError):
+    """The database names bytes the blob store does not have: storage was lost or moved."""
+
+    http_status = 500

@@ -1,0 +1,118 @@
+"""Site config as immutable numbered revisions: store, read the current one, list history.
+
+Revision numbers start at 1 per site; "revision 0" is the implicit default config of a site
+nobody configured yet. Storing a config identical to the current revision is a no-op that
+answers the current number, so re-applying the same file is safe. Must not import FastAPI.
+"""
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.config import ConfigError, SiteConfig, load_site_config
+from control_plane.errors import BusyError, InvalidConfigError
+from control_plane.fleet.config_diff import config_diff
+from control_plane.models import ConfigRevision, Site
+from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
+
+MAX_ATTEMPTS = 5
+
+
+def parse_config(document: bytes) -> SiteConfig:
+    """Validate a site-config document (YAML or JSON); `InvalidConfigError` lists the problems."""
+    try:
+        text = document.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidConfigError(
+            "the site config is not UTF-8 text", [f"byte {exc.start} is not valid UTF-8"]
+        ) from exc
+    try:
+        return load_site_config(text)
+    except ConfigError as exc:
+        raise InvalidConfigError(
+            "the site config is invalid; fix the keys listed in `problems` and send it again",
+            list(exc.problems),
+        ) from exc
+
+
+def _canonical(config: SiteConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+async def _latest(session: AsyncSession, site_id: uuid.UUID) -> ConfigRevision | None:
+    return await session.scalar(
+        select(ConfigRevision)
+        .where(ConfigRevision.site_id == site_id)
+        .order_by(ConfigRevision.revision.desc())
+        .limit(1)
+    )
+
+
+async def store_config(session: AsyncSession, site: Site, config: SiteConfig, author: str) -> int:
+    """Store `config` as the site's next revision and return its number (or the current one
+    when nothing changed)."""
+    document = _canonical(config)
+    # Read once: a rollback below expires `site`, and reloading it lazily is not possible
+    # under asyncio.
+    site_id = site.id
+    for _attempt in range(MAX_ATTEMPTS):
+        latest = await _latest(session, site_id)
+        if latest is not None:
+            previous = _canonical(SiteConfig.model_validate(latest.config))
+            if previous == document:
+                return latest.revision
+        else:
+            previous = _canonical(SiteConfig())
+        revision = ConfigRevision(
+            site_id=site_id,
+            revision=1 if latest is None else latest.revision + 1,
+            config=document,
+            diff=[change.model_dump(mode="json") for change in config_diff(previous, document)],
+            created_by=author,
+        )
+        session.add(revision)
+        try:
+            await session.commit()
+        except IntegrityError:
+            # Another writer took this number; read the new latest and try again.
+            await session.rollback()
+            continue
+        return revision.revision
+    raise BusyError(f"concurrent config updates kept colliding {MAX_ATTEMPTS} times; retry")
+
+
+async def current_config(session: AsyncSession, site: Site) -> SiteConfigPublic:
+    """The site's current revision, or revision 0 with the defaults when none was stored."""
+    latest = await _latest(session, site.id)
+    if latest is None:
+        return SiteConfigPublic(revision=0, config=SiteConfig(), created_at=None, created_by=None)
+    return SiteConfigPublic(
+        revision=latest.revision,
+        config=SiteConfig.model_validate(latest.config),
+        created_at=latest.created_at,
+        created_by=latest.created_by,
+    )
+
+
+async def list_revisions(session: AsyncSession, site: Site) -> list[ConfigRevisionPublic]:
+    """Every stored revision of the site, oldest first."""
+    revisions = await session.scalars(
+        select(ConfigRevision)
+        .where(ConfigRevision.site_id == site.id)
+        .order_by(ConfigRevision.revision)
+    )
+    return [
+        ConfigRevisionPublic.model_validate(
+            {
+                "revision": revision.revision,
+                "config": revision.config,
+                "created_at": revision.created_at,
+                "created_by": revision.created_by,
+                "diff": revision.diff,
+            }
+        )
+        for revision in revisions
+    ]

@@ -1,0 +1,220 @@
+"""SQLAlchemy models of the control-plane database: the fleet and the hierarchy store.
+
+The schema changes only through Alembic (`migrations/versions/`); a test proves that these
+models and the migrations agree. Queries join explicitly, so no relationships (and no lazy
+loads under asyncio) are declared. Must not import FastAPI or pydantic schemas.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+LABEL_LENGTH = 255
+UID_LENGTH = 64
+SHA256_HEX_LENGTH = 64
+ROUTING_STRING_LENGTH = 1024
+
+# Deterministic constraint names keep migrations reviewable and let SQLite batch mode
+# recreate tables without inventing names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC: the only clock the store's timestamps use."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; pass an aware datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base sharing one metadata with a naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(UTCDateTime, default=utc_now)
+
+
+class Site(Base):
+    """A hospital site: one config document (as revisions) and the agents that run it."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ConfigRevision(Base):
+    """One immutable, numbered version of a site's config, with who made it and what changed."""
+
+    __tablename__ = "config_revisions"
+    __table_args__ = (UniqueConstraint("site_id", "revision"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id"))
+    revision: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    diff: Mapped[list[dict[str, Any]]] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = _created_at()
+    created_by: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+
+
+class Agent(Base):
+    """An agent registered for a site; only the sha256 of its bearer token is kept."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("site_id", "name"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    deployment: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Group(Base):
+    """Top of the hierarchy; its id is the GROUP of a routing string."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Project(Base):
+    """A project of a group, addressed by its label (the PROJECT of a routing string)."""
+
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("group_id", "label"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id"))
+    label: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Subject(Base):
+    """A subject of a project; created by ingest."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (UniqueConstraint("project_id", "label"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"))
+    label: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Session(Base):
+    """A session (study) of a subject, remembering why its data was routed where it is."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (UniqueConstraint("subject_id", "label"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id"))
+    label: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    site_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sites.id"))
+    routing_reason: Mapped[str] = mapped_column(String(32))
+    routing_string: Mapped[str | None] = mapped_column(String(ROUTING_STRING_LENGTH))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Acquisition(Base):
+    """An acquisition of a session: the instances sharing one acquisition key (a series)."""
+
+    __tablename__ = "acquisitions"
+    __table_args__ = (UniqueConstraint("session_id", "key"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id"))
+    key: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    label: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class File(Base):
+    """One stored version of a SOP instance; its bytes live in the blob store under `sha256`.
+
+    A version replaced by other bytes for the same SOP Instance UID keeps its row, with
+    `replaced_at` set and `replaced_by_id` pointing at its successor.
+    """
+
+    __tablename__ = "files"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "sha256"),
+        # At most one current version per SOP instance, enforced by the database so that
+        # concurrent replacements cannot both win.
+        Index(
+            "ix_files_current_sop_instance_uid",
+            "sop_instance_uid",
+            unique=True,
+            sqlite_where=text("replaced_at IS NULL"),
+            postgresql_where=text("replaced_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    acquisition_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("acquisitions.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _created_at()
+    replaced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("files.id"))

@@ -1,0 +1,23 @@
+"""What a running control-plane app holds: settings, database engine, sessions, blob store.
+
+Built by the lifespan in `control_plane.main` and reached by requests through
+`control_plane.deps`; nothing here exists before the app starts. Must not import FastAPI.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from control_plane.hierarchy.blobs import BlobStore
+from control_plane.settings import ControlPlaneSettings
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The long-lived objects of one running app; the lifespan owns and closes them."""
+
+    settings: ControlPlaneSettings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    blobs: BlobStore
+    admin_token_digest: str

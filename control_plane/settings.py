@@ -1,0 +1,46 @@
+"""Settings of one control-plane process, read from arguments or `DICOM_CONNECTOR_*` variables.
+
+Nothing here runs at import time: callers build `ControlPlaneSettings(...)` and pass it to
+`create_app`. Must not import FastAPI or the database layer.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from control_plane.database_url import async_database_url
+
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+class ControlPlaneSettings(BaseSettings):
+    """Where the control plane keeps its data and how it authenticates its administrator."""
+
+    # Inputs stay out of error messages: they would echo a weak admin token or a database
+    # password into whatever log catches the error.
+    model_config = SettingsConfigDict(
+        env_prefix="DICOM_CONNECTOR_", extra="forbid", hide_input_in_errors=True
+    )
+
+    database_url: str = Field(repr=False)
+    blob_dir: Path
+    admin_token: SecretStr
+    migrate_on_start: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        return async_database_url(value)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _refuse_weak_admin_token(cls, value: SecretStr) -> SecretStr:
+        length = len(value.get_secret_value())
+        if length < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"the admin token is {'empty' if length == 0 else f'{length} characters long'};"
+                f" it must be at least {MIN_ADMIN_TOKEN_LENGTH} characters. Generate one with"
+                ' `python -c "import secrets; print(secrets.token_urlsafe(32))"`'
+            )
+        return value

@@ -1,0 +1,96 @@
+"""Helpers for driving a control plane under test through its HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.resources import Resources
+from control_plane.settings import ControlPlaneSettings
+from tests.control_plane.instances import DEFAULT_SERIES_UID, sha256_hex
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+BASE_URL = "http://control-plane.test"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane and clients talking to it in-process."""
+
+    app: FastAPI
+    settings: ControlPlaneSettings
+    admin: httpx2.AsyncClient
+    anonymous: httpx2.AsyncClient
+
+    @property
+    def resources(self) -> Resources:
+        """The app's engine, sessions and blob store (to look behind the API)."""
+        resources: Resources = self.app.state.resources
+        return resources
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A database session on the app's engine."""
+        async with self.resources.sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def client(self, token: str) -> AsyncIterator[httpx2.AsyncClient]:
+        """A client sending `token`."""
+        async with httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=self.app), base_url=BASE_URL, headers=bearer(token)
+        ) as client:
+            yield client
+
+    async def register_agent(self, site: str = "hospital-a", name: str = "agent-1") -> str:
+        """Create the site (if needed) and an agent in it; return the agent's token."""
+        sites = (await self.admin.get("/api/v1/sites")).json()["items"]
+        if all(existing["name"] != site for existing in sites):
+            created = await self.admin.post("/api/v1/sites", json={"name": site, "timezone": "UTC"})
+            assert created.status_code == 201, created.text
+        response = await self.admin.post(
+            f"/api/v1/sites/{site}/agents", json={"name": name, "deployment": "edge"}
+        )
+        assert response.status_code == 201, response.text
+        token: str = response.json()["token"]
+        return token
+
+
+async def post_ingest(
+    client: httpx2.AsyncClient,
+    body: bytes,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str = DEFAULT_SERIES_UID,
+    subject: str = "SUBJ-1",
+    session: str = "SESSION-1",
+    acquisition: str = "T1w",
+    **extra: str,
+) -> httpx2.Response:
+    """POST one instance to /api/v1/ingest; `extra` adds or overrides query parameters."""
+    params: dict[str, Any] = {
+        "subject": subject,
+        "session": session,
+        "acquisition": acquisition,
+        "series_instance_uid": series_instance_uid,
+        "sop_instance_uid": sop_instance_uid,
+        "sha256": sha256_hex(body),
+        **extra,
+    }
+    return await client.post(
+        "/api/v1/ingest",
+        params=params,
+        content=body,
+        headers={"Content-Type": "application/dicom"},
+    )

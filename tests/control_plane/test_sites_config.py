@@ -1,0 +1,178 @@
+"""Sites and their config: immutable numbered revisions with author and diff."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.config import SiteConfig
+from tests.control_plane.harness import ControlPlane
+
+DEFAULTS = SiteConfig().model_dump(mode="json")
+
+
+@pytest.fixture
+async def site(control_plane: ControlPlane) -> str:
+    """A site named `hospital-a` (Europe/Berlin)."""
+    response = await control_plane.admin.post(
+        "/api/v1/sites", json={"name": "hospital-a", "timezone": "Europe/Berlin"}
+    )
+    assert response.status_code == 201
+    return "hospital-a"
+
+
+async def _put(control_plane: ControlPlane, site: str, document: object) -> int:
+    response = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config", content=json.dumps(document)
+    )
+    assert response.status_code == 200, response.text
+    revision: int = response.json()["revision"]
+    return revision
+
+
+async def test_created_sites_are_listed(control_plane: ControlPlane, site: str) -> None:
+    response = await control_plane.admin.get("/api/v1/sites")
+
+    assert response.json() == {"items": [{"name": "hospital-a", "timezone": "Europe/Berlin"}]}
+
+
+async def test_creating_an_existing_site_is_409(control_plane: ControlPlane, site: str) -> None:
+    response = await control_plane.admin.post(
+        "/api/v1/sites", json={"name": site, "timezone": "UTC"}
+    )
+
+    assert response.status_code == 409
+
+
+async def test_unknown_timezone_is_422_naming_the_expected_form(
+    control_plane: ControlPlane,
+) -> None:
+    response = await control_plane.admin.post(
+        "/api/v1/sites", json={"name": "hospital-b", "timezone": "Mars/Olympus_Mons"}
+    )
+
+    assert response.status_code == 422
+    assert "IANA timezone" in response.text
+
+
+async def test_site_never_configured_has_revision_0_with_defaults(
+    control_plane: ControlPlane, site: str
+) -> None:
+    response = await control_plane.admin.get(f"/api/v1/sites/{site}/config")
+
+    assert response.json() == {
+        "revision": 0,
+        "config": DEFAULTS,
+        "created_at": None,
+        "created_by": None,
+    }
+
+
+async def test_each_changed_config_gets_the_next_revision(
+    control_plane: ControlPlane, site: str
+) -> None:
+    first = await _put(control_plane, site, {"timing": {"acquisition_delay": "45s"}})
+    second = await _put(control_plane, site, {"timing": {"acquisition_delay": "60s"}})
+
+    current = (await control_plane.admin.get(f"/api/v1/sites/{site}/config")).json()
+    assert (first, second) == (1, 2)
+    assert current["revision"] == 2
+    assert current["config"]["timing"]["acquisition_delay"] == "1m"
+    assert current["created_by"] == "admin"
+    assert current["created_at"] is not None
+
+
+async def test_identical_config_keeps_the_current_revision(
+    control_plane: ControlPlane, site: str
+) -> None:
+    document = {"dicom": {"ae_title": "SITE_A", "port": 104}}
+    first = await _put(control_plane, site, document)
+    # Same content in another spelling: YAML, defaults written out.
+    response = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config",
+        content="dicom:\n  ae_title: SITE_A\n  port: 104\n  peers: []\nmode: push\n",
+        headers={"Content-Type": "application/yaml"},
+    )
+
+    assert response.json() == {"revision": first}
+    revisions = (await control_plane.admin.get(f"/api/v1/sites/{site}/config/revisions")).json()
+    assert [revision["revision"] for revision in revisions["items"]] == [1]
+
+
+async def test_revisions_record_the_changed_keys_with_old_and_new_values(
+    control_plane: ControlPlane, site: str
+) -> None:
+    await _put(control_plane, site, {"dicom": {"ae_title": "SITE_A"}})
+    await _put(
+        control_plane,
+        site,
+        {"dicom": {"ae_title": "SITE_B", "peers": [{"ae_title": "CT1", "host": "10.0.0.5"}]}},
+    )
+
+    items = (await control_plane.admin.get(f"/api/v1/sites/{site}/config/revisions")).json()[
+        "items"
+    ]
+
+    assert [item["revision"] for item in items] == [1, 2]
+    assert items[0]["diff"] == [{"key": "dicom.ae_title", "old": "CONNECTOR", "new": "SITE_A"}]
+    assert items[1]["diff"] == [
+        {"key": "dicom.ae_title", "old": "SITE_A", "new": "SITE_B"},
+        {"key": "dicom.peers", "old": [], "new": [{"ae_title": "CT1", "host": "10.0.0.5"}]},
+    ]
+    assert items[0]["config"]["dicom"]["ae_title"] == "SITE_A"
+    assert {item["created_by"] for item in items} == {"admin"}
+
+
+async def test_invalid_config_is_422_naming_the_key_and_allowed_values(
+    control_plane: ControlPlane, site: str
+) -> None:
+    response = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config", content=json.dumps({"mode": "sideways"})
+    )
+
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail["message"]
+    [problem] = detail["problems"]
+    assert problem.startswith("mode:")
+    assert "sideways" in problem
+    assert "push" in problem
+    assert "pull" in problem
+    current = (await control_plane.admin.get(f"/api/v1/sites/{site}/config")).json()
+    assert current["revision"] == 0
+
+
+async def test_config_that_is_not_text_is_422(control_plane: ControlPlane, site: str) -> None:
+    response = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config", content=b"\xff\xfe\x00binary"
+    )
+
+    assert response.status_code == 422
+    assert "UTF-8" in response.json()["detail"]["message"]
+
+
+async def test_config_of_an_unknown_site_is_404(control_plane: ControlPlane) -> None:
+    put = await control_plane.admin.put("/api/v1/sites/nowhere/config", content="{}")
+    get = await control_plane.admin.get("/api/v1/sites/nowhere/config")
+
+    assert (put.status_code, get.status_code) == (404, 404)
+
+
+async def test_agent_reads_the_current_config_of_its_site(
+    control_plane: ControlPlane, site: str
+) -> None:
+    await _put(control_plane, site, {"routing": {"unknown_group": "triage"}})
+    token = await control_plane.register_agent(site=site)
+
+    async with control_plane.client(token) as agent:
+        response = await agent.get("/api/v1/agent/config")
+
+    answer = response.json()
+    assert (answer["site"], answer["timezone"], answer["revision"]) == (
+        "hospital-a",
+        "Europe/Berlin",
+        1,
+    )
+    assert answer["config"]["routing"]["unknown_group"] == "triage"
+    assert SiteConfig.model_validate(answer["config"]).routing.unknown_group == "triage"

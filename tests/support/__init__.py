@@ -1,0 +1,1 @@
+"""Shared test helpers: real peers, synthetic data, process control."""
