@@ -1,0 +1,290 @@
+"""Fetches this agent's site config from the control plane and keeps its last-known-good copy.
+
+`GET /api/v1/agent/config` answers `{"site", "revision", "timezone", "config"}`; the config is
+validated with `common.config.validate_site_config` (plus the DICOM keywords it names) before it
+is used. The last config that passed is kept in `DATA/config.json` (temp file, fsync, replace),
+so an agent restarted while the control plane is away runs on it. A config that fails
+validation is refused: the agent keeps the one it has and says why in the log.
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx2
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.headers import UnknownKeywordError, validate_keywords
+from agent.retry import backoff, is_retryable
+from common.config import ConfigError, SiteConfig, validate_site_config
+
+CONFIG_PATH = "/api/v1/agent/config"
+CONFIG_FILE_NAME = "config.json"
+DEFAULT_TIMEZONE = "UTC"
+# A fresh agent waiting for its first config should notice the control plane within a minute.
+_INITIAL_WAIT_CAP_SECONDS = 60.0
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSnapshot:
+    """One validated revision of the site config, with the site's name and timezone."""
+
+    site: str
+    revision: int
+    timezone: str
+    config: SiteConfig
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The site's timezone (working hours are wall-clock times in it)."""
+        return ZoneInfo(self.timezone)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document stored as the last-known-good config."""
+        return {
+            "site": self.site,
+            "revision": self.revision,
+            "timezone": self.timezone,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+
+class ConfigUnavailable(Exception):
+    """The control plane could not be asked, or did not answer with a config."""
+
+
+class ConfigRefused(Exception):
+    """The control plane answered with a config this agent cannot accept."""
+
+
+class _Answer(BaseModel):
+    """The envelope of `GET /api/v1/agent/config` (and of the stored last-known-good)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    site: str = Field(min_length=1)
+    revision: int = Field(ge=0)
+    timezone: str | None = None
+    config: dict[str, Any]
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str | None) -> str | None:
+        if value is not None and not _known_zone(value):
+            raise ValueError(f"{value!r} is not an IANA timezone name such as 'Europe/Berlin'")
+        return value
+
+
+def parse_snapshot(document: Any) -> SiteSnapshot:
+    """Validate a config answer (or a stored last-known-good); raise `ConfigRefused` if invalid."""
+    try:
+        answer = _Answer.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'answer'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise ConfigRefused(f"not a config answer ({problems})") from exc
+    try:
+        config = validate_site_config(answer.config)
+        validate_keywords([config.routing.field, config.upload_policy.field])
+    except (ConfigError, UnknownKeywordError) as exc:
+        raise ConfigRefused(str(exc)) from exc
+    return SiteSnapshot(
+        site=answer.site,
+        revision=answer.revision,
+        timezone=answer.timezone or DEFAULT_TIMEZONE,
+        config=config,
+    )
+
+
+class ConfigClient:
+    """Asks the control plane for this agent's config and keeps the last-known-good copy."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token_file: Path,
+        data_dir: Path,
+        *,
+        client: httpx2.AsyncClient | None = None,
+        timeout: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._url = base_url.rstrip("/") + CONFIG_PATH
+        self._token_file = token_file
+        self._path = data_dir / CONFIG_FILE_NAME
+        self._owns_client = client is None
+        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._sleep = sleep
+        self._rng = rng
+        self.last_error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the last-known-good config is kept."""
+        return self._path
+
+    async def fetch(self) -> SiteSnapshot:
+        """Ask the control plane once.
+
+        Raises `ConfigUnavailable` (unreachable, error status, unreadable token) or
+        `ConfigRefused` (an answer that is not a valid config).
+        """
+        token = await asyncio.to_thread(self._read_token)
+        try:
+            response = await self._client.get(
+                self._url, headers={"Authorization": f"Bearer {token}"}
+            )
+        except httpx2.HTTPError as exc:
+            raise ConfigUnavailable(
+                f"control plane unreachable ({type(exc).__name__}: {exc})"
+            ) from exc
+        if response.status_code in (401, 403):
+            raise ConfigUnavailable(
+                f"control plane refused the agent token (HTTP {response.status_code}); "
+                f"check the token in {self._token_file}"
+            )
+        if response.status_code != 200:
+            kind = "temporary" if is_retryable(response.status_code) else "unexpected"
+            raise ConfigUnavailable(
+                f"control plane answered HTTP {response.status_code} ({kind}) for {CONFIG_PATH}"
+            )
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise ConfigRefused("the answer is not JSON") from exc
+        return parse_snapshot(document)
+
+    async def initial(self) -> SiteSnapshot:
+        """The config to start on: the control plane's, else the last-known-good.
+
+        With neither, waits and retries with backoff (saying so in the log) until the control
+        plane answers with a valid config.
+        """
+        stored = await asyncio.to_thread(self.load_last_known_good)
+        attempt = 0
+        while True:
+            try:
+                fetched = await self.fetch()
+            except (ConfigUnavailable, ConfigRefused) as exc:
+                self.last_error = str(exc)
+                if stored is not None:
+                    log.warning(
+                        "config.running_on_last_known_good",
+                        error=str(exc),
+                        revision=stored.revision,
+                        site=stored.site,
+                    )
+                    return stored
+                delay = backoff(attempt, cap=_INITIAL_WAIT_CAP_SECONDS, rng=self._rng)
+                log.warning(
+                    "config.waiting_for_control_plane",
+                    error=str(exc),
+                    attempt=attempt + 1,
+                    duration_ms=round(delay * 1000),
+                    url=self._url,
+                )
+                await self._sleep(delay)
+                attempt += 1
+                continue
+            self.last_error = None
+            await asyncio.to_thread(self.save, fetched)
+            log.info("config.loaded", revision=fetched.revision, site=fetched.site)
+            return fetched
+
+    async def refresh(self, current: SiteSnapshot) -> SiteSnapshot | None:
+        """Fetch again; return the new snapshot if it differs from `current`, else None.
+
+        An unreachable control plane or a refused config leaves `current` in force (logged,
+        and kept in `last_error` for health).
+        """
+        try:
+            fetched = await self.fetch()
+        except ConfigUnavailable as exc:
+            self.last_error = str(exc)
+            log.warning("config.refresh_failed", error=str(exc), revision=current.revision)
+            return None
+        except ConfigRefused as exc:
+            self.last_error = f"refused a new config: {exc}"
+            log.error("config.refused", error=str(exc), revision=current.revision)
+            return None
+        self.last_error = None
+        if fetched == current:
+            return None
+        await asyncio.to_thread(self.save, fetched)
+        log.info("config.changed", revision=fetched.revision, site=fetched.site)
+        return fetched
+
+    def load_last_known_good(self) -> SiteSnapshot | None:
+        """The stored last-known-good config, or None when there is none that is usable."""
+        try:
+            text = self._path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return parse_snapshot(json.loads(text))
+        except (ValueError, ConfigRefused) as exc:
+            # An upgrade can make an old stored config invalid; the control plane's copy is
+            # the authority, so the agent asks it rather than refusing to start.
+            log.error("config.last_known_good_unusable", path=str(self._path), error=str(exc))
+            return None
+
+    def save(self, snapshot: SiteSnapshot) -> None:
+        """Store `snapshot` as the last-known-good config, atomically."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(snapshot.to_json(), indent=2, sort_keys=True).encode()
+        fd, temp_name = tempfile.mkstemp(dir=self._path.parent, prefix=f".{CONFIG_FILE_NAME}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, self._path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        directory = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it; idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _read_token(self) -> str:
+        try:
+            token = self._token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigUnavailable(
+                f"cannot read the agent token file {self._token_file}: {exc.strerror}"
+            ) from exc
+        if not token:
+            raise ConfigUnavailable(f"the agent token file {self._token_file} is empty")
+        return token
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

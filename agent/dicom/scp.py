@@ -1,0 +1,429 @@
+"""The storage SCP: accepts associations, makes each C-STORE durable, answers with a status.
+
+pynetdicom runs every association on its own thread; the C-STORE handler runs there too. It
+checks the encoded data set (without decoding it), writes the Part-10 bytes to the spool and
+returns a status: nothing else happens in it (no routing, no upload). Success goes out only
+after the file and its state row are durable. The one hand-over to the rest of the agent is
+`on_stored(series_instance_uid)`, which the runtime binds to `loop.call_soon_threadsafe`.
+
+This package is the only place pynetdicom is imported. Log lines carry AE titles, hosts,
+statuses and series keys, never DICOM values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import structlog
+from pydicom.dataset import Dataset
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    StoragePresentationContexts,
+    evt,
+)
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from agent.dicom.dataset_scan import DatasetSummary, MalformedDatasetError, scan_dataset
+from agent.dicom.file_meta import part10_header
+from agent.dicom.status import Status
+from agent.spool import Spool, SpoolFull
+from agent.state import AddOutcome
+from common.logging import series_key
+
+__all__ = ["DEFAULT_DUL_LOOP_DELAY", "DicomListener"]
+
+_log = structlog.get_logger(__name__)
+
+# pynetdicom's DUL thread sleeps this long whenever a pass found nothing to do (its own default
+# is 1 ms). Smaller means lower latency per PDU and more CPU burnt by idle associations: at
+# 0.1 ms an idle association costs ~3% of a core, at 0 a whole core. See docs/intake.md.
+DEFAULT_DUL_LOOP_DELAY = 0.0001
+# Larger receive PDUs mean fewer PDU decodes per instance; peers send up to what we announce.
+_MAXIMUM_PDU_SIZE = 1 << 20
+_ERROR_COMMENT_LIMIT = 64  # (0000,0902) Error Comment is an LO
+_LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
+_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+_ABORT_JOIN_SECONDS = 5.0
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass
+class _AssociationTally:
+    """What one association did, for the line logged when it closes."""
+
+    peer_host: str
+    opened_at: float = field(default_factory=time.monotonic)
+    peer_ae: str | None = None
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+
+class _StoreRefused(Exception):
+    """A C-STORE that gets a failure status; the message is safe for the peer and for logs."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DicomListener:
+    """A C-ECHO/C-STORE SCP for every storage SOP class, writing into a `Spool`."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        peers: Sequence[tuple[str, str]],
+        spool: Spool,
+        on_stored: Callable[[str], None] | None = None,
+        dul_loop_delay: float = DEFAULT_DUL_LOOP_DELAY,
+        maximum_associations: int = 32,
+        require_called_aet: bool = False,
+    ) -> None:
+        """Configure the listener; nothing is bound until `start`.
+
+        `peers` is the allowlist of (AE title, host); empty accepts any peer. Hosts may be
+        names, resolved at `start`. `require_called_aet` rejects associations addressed to
+        another AE title; off by default like dcmtk's storescp and Orthanc, because the peer
+        allowlist is the access control and a scanner set up with a wrong called AE title
+        would otherwise lose its first series to a configuration detail.
+        """
+        if dul_loop_delay < 0:
+            raise ValueError(f"dul_loop_delay must be >= 0 seconds, got {dul_loop_delay}")
+        self._ae_title = ae_title
+        self._host = host
+        self._requested_port = port
+        self._peers = tuple(peers)
+        self._spool = spool
+        self._on_stored = on_stored
+        self._dul_loop_delay = dul_loop_delay
+        self._maximum_associations = maximum_associations
+        self._require_called_aet = require_called_aet
+        self._allowed: frozenset[tuple[str, IPAddress]] = frozenset()
+        self._server: ThreadedAssociationServer | None = None
+        self._started = False
+        self._lifecycle = threading.Lock()
+        self._tallies: dict[Association, _AssociationTally] = {}
+        self._tallies_lock = threading.Lock()
+        # pynetdicom logs whole data sets at DEBUG; stay quiet unless someone chose a level.
+        library_logger = logging.getLogger("pynetdicom")
+        if library_logger.level == logging.NOTSET:
+            library_logger.setLevel(logging.WARNING)
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port; only valid after `start`."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("the DICOM listener is not running; call start() first")
+        return int(server.server_address[1])
+
+    def start(self) -> int:
+        """Bind and start accepting associations; return the bound port (`port=0` allowed).
+
+        Raises `OSError` when the port cannot be bound and `ValueError` when a peer host
+        does not resolve.
+        """
+        with self._lifecycle:
+            if self._started:
+                raise RuntimeError("a DicomListener starts once; create a new one to restart")
+            self._allowed = _resolve_peers(self._peers)
+            ae = AE(ae_title=self._ae_title)
+            ae.maximum_associations = self._maximum_associations
+            ae.maximum_pdu_size = _MAXIMUM_PDU_SIZE
+            ae.require_called_aet = self._require_called_aet
+            for syntax in _storage_sop_classes():
+                ae.add_supported_context(syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+            self._server = ae.start_server(
+                (self._host, self._requested_port),
+                block=False,
+                evt_handlers=[
+                    (evt.EVT_CONN_OPEN, self._handle_connection_open),
+                    (evt.EVT_REQUESTED, self._handle_association_request),
+                    (evt.EVT_C_ECHO, self._handle_echo),
+                    (evt.EVT_C_STORE, self._handle_store),
+                    (evt.EVT_CONN_CLOSE, self._handle_connection_close),
+                ],
+            )
+            self._started = True
+            port = self.port
+        _log.info("dicom listener started", ae_title=self._ae_title, port=port)
+        return port
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, let established associations finish for up to `timeout` seconds,
+        then abort the rest (their unacknowledged instances will be resent). Idempotent.
+        """
+        with self._lifecycle:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + timeout
+        while (running := _established(server)) and time.monotonic() < deadline:
+            running[0].join(timeout=max(0.0, deadline - time.monotonic()))
+        # What is left: associations past the timeout, and connections that never asked for
+        # one (pynetdicom would keep those for its ACSE timeout, 30 s).
+        leftover = server.active_associations
+        for assoc in leftover:
+            assoc.abort()
+        join_deadline = time.monotonic() + _ABORT_JOIN_SECONDS
+        for assoc in leftover:
+            if assoc.is_established:
+                assoc.join(timeout=max(0.0, join_deadline - time.monotonic()))
+        _log.info("dicom listener stopped", ae_title=self._ae_title, count=len(leftover))
+
+    def _handle_connection_open(self, event: Event) -> None:
+        try:
+            assoc = event.assoc
+            # pynetdicom offers no public knob for this loop delay; the attribute is read on
+            # every pass of the DUL thread, so setting it before the thread starts is enough.
+            assoc.dul._run_loop_delay = self._dul_loop_delay
+            # pynetdicom's standard logging handlers format every PDU and DIMSE message (and
+            # copy each data set) even when nothing is logged; we log per association instead.
+            for logging_event in _LOGGING_EVENTS:
+                bound = cast(
+                    list[tuple[Callable[..., object], object]], assoc.get_handlers(logging_event)
+                )
+                for handler, _args in list(bound):
+                    assoc.unbind(logging_event, handler)
+            with self._tallies_lock:
+                self._tallies[assoc] = _AssociationTally(peer_host=str(assoc.requestor.address))
+        except Exception:
+            _log.exception("dicom connection set-up failed")
+
+    def _handle_association_request(self, event: Event) -> None:
+        try:
+            assoc = event.assoc
+            calling = _calling_ae_title(assoc) or ""
+            host = str(assoc.requestor.address)
+            tally = self._tally(assoc)
+            if tally is not None:
+                tally.peer_ae = calling
+            if not self._allowed or _peer_address(host, calling) in self._allowed:
+                return
+            _log.warning(
+                "association rejected",
+                peer_ae=calling,
+                peer_host=host,
+                reason="peer not in the dicom.peers allowlist",
+            )
+            assoc.acse.send_reject(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+            assoc.kill()
+        except Exception:
+            _log.exception("association request check failed")
+            event.assoc.abort()
+
+    def _handle_echo(self, event: Event) -> int:
+        return int(Status.SUCCESS)
+
+    def _handle_store(self, event: Event) -> Dataset:
+        received_at = time.time()
+        tally = self._tally(event.assoc)
+        try:
+            outcome, summary, size = self._store(event, received_at)
+        except _StoreRefused as refusal:
+            return self._refuse(event, tally, refusal.status, str(refusal))
+        except Exception as exc:
+            _log.exception(
+                "c-store failed",
+                status=f"0x{Status.PROCESSING_FAILURE:04X}",
+                error=type(exc).__name__,
+                **_peer_fields(tally),
+            )
+            return self._refuse(
+                event, tally, Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
+            )
+        if tally is not None:
+            tally.bytes += size
+            if outcome is AddOutcome.duplicate:
+                tally.duplicates += 1
+            else:
+                tally.stored += 1
+        series_uid = summary.series_instance_uid
+        if self._on_stored is not None and outcome is not AddOutcome.duplicate and series_uid:
+            try:
+                self._on_stored(series_uid)
+            except Exception:
+                # The instance is durable and the reaper polls the state anyway: a lost wake-up
+                # only delays it, so the peer still gets Success.
+                _log.exception("on_stored callback failed", series_key=series_key(series_uid))
+        return _status(Status.SUCCESS)
+
+    def _store(self, event: Event, received_at: float) -> tuple[AddOutcome, DatasetSummary, int]:
+        request = cast(C_STORE, event.request)
+        if request.DataSet is None:
+            raise _StoreRefused(Status.CANNOT_UNDERSTAND, "the C-STORE request has no data set")
+        syntax = str(event.context.transfer_syntax)
+        sop_class = str(request.AffectedSOPClassUID)
+        sop_instance = str(request.AffectedSOPInstanceUID)
+        # getbuffer() is a view of pynetdicom's receive buffer: the only copy made of the data
+        # set is the one into the Part-10 bytes below.
+        with request.DataSet.getbuffer() as encoded:
+            try:
+                summary = scan_dataset(encoded, syntax)
+            except MalformedDatasetError as exc:
+                raise _StoreRefused(Status.CANNOT_UNDERSTAND, str(exc)) from None
+            study_uid, series_uid = _check_identity(summary, sop_class, sop_instance)
+            part10 = bytearray(
+                part10_header(
+                    sop_class_uid=sop_class,
+                    sop_instance_uid=sop_instance,
+                    transfer_syntax_uid=syntax,
+                    implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                    implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+                    source_ae_title=_calling_ae_title(event.assoc),
+                )
+            )
+            part10 += encoded
+        try:
+            outcome = self._spool.store(
+                part10,
+                sop_instance_uid=sop_instance,
+                sop_class_uid=sop_class,
+                series_instance_uid=series_uid,
+                study_instance_uid=study_uid,
+                transfer_syntax_uid=syntax,
+                received_at=received_at,
+            )
+        except SpoolFull as exc:
+            raise _StoreRefused(Status.OUT_OF_RESOURCES, str(exc)) from None
+        return outcome, summary, len(part10)
+
+    def _refuse(
+        self, event: Event, tally: _AssociationTally | None, status: Status, message: str
+    ) -> Dataset:
+        if tally is not None:
+            tally.failed += 1
+        if status is not Status.PROCESSING_FAILURE:
+            _log.warning(
+                "c-store refused",
+                status=f"0x{status:04X}",
+                sop_class=_sop_class_name(event),
+                reason=message,
+                **_peer_fields(tally),
+            )
+        return _status(status, message)
+
+    def _handle_connection_close(self, event: Event) -> None:
+        try:
+            with self._tallies_lock:
+                tally = self._tallies.pop(event.assoc, None)
+            if tally is None:
+                return
+            _log.info(
+                "association closed",
+                count=tally.stored,
+                instance_count=tally.stored + tally.duplicates + tally.failed,
+                bytes=tally.bytes,
+                duration_ms=round((time.monotonic() - tally.opened_at) * 1000),
+                **_peer_fields(tally),
+            )
+        except Exception:
+            _log.exception("dicom connection tear-down failed")
+
+    def _tally(self, assoc: Association) -> _AssociationTally | None:
+        with self._tallies_lock:
+            return self._tallies.get(assoc)
+
+
+def _established(server: ThreadedAssociationServer) -> list[Association]:
+    return [assoc for assoc in server.active_associations if assoc.is_established]
+
+
+def _storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows, each once, in a stable order."""
+    syntaxes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    syntaxes += [cx.abstract_syntax for cx in StoragePresentationContexts]
+    return [str(uid) for uid in dict.fromkeys(syntaxes) if uid is not None]
+
+
+def _resolve_peers(peers: Sequence[tuple[str, str]]) -> frozenset[tuple[str, IPAddress]]:
+    allowed: set[tuple[str, IPAddress]] = set()
+    for ae_title, host in peers:
+        try:
+            addresses = {_normalise(info[4][0]) for info in socket.getaddrinfo(host, None)}
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"dicom.peers: host {host!r} (AE title {ae_title!r}) does not resolve ({exc}); "
+                "use the peer's static IP address or fix its DNS name"
+            ) from exc
+        allowed.update((ae_title.strip(), address) for address in addresses)
+    return frozenset(allowed)
+
+
+def _normalise(address: str | int) -> IPAddress:
+    parsed = ipaddress.ip_address(str(address).split("%", 1)[0])
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+def _peer_address(host: str, ae_title: str) -> tuple[str, IPAddress] | None:
+    try:
+        return ae_title, _normalise(host)
+    except ValueError:
+        return None
+
+
+def _check_identity(summary: DatasetSummary, sop_class: str, sop_instance: str) -> tuple[str, str]:
+    """Return (study UID, series UID) or refuse when the data set cannot be filed."""
+    if summary.study_instance_uid is None:
+        raise _StoreRefused(Status.CANNOT_UNDERSTAND, "data set lacks (0020,000D) Study UID")
+    if summary.series_instance_uid is None:
+        raise _StoreRefused(Status.CANNOT_UNDERSTAND, "data set lacks (0020,000E) Series UID")
+    if summary.sop_class_uid is not None and summary.sop_class_uid != sop_class:
+        raise _StoreRefused(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "data set (0008,0016) differs from the request's SOP Class",
+        )
+    if summary.sop_instance_uid is not None and summary.sop_instance_uid != sop_instance:
+        raise _StoreRefused(
+            Status.CANNOT_UNDERSTAND, "data set (0008,0018) differs from the request's SOP UID"
+        )
+    return summary.study_instance_uid, summary.series_instance_uid
+
+
+def _calling_ae_title(assoc: Association) -> str | None:
+    request = assoc.requestor.primitive
+    return None if request is None else str(request.calling_ae_title).strip() or None
+
+
+def _status(status: Status, comment: str | None = None) -> Dataset:
+    response = Dataset()
+    response.Status = int(status)
+    if comment is not None:
+        response.ErrorComment = comment[:_ERROR_COMMENT_LIMIT]
+    return response
+
+
+def _sop_class_name(event: Event) -> str:
+    sop_class = cast(C_STORE, event.request).AffectedSOPClassUID
+    return "unknown" if sop_class is None else str(sop_class.name)
+
+
+def _peer_fields(tally: _AssociationTally | None) -> dict[str, str | None]:
+    if tally is None:
+        return {}
+    return {"peer_ae": tally.peer_ae, "peer_host": tally.peer_host}

@@ -1,0 +1,106 @@
+"""The agent's health: live counters of the pipeline and a snapshot computed from them + state.
+
+`PipelineCounters` is updated by the reaper and uploader as things happen (it is reset by a
+restart); `take_snapshot` joins it with the durable numbers of the state database and the
+spool disk into a `HealthSnapshot`, which the CLI prints and the control-plane link reports.
+No field holds a DICOM value.
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.state import AgentState
+
+
+@dataclass
+class PipelineCounters:
+    """What the pipeline did since this process started."""
+
+    uploads_succeeded: int = 0
+    uploads_failed: int = 0
+    retries_scheduled: int = 0
+    deferred_instances: int = 0
+    longest_reap_seconds: float = 0.0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def record_reap(self, duration: float) -> None:
+        """Remember a reap's duration if it is the longest so far."""
+        self.longest_reap_seconds = max(self.longest_reap_seconds, duration)
+
+    def record_error(self, message: str, at: float) -> None:
+        """Remember the latest error (a PHI-free message) and when it happened."""
+        self.last_error = message
+        self.last_error_at = at
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """One reading of the agent's health; all durations in seconds, sizes in bytes."""
+
+    at: float
+    config_revision: int | None
+    spool_depth: int
+    spool_bytes: int
+    failed_instances: int
+    deferred_instances: int
+    uploads_open: bool
+    uploads_succeeded: int
+    uploads_failed: int
+    retries_scheduled: int
+    oldest_unuploaded_age: float | None
+    longest_reap: float
+    reap_time_threshold: float
+    reap_over_threshold: bool
+    disk_free_bytes: int
+    disk_headroom_bytes: int
+    last_error: str | None
+    last_error_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the CLI and the health report)."""
+        return dataclasses.asdict(self)
+
+
+def take_snapshot(
+    state: AgentState,
+    counters: PipelineCounters,
+    *,
+    spool_dir: Path,
+    reserve_bytes: int,
+    reap_time_threshold: float,
+    config_revision: int | None,
+    uploads_open: bool,
+    now: float,
+) -> HealthSnapshot:
+    """Compute the health snapshot (blocking: reads the state database and the disk)."""
+    stats = state.stats()
+    free = shutil.disk_usage(spool_dir).free
+    oldest = stats.oldest_spooled_at
+    return HealthSnapshot(
+        at=now,
+        config_revision=config_revision,
+        spool_depth=stats.spooled_count,
+        spool_bytes=stats.spooled_bytes,
+        failed_instances=stats.failed_count,
+        deferred_instances=counters.deferred_instances,
+        uploads_open=uploads_open,
+        uploads_succeeded=counters.uploads_succeeded,
+        uploads_failed=counters.uploads_failed,
+        retries_scheduled=counters.retries_scheduled,
+        oldest_unuploaded_age=None if oldest is None else max(0.0, now - oldest),
+        longest_reap=counters.longest_reap_seconds,
+        reap_time_threshold=reap_time_threshold,
+        reap_over_threshold=counters.longest_reap_seconds > reap_time_threshold,
+        disk_free_bytes=free,
+        disk_headroom_bytes=free - reserve_bytes,
+        last_error=counters.last_error,
+        last_error_at=counters.last_error_at,
+    )

@@ -1,0 +1,187 @@
+"""One reap of a complete series: upload policy, routing string, hierarchy target.
+
+The decision is taken once per series from the header of its first spooled instance and
+stored in the state database (`set_series_target`) before any instance is skipped or
+uploaded, so a crash never re-decides, and instances arriving after the reap (late
+instances) follow the stored decision into the same acquisition.
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.headers import HeaderReadError, UnknownKeywordError, read_series_header
+from agent.state import AgentState, SeriesRow
+from common.config import SiteConfig
+from common.hierarchy import HierarchyTarget, SeriesHeader, map_to_hierarchy
+from common.logging import series_key
+from common.policy import decide_upload
+from common.routing import RoutingReason, parse_routing
+
+DECISION_FORMAT = 1
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesDecision:
+    """What the reap decided for a series: skip it, or upload it to `target`."""
+
+    upload: bool
+    reason: str
+    target: HierarchyTarget | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON stored as the series' target in the state database."""
+        target = None
+        if self.target is not None:
+            target = dataclasses.asdict(self.target)
+            target["routing_reason"] = str(self.target.routing_reason)
+        return {
+            "format": DECISION_FORMAT,
+            "upload": self.upload,
+            "reason": self.reason,
+            "target": target,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> SeriesDecision:
+        """Read back a stored decision; raise ValueError for one this agent did not write."""
+        if document.get("format") != DECISION_FORMAT:
+            raise ValueError(
+                f"stored series decision has format {document.get('format')!r}, "
+                f"expected {DECISION_FORMAT}"
+            )
+        stored = document.get("target")
+        target = None
+        if stored is not None:
+            target = HierarchyTarget(
+                **{**stored, "routing_reason": RoutingReason(stored["routing_reason"])}
+            )
+        return cls(upload=bool(document["upload"]), reason=str(document["reason"]), target=target)
+
+
+@dataclass(frozen=True, slots=True)
+class ReapOutcome:
+    """The result of one reap: the decision (None if no header could be read) and its cost."""
+
+    decision: SeriesDecision | None
+    reused: bool
+    skipped: int
+    failed: int
+    started_at: float
+    ended_at: float
+
+    @property
+    def duration(self) -> float:
+        """Seconds the reap took."""
+        return self.ended_at - self.started_at
+
+
+class ReapError(Exception):
+    """A series could not be reaped for a reason outside the series itself (config, state)."""
+
+
+class Reaper:
+    """Takes (or reuses) the upload decision of due series; blocking work runs in threads."""
+
+    def __init__(self, state: AgentState, *, clock: Callable[[], float] = time.time) -> None:
+        self._state = state
+        self._clock = clock
+
+    async def reap(self, series: SeriesRow, config: SiteConfig) -> ReapOutcome:
+        """Decide (or reuse the decision) for one due series and skip it if policy says so.
+
+        Raises `ReapError` when the stored decision is unreadable or the config names an
+        unknown keyword; the series then stays spooled, untouched.
+        """
+        return await asyncio.to_thread(self._reap, series, config)
+
+    def _reap(self, series: SeriesRow, config: SiteConfig) -> ReapOutcome:
+        started = self._clock()
+        uid = series.series_instance_uid
+        failed = 0
+        if series.target is not None:
+            decision: SeriesDecision | None = stored_decision(series)
+            reused = True
+        else:
+            reused = False
+            decision, failed = self._decide(uid, config, started)
+            if decision is not None:
+                self._state.set_series_target(uid, decision.to_json())
+        skipped = 0
+        if decision is not None and not decision.upload:
+            for instance in self._state.spooled_instances(uid):
+                self._state.mark_skipped(instance.id, decision.reason)
+                skipped += 1
+        outcome = ReapOutcome(decision, reused, skipped, failed, started, self._clock())
+        _log_outcome(uid, outcome)
+        return outcome
+
+    def _decide(
+        self, uid: str, config: SiteConfig, now: float
+    ) -> tuple[SeriesDecision | None, int]:
+        """Decide from the first readable instance; unreadable ones are marked failed."""
+        keywords = (config.routing.field, config.upload_policy.field)
+        failed = 0
+        for instance in self._state.spooled_instances(uid, now):
+            try:
+                header = read_series_header(instance.path, keywords)
+            except UnknownKeywordError as exc:
+                raise ReapError(f"cannot reap series {series_key(uid)}: {exc}") from exc
+            except HeaderReadError as exc:
+                # A file the SCP accepted but pydicom cannot parse: keep it for support and
+                # let the series be decided from the next instance.
+                self._state.mark_failed(instance.id, str(exc))
+                failed += 1
+                continue
+            return decide(header, config), failed
+        return None, failed
+
+
+def decide(header: SeriesHeader, config: SiteConfig) -> SeriesDecision:
+    """The pure decision for one series header under one site config."""
+    policy = decide_upload(config.upload_policy, header.fields.get(config.upload_policy.field))
+    if not policy.upload:
+        return SeriesDecision(upload=False, reason=str(policy.reason), target=None)
+    routing = parse_routing(header.fields.get(config.routing.field))
+    target = map_to_hierarchy(header, routing, config.hierarchy)
+    return SeriesDecision(upload=True, reason=str(policy.reason), target=target)
+
+
+def stored_decision(series: SeriesRow) -> SeriesDecision:
+    """The decision stored for an already reaped series; raise `ReapError` if unreadable."""
+    if series.target is None:
+        raise ReapError(f"series {series_key(series.series_instance_uid)} has not been reaped")
+    try:
+        return SeriesDecision.from_json(series.target)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReapError(
+            f"the stored decision of series {series_key(series.series_instance_uid)} "
+            f"is unreadable ({type(exc).__name__}: {exc}); it was written by another version"
+        ) from exc
+
+
+def _log_outcome(uid: str, outcome: ReapOutcome) -> None:
+    decision = outcome.decision
+    if decision is None:
+        log.error("reap.no_readable_instance", series_key=series_key(uid), count=outcome.failed)
+        return
+    log.info(
+        "reap.done" if not outcome.reused else "reap.reused",
+        series_key=series_key(uid),
+        status="upload" if decision.upload else "skip",
+        reason=decision.reason,
+        routing_reason=str(decision.target.routing_reason) if decision.target else None,
+        count=outcome.skipped,
+        duration_ms=round(outcome.duration * 1000, 3),
+    )

@@ -1,0 +1,318 @@
+"""The agent process: one `asyncio.TaskGroup` owns the config refresh and the upload loop.
+
+Start-up: config (control plane, else last-known-good, else wait) → state database → spool
+recovery → DICOM listener → `ready(port)`. Shutdown (SIGTERM, `stop()` or cancellation) runs
+the same code path every time, whatever was started: the listener stops first (open
+associations finish), in-flight uploads get `upload_drain_timeout` to finish, then the
+destination, config client and state are closed. `stop()` may be called any number of times.
+
+DICOM threads meet asyncio at exactly one seam: the listener's `on_stored` callback tells the
+upload loop about the arrival through `loop.call_soon_threadsafe`.
+
+Must not import fastapi or control_plane; pynetdicom only through `agent.dicom`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+from opentelemetry.trace import TracerProvider
+
+from agent.config_client import ConfigClient, SiteSnapshot
+from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
+from agent.health import HealthSnapshot, PipelineCounters, take_snapshot
+from agent.reaper import Reaper
+from agent.settings import AgentSettings
+from agent.spool import Spool
+from agent.state import AgentState
+from agent.tracing import PipelineTracer
+from agent.upload.base import Destination
+from agent.upload.builtin_store import BuiltinStoreDestination
+from agent.uploader import Uploader, UploadLoop
+from common.logging import configure_logging
+from common.telemetry import configure_tracing
+
+STATE_FILE_NAME = "state.db"
+SPOOL_DIR_NAME = "spool"
+SERVICE_NAME = "dicom-connector-agent"
+
+log = structlog.get_logger(__name__)
+
+ListenerKey = tuple[str, int, tuple[tuple[str, str], ...]]
+
+
+class AgentRuntime:
+    """One agent: its state, spool, DICOM listener and upload pipeline; runs once."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        tracer_provider: TracerProvider | None = None,
+        destination: Destination | None = None,
+        config_client: ConfigClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._tracer = PipelineTracer(tracer_provider)
+        self._destination = destination
+        self._config_client = config_client or ConfigClient(
+            settings.control_plane_url,
+            settings.token_file,
+            settings.data_dir,
+            timeout=settings.http_timeout,
+        )
+        self.counters = PipelineCounters()
+        self._stop_requested = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._snapshot: SiteSnapshot | None = None
+        self._state: AgentState | None = None
+        self._spool: Spool | None = None
+        self._listener: DicomListener | None = None
+        self._listener_key: ListenerKey | None = None
+        self._upload_loop: UploadLoop | None = None
+        self.dicom_port: int | None = None
+
+    @property
+    def listening_as(self) -> tuple[str, int] | None:
+        """The AE title and port DICOM is accepted on, or None while not listening."""
+        if self._listener is None or self._listener_key is None or self.dicom_port is None:
+            return None
+        return self._listener_key[0], self.dicom_port
+
+    def stop(self) -> None:
+        """Ask the runtime to shut down; idempotent, callable from any thread or before `run`."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._stop_requested.set()
+        else:
+            loop.call_soon_threadsafe(self._stop_requested.set)
+
+    def health(self) -> HealthSnapshot:
+        """The current health (blocking: reads the state database); only while running."""
+        if self._state is None or self._snapshot is None:
+            raise RuntimeError("the agent is not running; health is available once it started")
+        now = self._clock()
+        return take_snapshot(
+            self._state,
+            self.counters,
+            spool_dir=self.settings.data_dir / SPOOL_DIR_NAME,
+            reserve_bytes=self.settings.spool_reserve_bytes,
+            reap_time_threshold=self._snapshot.config.timing.reap_time_threshold.total_seconds(),
+            config_revision=self._snapshot.revision,
+            uploads_open=self._upload_loop.uploads_open(now) if self._upload_loop else False,
+            now=now,
+        )
+
+    async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
+        """Run until `stop()` or cancellation; call `ready(port)` once DICOM is accepted."""
+        if self._started:
+            raise RuntimeError("an AgentRuntime runs once; create a new one to start again")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as resources:
+            resources.push_async_callback(self._config_client.aclose)
+            snapshot = await self._until_stopped(self._config_client.initial())
+            if snapshot is None:
+                return
+            self._snapshot = snapshot
+            if self._config_client.last_error:
+                self.counters.record_error(self._config_client.last_error, self._clock())
+            await self._open_storage(resources)
+            destination = self._destination or await self._builtin_destination()
+            resources.push_async_callback(destination.aclose)
+            upload_loop = self._build_upload_loop(destination, snapshot)
+            resources.push_async_callback(self._stop_listener)
+            await self._start_listener(snapshot)
+            assert self.dicom_port is not None
+            if ready is not None and not self._stop_requested.is_set():
+                ready(self.dicom_port)
+            await self._serve(upload_loop)
+
+    async def _serve(self, upload_loop: UploadLoop) -> None:
+        async with asyncio.TaskGroup() as group:
+            config_task = group.create_task(self._refresh_config_forever())
+            upload_task = group.create_task(upload_loop.run())
+            try:
+                await self._stop_requested.wait()
+            finally:
+                # Same order on a clean stop, a cancellation and a crashed task: no new
+                # associations, then the uploads finish briefly, then the rest.
+                log.info("agent.stopping")
+                await self._stop_listener()
+                upload_loop.stop()
+                await asyncio.wait([upload_task])
+                config_task.cancel()
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, SiteSnapshot]) -> SiteSnapshot | None:
+        """Await `work` unless a stop arrives first (then cancel it and return None)."""
+        work_task = asyncio.ensure_future(work)
+        stop_task = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait([work_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work_task, stop_task):
+                task.cancel()
+            await asyncio.gather(work_task, stop_task, return_exceptions=True)
+        if work_task.cancelled():
+            return None
+        return work_task.result()
+
+    async def _open_storage(self, resources: AsyncExitStack) -> None:
+        data_dir = self.settings.data_dir
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        state = await asyncio.to_thread(
+            AgentState.open, data_dir / STATE_FILE_NAME, clock=self._clock
+        )
+        self._state = state
+        resources.push_async_callback(asyncio.to_thread, state.close)
+        # Runs before the close above (LIFO): health() says "not running" from here on.
+        resources.callback(self._forget_state)
+        spool = await asyncio.to_thread(
+            Spool, data_dir / SPOOL_DIR_NAME, state, self.settings.spool_reserve_bytes
+        )
+        await asyncio.to_thread(spool.recover)
+        self._spool = spool
+
+    def _forget_state(self) -> None:
+        self._state = None
+        self._upload_loop = None
+
+    async def _builtin_destination(self) -> Destination:
+        token = await asyncio.to_thread(self.settings.token_file.read_text, encoding="utf-8")
+        return BuiltinStoreDestination(
+            self.settings.control_plane_url, token.strip(), timeout=self.settings.http_timeout
+        )
+
+    def _build_upload_loop(self, destination: Destination, snapshot: SiteSnapshot) -> UploadLoop:
+        assert self._state is not None
+        uploader = Uploader(
+            self._state,
+            destination,
+            concurrency=self.settings.upload_concurrency,
+            counters=self.counters,
+            clock=self._clock,
+            tracer=self._tracer,
+        )
+        self._upload_loop = UploadLoop(
+            self._state,
+            Reaper(self._state, clock=self._clock),
+            uploader,
+            snapshot,
+            counters=self.counters,
+            interval=self.settings.reap_interval,
+            drain_timeout=self.settings.upload_drain_timeout,
+            clock=self._clock,
+        )
+        return self._upload_loop
+
+    async def _refresh_config_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.config_refresh_interval)
+            assert self._snapshot is not None
+            fresh = await self._config_client.refresh(self._snapshot)
+            if self._config_client.last_error:
+                self.counters.record_error(self._config_client.last_error, self._clock())
+            if fresh is not None:
+                await self.apply_config(fresh)
+
+    async def apply_config(self, snapshot: SiteSnapshot) -> None:
+        """Switch to a new config; restart the listener if its AE title, port or peers changed."""
+        previous, self._snapshot = self._snapshot, snapshot
+        if self._upload_loop is not None:
+            self._upload_loop.snapshot = snapshot
+            self._upload_loop.wake()
+        if self._listener is None or self._listener_key == self._key_of(snapshot):
+            return
+        log.info("agent.listener_restarting", revision=snapshot.revision)
+        await self._stop_listener()
+        try:
+            await self._start_listener(snapshot)
+        except (OSError, ValueError) as exc:
+            # Keep receiving on the old AE title/port rather than not at all; the error
+            # shows in health until a config that can be applied arrives.
+            message = f"cannot listen as configured in revision {snapshot.revision}: {exc}"
+            self.counters.record_error(message, self._clock())
+            log.error("agent.listener_restart_failed", revision=snapshot.revision, error=message)
+            assert previous is not None
+            await self._start_listener(previous)
+
+    def _key_of(self, snapshot: SiteSnapshot) -> ListenerKey:
+        dicom = snapshot.config.dicom
+        port = self.settings.dicom_port_override
+        peers = tuple((peer.ae_title, peer.host) for peer in dicom.peers)
+        return (dicom.ae_title, dicom.port if port is None else port, peers)
+
+    async def _start_listener(self, snapshot: SiteSnapshot) -> None:
+        assert self._spool is not None
+        key = self._key_of(snapshot)
+        ae_title, port, peers = key
+        delay = self.settings.dul_loop_delay
+        listener = DicomListener(
+            ae_title=ae_title,
+            host=self.settings.dicom_host,
+            port=port,
+            peers=peers,
+            spool=self._spool,
+            on_stored=self._on_stored,
+            dul_loop_delay=DEFAULT_DUL_LOOP_DELAY if delay is None else delay,
+        )
+        self.dicom_port = await asyncio.to_thread(listener.start)
+        self._listener, self._listener_key = listener, key
+        log.info("agent.listening", ae_title=ae_title, port=self.dicom_port)
+
+    async def _stop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await asyncio.to_thread(listener.stop, self.settings.association_drain_timeout)
+            log.info("agent.listener_stopped", port=self.dicom_port)
+
+    def _on_stored(self, series_instance_uid: str) -> None:
+        """Called on an association thread after an instance became durable."""
+        loop, upload_loop = self._loop, self._upload_loop
+        if loop is not None and upload_loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(upload_loop.note_arrival, series_instance_uid)
+
+
+def main(settings: AgentSettings, *, ready: Callable[[int], None] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the process exit status (0 = clean stop)."""
+    configure_logging()
+    provider = configure_tracing(SERVICE_NAME)
+    runtime = AgentRuntime(settings, tracer_provider=provider)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, runtime.stop)
+        try:
+            await runtime.run(ready=ready)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    try:
+        asyncio.run(serve())
+    # The process boundary: whatever escaped is reported once and becomes the exit status.
+    except Exception as exc:
+        for error in _root_causes(exc):
+            log.error("agent.crashed", error=f"{type(error).__name__}: {error}", exc_info=error)
+        return 1
+    finally:
+        provider.shutdown()  # flushes spans still batched for export
+    log.info("agent.stopped")
+    return 0
+
+
+def _root_causes(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, so the log names what actually failed."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _root_causes(inner)]
+    return [exc]

@@ -1,0 +1,64 @@
+"""Process settings of one agent: where its control plane, token and data live, and its tuning.
+
+Site behaviour (AE title, routing, timing...) is NOT here: it comes from the control plane as a
+`common.config.SiteConfig`. These are the few knobs an operator sets on the machine itself,
+from the CLI or from `DICOM_CONNECTOR_AGENT_*` environment variables. Nothing is built at
+import time: callers construct `AgentSettings(...)` and pass it in.
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class AgentSettings(BaseSettings):
+    """Settings of one agent process (env prefix `DICOM_CONNECTOR_AGENT_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOM_CONNECTOR_AGENT_", extra="forbid")
+
+    control_plane_url: str = Field(
+        description="Base URL of the control plane, e.g. https://cp:8080"
+    )
+    token_file: Path = Field(description="File holding this agent's bearer token")
+    data_dir: Path = Field(description="Directory for state.db, spool/ and config.json")
+    # Scanners reach the agent over the site LAN, so the SCP listens on every interface.
+    dicom_host: str = "0.0.0.0"  # noqa: S104
+    dicom_port_override: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Listen on this port instead of the config's dicom.port (0 = any free port)",
+    )
+    upload_concurrency: int = Field(default=4, ge=1, le=64)
+    reap_interval: float = Field(default=0.5, gt=0, description="Seconds between reaper checks")
+    config_refresh_interval: float = Field(default=30.0, gt=0)
+    # Intake answers Out of Resources (0xA700) before free space drops under this reserve. It
+    # keeps room for the SQLite WAL, logs and the OS, and for one large enhanced multi-frame
+    # object (hundreds of MiB) already being received, while costing little on a spool disk
+    # of tens of GiB.
+    spool_reserve_bytes: int = Field(default=512 * MIB, ge=0)
+    # None keeps the listener's tuned default (agent.dicom.scp, measured in docs/intake.md).
+    dul_loop_delay: float | None = Field(default=None, ge=0, le=1)
+    http_timeout: float = Field(default=60.0, gt=0, description="Seconds per HTTP request")
+    association_drain_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for open associations when stopping"
+    )
+    upload_drain_timeout: float = Field(
+        default=5.0, ge=0, description="Seconds to let in-flight uploads finish when stopping"
+    )
+
+    @field_validator("control_plane_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"control_plane_url must start with http:// or https://, got {value!r}"
+            )
+        return value.rstrip("/")

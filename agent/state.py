@@ -1,0 +1,626 @@
+"""The agent's durable bookkeeping of spooled instances and their series (SQLite, WAL).
+
+The only writer of spool bookkeeping: the SCP records each durable file here before it answers
+Success, the reaper and uploader move instances through `InstanceState`. Every method runs one
+transaction on one connection guarded by a lock, so SCP threads and the asyncio side can share
+an `AgentState`; each call blocks for about one fsync of the WAL.
+
+Durability: ``synchronous=FULL``. In WAL mode NORMAL would survive a process crash (kill -9)
+but not a power cut, and a commit lost to a power cut after the peer got Success is an image
+lost for good (recovery would delete its file as an orphan). FULL costs ~0.5 ms per commit on
+the reference VM, measured; see docs/intake.md.
+
+This module owns every deletion of a registered spool file, because only it knows whether
+another row still points at the same content-addressed path.
+
+Must not import pynetdicom, HTTP libraries or control_plane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+__all__ = [
+    "AddOutcome",
+    "AgentState",
+    "InstanceRow",
+    "InstanceState",
+    "InvalidTransitionError",
+    "SeriesRow",
+    "SpoolStats",
+    "SpooledInstance",
+    "StateError",
+    "StateFullError",
+]
+
+_log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 10_000
+
+# One entry per schema version; entry N upgrades a database from user_version N to N + 1.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE series (
+        series_instance_uid TEXT PRIMARY KEY,
+        study_instance_uid  TEXT NOT NULL,
+        first_received_at   REAL NOT NULL,
+        last_received_at    REAL NOT NULL,
+        target              TEXT,
+        reaped_at           REAL
+    ) STRICT;
+    CREATE TABLE instances (
+        id                  INTEGER PRIMARY KEY,
+        sop_instance_uid    TEXT NOT NULL,
+        sop_class_uid       TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL REFERENCES series (series_instance_uid),
+        study_instance_uid  TEXT NOT NULL,
+        transfer_syntax_uid TEXT NOT NULL,
+        sha256              TEXT NOT NULL,
+        size                INTEGER NOT NULL,
+        path                TEXT NOT NULL,
+        received_at         REAL NOT NULL,
+        spooled_at          REAL NOT NULL,
+        state               TEXT NOT NULL CHECK (
+            state IN ('spooled', 'uploaded', 'skipped', 'failed', 'superseded')
+        ),
+        attempts            INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at     REAL,
+        last_error          TEXT,
+        file_id             TEXT,
+        skip_reason         TEXT,
+        finished_at         REAL
+    ) STRICT;
+    CREATE INDEX instances_by_sop ON instances (sop_instance_uid);
+    CREATE INDEX instances_by_series ON instances (series_instance_uid, state);
+    CREATE INDEX instances_by_path ON instances (path, state);
+    CREATE INDEX instances_spooled ON instances (series_instance_uid, next_attempt_at)
+        WHERE state = 'spooled';
+    CREATE INDEX instances_by_state ON instances (state);
+    """,
+)
+
+
+class StateError(Exception):
+    """The state database is unreadable, corrupt, or from a newer agent; never "start empty"."""
+
+
+class StateFullError(StateError):
+    """The disk holding the state database is full; the instance was not recorded."""
+
+
+class InvalidTransitionError(StateError):
+    """A state change was asked for an unknown row or one whose state does not allow it."""
+
+
+class InstanceState(StrEnum):
+    """Where one received instance is in its life."""
+
+    spooled = "spooled"  # on disk, waiting to be reaped/uploaded
+    uploaded = "uploaded"  # confirmed by the destination; file deleted
+    skipped = "skipped"  # upload policy said no; file deleted
+    failed = "failed"  # permanent error; file kept for support
+    superseded = "superseded"  # a newer version of the same SOP instance arrived before upload
+
+
+class AddOutcome(StrEnum):
+    """What `AgentState.add_instance` made of a received instance."""
+
+    new = "new"
+    duplicate = "duplicate"  # same SOP Instance UID and content already known: stored once
+    replaced = "replaced"  # same SOP Instance UID, other content: a new version
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledInstance:
+    """What the SCP hands to the spool after a durable write."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    sha256: str
+    size: int
+    path: Path  # absolute path of the spooled file
+    received_at: float  # epoch seconds when the C-STORE request arrived
+    spooled_at: float  # epoch seconds when the file was durable
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """One recorded instance."""
+
+    id: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sha256: str
+    size: int
+    path: Path
+    received_at: float
+    spooled_at: float
+    state: InstanceState
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    """One series and its stored reap decision."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    first_received_at: float
+    last_received_at: float
+    pending: int  # instances in state spooled
+    target: dict[str, Any] | None  # the stored reap decision (JSON), None until first reap
+    reaped_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """Counts for health reporting."""
+
+    spooled_count: int
+    spooled_bytes: int
+    failed_count: int
+    uploaded_count: int
+    skipped_count: int
+    oldest_spooled_at: float | None
+
+
+_SELECT_DUE_SERIES = """
+    SELECT s.series_instance_uid, s.study_instance_uid, s.first_received_at, s.last_received_at,
+        (SELECT count(*) FROM instances p
+         WHERE p.series_instance_uid = s.series_instance_uid AND p.state = 'spooled'),
+        s.target, s.reaped_at
+    FROM series s
+    WHERE s.series_instance_uid IN (
+        SELECT series_instance_uid FROM instances
+        WHERE state = 'spooled' AND (next_attempt_at IS NULL OR next_attempt_at <= :now))
+      AND s.last_received_at <= :quiet_since
+    ORDER BY s.last_received_at, s.series_instance_uid
+"""
+_SELECT_SERIES = """
+    SELECT s.series_instance_uid, s.study_instance_uid, s.first_received_at, s.last_received_at,
+        (SELECT count(*) FROM instances p
+         WHERE p.series_instance_uid = s.series_instance_uid AND p.state = 'spooled'),
+        s.target, s.reaped_at
+    FROM series s
+    WHERE s.series_instance_uid = ?
+"""
+_SELECT_SPOOLED = """
+    SELECT id, sop_instance_uid, series_instance_uid, study_instance_uid, sha256, size, path,
+        received_at, spooled_at, state, attempts, next_attempt_at, last_error
+    FROM instances
+    WHERE series_instance_uid = :series AND state = 'spooled'
+      AND (:now IS NULL OR next_attempt_at IS NULL OR next_attempt_at <= :now)
+    ORDER BY id
+"""
+_SELECT_INSTANCE = """
+    SELECT id, sop_instance_uid, series_instance_uid, study_instance_uid, sha256, size, path,
+        received_at, spooled_at, state, attempts, next_attempt_at, last_error
+    FROM instances
+    WHERE id = ?
+"""
+# Same SOP Instance UID in one of these states and same content makes an arrival a duplicate.
+_SELECT_DEDUP_CANDIDATES = """
+    SELECT id, sha256, state, path FROM instances
+    WHERE sop_instance_uid = ? AND state IN ('spooled', 'uploaded', 'skipped')
+"""
+# Rows in state spooled or failed still need their file on disk.
+_SELECT_FILE_KEEPING_PATHS = (
+    "SELECT DISTINCT path FROM instances WHERE state IN ('spooled', 'failed')"
+)
+_COUNT_FILE_KEEPING_ROWS = (
+    "SELECT count(*) FROM instances WHERE path = ? AND state IN ('spooled', 'failed')"
+)
+# Per final state: (update of a spooled row, update of a superseded row keeping the detail).
+_FINISH = {
+    "uploaded": (
+        "UPDATE instances SET state = 'uploaded', file_id = :detail, finished_at = :now, "
+        "next_attempt_at = NULL WHERE id = :id",
+        "UPDATE instances SET file_id = :detail WHERE id = :id",
+    ),
+    "skipped": (
+        "UPDATE instances SET state = 'skipped', skip_reason = :detail, finished_at = :now, "
+        "next_attempt_at = NULL WHERE id = :id",
+        "UPDATE instances SET skip_reason = :detail WHERE id = :id",
+    ),
+    "failed": (
+        "UPDATE instances SET state = 'failed', last_error = :detail, attempts = attempts + 1, "
+        "finished_at = :now, next_attempt_at = NULL WHERE id = :id",
+        "UPDATE instances SET last_error = :detail WHERE id = :id",
+    ),
+}
+
+
+class AgentState:
+    """The state database; open it with `AgentState.open`, share it between threads."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, clock: Callable[[], float]):
+        """Use `AgentState.open`; this only wires an already prepared connection."""
+        self._connection = connection
+        self._path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> AgentState:
+        """Open (creating or upgrading) the state database at `path`.
+
+        `clock` stamps bookkeeping times (reaped_at, finished_at); instance times come from the
+        caller. Raises `StateError` when the file is not a usable state database.
+        """
+        path = Path(path).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise StateError(_unreadable_message(path, exc)) from exc
+        try:
+            _prepare(connection, path)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, path, clock)
+
+    @property
+    def path(self) -> Path:
+        """Where the database lives."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the database; further calls raise `StateError`. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._connection.close()
+
+    def add_instance(self, inst: SpooledInstance) -> AddOutcome:
+        """Record a durable spool file; committed before it returns. Thread-safe.
+
+        Same SOP Instance UID and sha256 as a spooled/uploaded/skipped row → `duplicate` (the
+        just-written file is removed unless a row still needs it). Same SOP Instance UID with
+        other content → the spooled older version becomes `superseded` and the new row is
+        added → `replaced`. Raises `StateError` if the file is not at `inst.path`.
+        """
+        path = str(inst.path)
+        with self._transaction() as db:
+            known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
+            if any(sha == inst.sha256 for _, sha, _, _ in known):
+                outcome, obsolete = AddOutcome.duplicate, [path]
+            else:
+                # Checked under the lock that guards every unlink, so the file cannot vanish
+                # between this check and the commit that makes it referenced.
+                if not os.path.exists(path):
+                    raise StateError(f"spool file {path} does not exist; it was not recorded")
+                obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
+                outcome = AddOutcome.replaced if known else AddOutcome.new
+                now = self._clock()
+                db.execute(
+                    "UPDATE instances SET state = 'superseded', finished_at = ? "
+                    "WHERE sop_instance_uid = ? AND state = 'spooled'",
+                    (now, inst.sop_instance_uid),
+                )
+                db.execute(
+                    "INSERT INTO series (series_instance_uid, study_instance_uid, "
+                    "first_received_at, last_received_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (series_instance_uid) DO UPDATE SET "
+                    "first_received_at = min(first_received_at, excluded.first_received_at), "
+                    "last_received_at = max(last_received_at, excluded.last_received_at)",
+                    (
+                        inst.series_instance_uid,
+                        inst.study_instance_uid,
+                        inst.received_at,
+                        inst.received_at,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_instance_uid, "
+                    "study_instance_uid, transfer_syntax_uid, sha256, size, path, received_at, "
+                    "spooled_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'spooled')",
+                    (
+                        inst.sop_instance_uid,
+                        inst.sop_class_uid,
+                        inst.series_instance_uid,
+                        inst.study_instance_uid,
+                        inst.transfer_syntax_uid,
+                        inst.sha256,
+                        inst.size,
+                        path,
+                        inst.received_at,
+                        inst.spooled_at,
+                    ),
+                )
+            self._commit_then_remove_unreferenced(db, obsolete)
+        return outcome
+
+    def due_series(self, now: float, quiet_seconds: float) -> list[SeriesRow]:
+        """Series quiet for `quiet_seconds` with at least one spooled instance due at `now`.
+
+        Due means never attempted or `next_attempt_at <= now`. Oldest activity first.
+        """
+        with self._transaction() as db:
+            rows = db.execute(
+                _SELECT_DUE_SERIES, {"now": now, "quiet_since": now - quiet_seconds}
+            ).fetchall()
+        return [_series_row(row) for row in rows]
+
+    def series(self, series_instance_uid: str) -> SeriesRow | None:
+        """The series row, or None when the series is unknown."""
+        with self._transaction() as db:
+            row = db.execute(_SELECT_SERIES, (series_instance_uid,)).fetchone()
+        return None if row is None else _series_row(row)
+
+    def spooled_instances(
+        self, series_instance_uid: str, now: float | None = None
+    ) -> list[InstanceRow]:
+        """Spooled instances of a series in arrival order; with `now`, only those due then."""
+        with self._transaction() as db:
+            rows = db.execute(
+                _SELECT_SPOOLED, {"series": series_instance_uid, "now": now}
+            ).fetchall()
+        return [_instance_row(row) for row in rows]
+
+    def instance(self, instance_id: int) -> InstanceRow:
+        """One instance row by id; `InvalidTransitionError` when there is none."""
+        with self._transaction() as db:
+            row = db.execute(_SELECT_INSTANCE, (instance_id,)).fetchone()
+        if row is None:
+            raise InvalidTransitionError(f"no instance with id {instance_id} in the state database")
+        return _instance_row(row)
+
+    def set_series_target(self, series_instance_uid: str, target: Mapping[str, Any]) -> None:
+        """Store the reap decision of a series (JSON-serialisable) and stamp `reaped_at`."""
+        encoded = json.dumps(dict(target), sort_keys=True)
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE series SET target = ?, reaped_at = ? WHERE series_instance_uid = ?",
+                (encoded, self._clock(), series_instance_uid),
+            ).rowcount
+            if updated != 1:
+                raise InvalidTransitionError("cannot set the target of a series that is not known")
+
+    def mark_uploaded(self, instance_id: int, file_id: str) -> None:
+        """The destination confirmed the instance: record `file_id`, then delete the file.
+
+        A row superseded while it was being uploaded keeps its state and records `file_id`.
+        """
+        self._finish(instance_id, InstanceState.uploaded, file_id)
+
+    def mark_skipped(self, instance_id: int, reason: str) -> None:
+        """The upload policy declined the instance: record why, then delete the file."""
+        self._finish(instance_id, InstanceState.skipped, reason)
+
+    def mark_failed(self, instance_id: int, error: str) -> None:
+        """A permanent failure: record the error (attempts + 1); the file is kept for support."""
+        self._finish(instance_id, InstanceState.failed, error)
+
+    def schedule_retry(self, instance_id: int, error: str, next_attempt_at: float) -> None:
+        """A retryable failure: attempts + 1, remember the error, try again at `next_attempt_at`."""
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE instances SET attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = ? WHERE id = ? AND state = 'spooled'",
+                (error, next_attempt_at, instance_id),
+            ).rowcount
+            if updated != 1 and _current_state(db, instance_id) != "superseded":
+                raise _transition_error(db, instance_id, "scheduled for a retry")
+
+    def stats(self) -> SpoolStats:
+        """Counts and bytes per state, for health reports."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT "
+                "  count(*) FILTER (WHERE state = 'spooled'), "
+                "  coalesce(sum(size) FILTER (WHERE state = 'spooled'), 0), "
+                "  count(*) FILTER (WHERE state = 'failed'), "
+                "  count(*) FILTER (WHERE state = 'uploaded'), "
+                "  count(*) FILTER (WHERE state = 'skipped'), "
+                "  min(spooled_at) FILTER (WHERE state = 'spooled') "
+                "FROM instances"
+            ).fetchone()
+        return SpoolStats(*row)
+
+    def series_instance_count(self, series_instance_uid: str) -> int:
+        """Distinct SOP instances known in a series, in any state but superseded."""
+        with self._transaction() as db:
+            (count,) = db.execute(
+                "SELECT count(DISTINCT sop_instance_uid) FROM instances "
+                "WHERE series_instance_uid = ? AND state != 'superseded'",
+                (series_instance_uid,),
+            ).fetchone()
+        return int(count)
+
+    def file_keeping_paths(self) -> set[Path]:
+        """Paths of every row that still needs its file (spooled or failed), for recovery."""
+        with self._transaction() as db:
+            rows = db.execute(_SELECT_FILE_KEEPING_PATHS).fetchall()
+        return {Path(path) for (path,) in rows}
+
+    def _finish(self, instance_id: int, state: InstanceState, detail: str) -> None:
+        update_spooled, update_superseded = _FINISH[state.value]
+        parameters = {"detail": detail, "now": self._clock(), "id": instance_id}
+        with self._transaction() as db:
+            row = db.execute("SELECT state, path FROM instances WHERE id = ?", (instance_id,))
+            found = row.fetchone()
+            if found is None:
+                raise InvalidTransitionError(
+                    f"no instance with id {instance_id} in the state database"
+                )
+            current, path = found
+            if current == "spooled":
+                db.execute(update_spooled, parameters)
+            elif current == "superseded":
+                # A newer version arrived while this one was being handled: it stays superseded
+                # (the newer row follows) but keeps what happened to it.
+                db.execute(update_superseded, parameters)
+            elif current != state.value:
+                raise InvalidTransitionError(
+                    f"instance {instance_id} is {current}; it cannot become {state.value}"
+                )
+            obsolete = [] if state is InstanceState.failed else [path]
+            self._commit_then_remove_unreferenced(db, obsolete)
+
+    def _commit_then_remove_unreferenced(self, db: sqlite3.Connection, paths: list[str]) -> None:
+        db.execute("COMMIT")
+        for path in paths:
+            (needed,) = db.execute(_COUNT_FILE_KEEPING_ROWS, (path,)).fetchone()
+            if needed:
+                continue
+            try:
+                Path(path).unlink(missing_ok=True)
+            except OSError as exc:
+                # The change is committed; an undeletable file is only wasted space, and
+                # Spool.recover() removes it at the next start.
+                _log.warning("spool file not deleted", path=path, error=str(exc))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock for one IMMEDIATE transaction; commit at exit unless already done."""
+        with self._lock:
+            if self._closed:
+                raise StateError(f"the state database {self._path} is closed")
+            db = self._connection
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                if db.in_transaction:
+                    db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise _translate(self._path, exc) from exc
+                raise
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    try:
+        (journal_mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if journal_mode != "wal":
+            raise StateError(
+                f"the state database {path} cannot use write-ahead logging (journal mode "
+                f"{journal_mode!r}); put the data directory on a local filesystem"
+            )
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        (check,) = connection.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise StateError(_unreadable_message(path, check))
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"the state database {path} has schema version {version} but this agent knows "
+                f"only up to {SCHEMA_VERSION}: it was written by a newer agent. Run that newer "
+                "agent version (or later) on this data directory; do not delete the file"
+            )
+        if version == 0:
+            tables = connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+            if tables:
+                raise StateError(
+                    f"{path} is an SQLite database but not an agent state database (it has "
+                    "tables and no schema version); point the agent at its own data directory"
+                )
+        for target in range(version, SCHEMA_VERSION):
+            # executescript() commits whatever is open before it runs, so the transaction that
+            # makes each step all-or-nothing lives inside the script.
+            connection.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; "
+                f"PRAGMA user_version = {target + 1}; COMMIT;"
+            )
+    except sqlite3.Error as exc:
+        raise StateError(_unreadable_message(path, exc)) from exc
+
+
+def _unreadable_message(path: Path, problem: object) -> str:
+    return (
+        f"the state database {path} is unreadable ({problem}). The spool still holds the "
+        "received instances and the state is needed to upload them: stop the agent, keep a "
+        f"copy of the file, and try `sqlite3 {path} .recover` or restore it from a backup. "
+        "Do not delete it; the agent refuses to start with an empty state"
+    )
+
+
+def _translate(path: Path, exc: sqlite3.Error) -> StateError:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return StateFullError(f"the disk holding the state database {path} is full")
+    return StateError(f"the state database {path} failed: {exc}")
+
+
+def _current_state(db: sqlite3.Connection, instance_id: int) -> str | None:
+    row = db.execute("SELECT state FROM instances WHERE id = ?", (instance_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _transition_error(
+    db: sqlite3.Connection, instance_id: int, action: str
+) -> InvalidTransitionError:
+    current = _current_state(db, instance_id)
+    if current is None:
+        return InvalidTransitionError(f"no instance with id {instance_id} in the state database")
+    return InvalidTransitionError(f"instance {instance_id} is {current}; it cannot be {action}")
+
+
+def _instance_row(row: tuple[Any, ...]) -> InstanceRow:
+    (
+        id_,
+        sop,
+        series,
+        study,
+        sha,
+        size,
+        path,
+        received,
+        spooled,
+        state,
+        attempts,
+        next_at,
+        error,
+    ) = row
+    return InstanceRow(
+        id=id_,
+        sop_instance_uid=sop,
+        series_instance_uid=series,
+        study_instance_uid=study,
+        sha256=sha,
+        size=size,
+        path=Path(path),
+        received_at=received,
+        spooled_at=spooled,
+        state=InstanceState(state),
+        attempts=attempts,
+        next_attempt_at=next_at,
+        last_error=error,
+    )
+
+
+def _series_row(row: tuple[Any, ...]) -> SeriesRow:
+    series, study, first, last, pending, target, reaped_at = row
+    return SeriesRow(
+        series_instance_uid=series,
+        study_instance_uid=study,
+        first_received_at=first,
+        last_received_at=last,
+        pending=pending,
+        target=None if target is None else json.loads(target),
+        reaped_at=reaped_at,
+    )

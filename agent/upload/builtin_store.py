@@ -1,0 +1,191 @@
+"""Upload destination: the control plane's built-in hierarchy store (`POST /api/v1/ingest`).
+
+The spooled file is streamed in chunks, never read whole into memory. Short in-request retries
+(a few, within about a second) ride out a store restart or a dropped keep-alive connection
+without sending the instance back through the durable retry queue; anything longer is the
+uploader's job (`state.schedule_retry`).
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import httpx2
+import stamina
+
+from agent.retry import is_retryable
+from agent.state import InstanceRow
+from agent.upload.base import UploadError, UploadResult
+from common.config import RoutingConfig
+from common.hierarchy import HierarchyTarget
+
+INGEST_PATH = "/api/v1/ingest"
+CHUNK_SIZE = 1024 * 1024
+_CONFIRMED_STATUSES = frozenset({"created", "exists", "replaced"})
+_MAX_DETAIL_CHARS = 300
+
+
+class BuiltinStoreDestination:
+    """Uploads instances to the built-in hierarchy store of a control plane."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        client: httpx2.AsyncClient | None = None,
+        *,
+        timeout: float = 60.0,
+        retry_attempts: int = 3,
+        retry_wait_initial: float = 0.1,
+        retry_wait_max: float = 1.0,
+    ) -> None:
+        self._url = base_url.rstrip("/") + INGEST_PATH
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._owns_client = client is None
+        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._retry_attempts = retry_attempts
+        self._retry_wait_initial = retry_wait_initial
+        self._retry_wait_max = retry_wait_max
+
+    async def upload(
+        self, instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
+    ) -> UploadResult:
+        """Stream one instance to the store and return its confirmation.
+
+        Raises `UploadError` (retryable for transport errors, 5xx, 408/425/429; permanent for
+        other 4xx and for a spool file that cannot be read).
+        """
+        params = ingest_params(instance, target, routing)
+        try:
+            async for attempt in stamina.retry_context(
+                on=is_retryable,
+                attempts=self._retry_attempts,
+                timeout=None,
+                wait_initial=self._retry_wait_initial,
+                wait_max=self._retry_wait_max,
+                # stamina's default jitter (1 s) would dwarf waits meant to be ~0.1-0.4 s.
+                wait_jitter=self._retry_wait_initial,
+            ):
+                with attempt:
+                    return await self._post_once(instance, params)
+        except httpx2.HTTPError as exc:
+            raise UploadError(is_retryable(exc), _transport_message(exc)) from exc
+        raise AssertionError("stamina.retry_context yields until success or raises")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this destination created it; idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _post_once(self, instance: InstanceRow, params: dict[str, str]) -> UploadResult:
+        handle = await _open_spool_file(instance)
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            response = await self._client.post(
+                self._url,
+                params=params,
+                content=_chunks(handle),
+                headers={
+                    **self._headers,
+                    "Content-Type": "application/dicom",
+                    "Content-Length": str(size),
+                },
+            )
+        finally:
+            handle.close()
+        return _confirmation(response)
+
+
+def ingest_params(
+    instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
+) -> dict[str, str]:
+    """The query parameters of `POST /api/v1/ingest` for one instance (absent when unknown)."""
+    params: dict[str, str | None] = {
+        "group": target.group,
+        "project": target.project,
+        "subject": target.subject,
+        "session": target.session,
+        "acquisition": target.acquisition,
+        "acquisition_key": target.acquisition_key,
+        "series_instance_uid": instance.series_instance_uid,
+        "study_instance_uid": instance.study_instance_uid,
+        "sop_instance_uid": instance.sop_instance_uid,
+        "sha256": instance.sha256,
+        "routing_reason": str(target.routing_reason),
+        "routing_string": target.routing_string,
+        "unknown_group": routing.unknown_group,
+        "unsorted_project": routing.unsorted_project,
+    }
+    return {key: value for key, value in params.items() if value is not None}
+
+
+async def _open_spool_file(instance: InstanceRow) -> IO[bytes]:
+    try:
+        return await asyncio.to_thread(instance.path.open, "rb")
+    except OSError as exc:
+        # The path names a content hash, not a patient, but strerror is all support needs.
+        raise UploadError(
+            False, f"spool file of instance {instance.id} cannot be read: {exc.strerror}"
+        ) from exc
+
+
+async def _chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+        yield chunk
+
+
+def _confirmation(response: httpx2.Response) -> UploadResult:
+    if response.status_code != 200:
+        retryable = is_retryable(response.status_code)
+        raise UploadError(
+            retryable,
+            f"store answered HTTP {response.status_code}: {_error_detail(response)}",
+        )
+    body = _json_or_none(response)
+    file_id = body.get("file_id") if isinstance(body, dict) else None
+    status = body.get("status") if isinstance(body, dict) else None
+    if not isinstance(file_id, str) or not file_id or status not in _CONFIRMED_STATUSES:
+        # Not our store's answer (a proxy? a wrong URL?): nothing was confirmed, so the
+        # instance must stay spooled; retrying keeps it safe while health shows the error.
+        raise UploadError(
+            True,
+            "store answered 200 without a file_id and a status of created/exists/replaced",
+        )
+    return UploadResult(file_id=file_id, status=status)
+
+
+def _error_detail(response: httpx2.Response) -> str:
+    """A short reason from an error answer, without echoing any request value back."""
+    body = _json_or_none(response)
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        text = detail
+    elif isinstance(detail, list):
+        # FastAPI validation errors echo the offending input; keep only where and what.
+        text = "; ".join(
+            f"{'.'.join(str(part) for part in item.get('loc', []))}: {item.get('msg', '')}"
+            for item in detail
+            if isinstance(item, dict)
+        )
+    else:
+        text = response.reason_phrase or "no detail"
+    return text[:_MAX_DETAIL_CHARS]
+
+
+def _json_or_none(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _transport_message(exc: httpx2.HTTPError) -> str:
+    # str(exc) of a transport error is the socket-level reason; the request URL (whose query
+    # holds subject and session labels) is deliberately left out.
+    reason = str(exc) or type(exc).__name__
+    return f"request to the store failed ({type(exc).__name__}): {reason}"[:_MAX_DETAIL_CHARS]

@@ -1,0 +1,321 @@
+"""The upload loop: due series are reaped, then their spooled instances are uploaded.
+
+`UploadLoop.tick` finds the series that have been quiet for `acquisition_delay` (or whose
+retries are due), reaps those without a decision, and turns the rest into `UploadBatch`es —
+unless the site's working-hours window is closed, in which case reaping goes on and the
+instances are counted as deferred. `Uploader.upload_batch` sends a batch with at most
+`upload_concurrency` uploads in flight across all batches and books each outcome in the state
+database: confirmed → `mark_uploaded` (only then is the spool file deleted), permanent →
+`mark_failed`, transient → `schedule_retry` with a jittered backoff, so a retry survives a
+restart.
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from agent.config_client import SiteSnapshot
+from agent.health import PipelineCounters
+from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
+from agent.retry import backoff, is_retryable
+from agent.state import AgentState, InstanceRow, SeriesRow
+from agent.tracing import InstanceTiming, PipelineTracer
+from agent.upload.base import Destination, UploadError
+from common.config import RoutingConfig
+from common.hierarchy import HierarchyTarget
+from common.logging import series_key
+
+# Bounds the rows held in memory for one series; the rest is picked up by the next tick.
+MAX_BATCH = 500
+# A series that could not be reaped (bad stored decision, bad keyword) is tried again after
+# this long rather than on every tick, so the log says it once a minute, not twice a second.
+REAP_ERROR_HOLD_OFF_SECONDS = 60.0
+
+# The wall clock stamps receipt and the event loop's monotonic clock runs the timer; a few
+# milliseconds keep the wake-up from landing just before the series counts as quiet.
+_DUE_TIMER_MARGIN_SECONDS = 0.01
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadBatch:
+    """Spooled instances of one reaped series, handed to the uploader together."""
+
+    series_instance_uid: str
+    target: HierarchyTarget
+    instances: tuple[InstanceRow, ...]
+    dispatched_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """How a batch went."""
+
+    uploaded: int
+    retrying: int
+    failed: int
+
+
+class Uploader:
+    """Uploads batches to a destination, `concurrency` instances at a time overall."""
+
+    def __init__(
+        self,
+        state: AgentState,
+        destination: Destination,
+        *,
+        concurrency: int,
+        counters: PipelineCounters,
+        clock: Callable[[], float] = time.time,
+        tracer: PipelineTracer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._state = state
+        self._destination = destination
+        self._slots = asyncio.Semaphore(concurrency)
+        self._counters = counters
+        self._clock = clock
+        self._tracer = tracer or PipelineTracer()
+        self._rng = rng
+
+    async def upload_batch(self, batch: UploadBatch, routing: RoutingConfig) -> BatchReport:
+        """Upload every instance of `batch` and book each outcome in the state database."""
+        started = self._clock()
+        timings = await asyncio.gather(
+            *(self._upload_one(instance, batch, routing) for instance in batch.instances)
+        )
+        self._tracer.record_batch(batch.series_instance_uid, timings)
+        report = BatchReport(
+            uploaded=sum(1 for timing in timings if timing.status == "uploaded"),
+            retrying=sum(1 for timing in timings if timing.status == "retry"),
+            failed=sum(1 for timing in timings if timing.status == "failed"),
+        )
+        log.info(
+            "upload.batch_done",
+            series_key=series_key(batch.series_instance_uid),
+            instance_count=len(timings),
+            count=report.uploaded,
+            duration_ms=round((self._clock() - started) * 1000, 3),
+        )
+        return report
+
+    async def _upload_one(
+        self, instance: InstanceRow, batch: UploadBatch, routing: RoutingConfig
+    ) -> InstanceTiming:
+        async with self._slots:
+            upload_started = self._clock()
+            try:
+                result = await self._destination.upload(instance, batch.target, routing)
+            # Every failure, expected or not, becomes a booked state of this instance.
+            except Exception as exc:
+                status = await self._book_failure(instance, batch, exc)
+            else:
+                await asyncio.to_thread(self._state.mark_uploaded, instance.id, result.file_id)
+                self._counters.uploads_succeeded += 1
+                status = "uploaded"
+            return InstanceTiming(
+                size=instance.size,
+                attempt=instance.attempts + 1,
+                received_at=instance.received_at,
+                spooled_at=instance.spooled_at,
+                dispatched_at=batch.dispatched_at,
+                upload_started_at=upload_started,
+                upload_ended_at=self._clock(),
+                status=status,
+            )
+
+    async def _book_failure(self, instance: InstanceRow, batch: UploadBatch, exc: Exception) -> str:
+        now = self._clock()
+        if isinstance(exc, UploadError):
+            message = exc.message
+        else:
+            # The Destination contract says UploadError only; anything else is a bug in a
+            # destination, made visible as this instance's error instead of crashing intake.
+            # Only the type is kept: a third-party message may quote a request value.
+            message = f"unexpected {type(exc).__name__} in the destination while uploading"
+            log.error("upload.unexpected_error", error=message)
+        self._counters.record_error(message, now)
+        key = series_key(batch.series_instance_uid)
+        if is_retryable(exc):
+            wait = backoff(instance.attempts, rng=self._rng)
+            await asyncio.to_thread(self._state.schedule_retry, instance.id, message, now + wait)
+            self._counters.retries_scheduled += 1
+            log.warning(
+                "upload.retry_scheduled",
+                series_key=key,
+                attempt=instance.attempts + 1,
+                duration_ms=round(wait * 1000),
+                error=message,
+            )
+            return "retry"
+        await asyncio.to_thread(self._state.mark_failed, instance.id, message)
+        self._counters.uploads_failed += 1
+        log.error("upload.failed", series_key=key, attempt=instance.attempts + 1, error=message)
+        return "failed"
+
+
+class UploadLoop:
+    """Reaps due series and runs their upload batches; owns every batch task it starts."""
+
+    def __init__(
+        self,
+        state: AgentState,
+        reaper: Reaper,
+        uploader: Uploader,
+        snapshot: SiteSnapshot,
+        *,
+        counters: PipelineCounters,
+        interval: float,
+        drain_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.snapshot = snapshot
+        self._state = state
+        self._reaper = reaper
+        self._uploader = uploader
+        self._counters = counters
+        self._interval = interval
+        self._drain_timeout = drain_timeout
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._active: dict[str, asyncio.Task[BatchReport]] = {}
+        self._reap_hold: dict[str, float] = {}
+        self._window_open: bool | None = None
+        self._due_timers: dict[str, asyncio.TimerHandle] = {}
+
+    def wake(self) -> None:
+        """Check for due series now instead of at the next interval (event-loop thread only)."""
+        self._wake.set()
+
+    def note_arrival(self, series_instance_uid: str) -> None:
+        """An instance of this series was just spooled: wake when its quiet period can end.
+
+        Without this, a complete series would wait up to one more `interval` after its
+        `acquisition_delay`; each arrival pushes the series' wake-up back (event-loop thread).
+        """
+        delay = self.snapshot.config.timing.acquisition_delay.total_seconds()
+        previous = self._due_timers.pop(series_instance_uid, None)
+        if previous is not None:
+            previous.cancel()
+        self._due_timers[series_instance_uid] = asyncio.get_running_loop().call_later(
+            delay + _DUE_TIMER_MARGIN_SECONDS, self._series_may_be_due, series_instance_uid
+        )
+
+    def _series_may_be_due(self, series_instance_uid: str) -> None:
+        self._due_timers.pop(series_instance_uid, None)
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask `run` to stop dispatching, let in-flight batches finish briefly, and return."""
+        self._stopping.set()
+        self._wake.set()
+
+    def uploads_open(self, now: float) -> bool:
+        """Whether the working-hours window (in the site's timezone) allows uploads at `now`."""
+        window = self.snapshot.config.timing.working_hours
+        if window is None:
+            return True
+        local = dt.datetime.fromtimestamp(now, tz=self.snapshot.zone)
+        return window.contains(local.time())
+
+    async def run(self) -> None:
+        """Tick every `interval` (or when woken) until `stop`; then drain in-flight batches."""
+        async with asyncio.TaskGroup() as group:
+            while not self._stopping.is_set():
+                for batch in await self.tick():
+                    task = group.create_task(self._run_batch(batch))
+                    self._active[batch.series_instance_uid] = task
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                self._wake.clear()
+            await self._drain()
+
+    async def tick(self) -> list[UploadBatch]:
+        """Reap the due series and return the batches to upload now (none outside the window)."""
+        now = self._clock()
+        timing = self.snapshot.config.timing
+        due = await asyncio.to_thread(
+            self._state.due_series, now, timing.acquisition_delay.total_seconds()
+        )
+        window_open = self.uploads_open(now)
+        batches: list[UploadBatch] = []
+        deferred = 0
+        for series in due:
+            uid = series.series_instance_uid
+            if uid in self._active or self._reap_hold.get(uid, 0.0) > now:
+                continue
+            decision = await self._decision(series)
+            if decision is None or decision.target is None or not decision.upload:
+                continue
+            if not window_open:
+                deferred += series.pending
+                continue
+            instances = await asyncio.to_thread(self._state.spooled_instances, uid, now)
+            if instances:
+                batches.append(
+                    UploadBatch(uid, decision.target, tuple(instances[:MAX_BATCH]), self._clock())
+                )
+        self._counters.deferred_instances = deferred
+        self._note_window(window_open, deferred)
+        return batches
+
+    async def _decision(self, series: SeriesRow) -> SeriesDecision | None:
+        """The series' decision: reaped now if new; late instances of a skipped one skipped."""
+        try:
+            if series.target is not None:
+                decision = stored_decision(series)
+                if decision.upload:
+                    return decision
+            outcome = await self._reaper.reap(series, self.snapshot.config)
+        except ReapError as exc:
+            now = self._clock()
+            self._reap_hold[series.series_instance_uid] = now + REAP_ERROR_HOLD_OFF_SECONDS
+            self._counters.record_error(str(exc), now)
+            key = series_key(series.series_instance_uid)
+            log.error("reap.failed", series_key=key, error=str(exc))
+            return None
+        self._reap_hold.pop(series.series_instance_uid, None)
+        if not outcome.reused:
+            self._counters.record_reap(outcome.duration)
+        return outcome.decision
+
+    async def _run_batch(self, batch: UploadBatch) -> BatchReport:
+        try:
+            return await self._uploader.upload_batch(batch, self.snapshot.config.routing)
+        finally:
+            self._active.pop(batch.series_instance_uid, None)
+            # The series may hold more than one batch, or retries may already be due.
+            self._wake.set()
+
+    async def _drain(self) -> None:
+        for timer in self._due_timers.values():
+            timer.cancel()
+        self._due_timers.clear()
+        tasks = list(self._active.values())
+        if not tasks:
+            return
+        log.info("upload.draining", count=len(tasks), duration_ms=self._drain_timeout * 1000)
+        _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+        # Cancelled uploads stay spooled; ingest is idempotent, so the next start resends them.
+        for task in pending:
+            task.cancel()
+
+    def _note_window(self, window_open: bool, deferred: int) -> None:
+        if window_open == self._window_open:
+            return
+        if self._window_open is not None or not window_open:
+            event = "upload.window_opened" if window_open else "upload.window_closed"
+            log.info(event, count=deferred)
+        self._window_open = window_open

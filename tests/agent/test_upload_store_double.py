@@ -1,0 +1,276 @@
+"""A test double of the control plane's agent-facing HTTP contract, and tests that it keeps it.
+
+`StoreDouble` is a small Starlette app served by uvicorn on 127.0.0.1 (port 0) in its own
+thread (`UvicornThread`, which also serves the real control plane in other tests). It
+implements `GET /api/v1/agent/config` and `POST /api/v1/ingest` as docs/architecture.md
+specifies them (bearer token, query parameters, sha256 check, idempotence on
+(sop_instance_uid, sha256), fallback group), so the agent is tested against a real HTTP peer.
+Scripted answers (`fail_next`, `config_status`) let tests play an unhealthy store.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+AGENT_TOKEN = "agent-secret-token"
+_REQUIRED = (
+    "subject",
+    "session",
+    "acquisition",
+    "acquisition_key",
+    "series_instance_uid",
+    "study_instance_uid",
+    "sop_instance_uid",
+    "sha256",
+    "routing_reason",
+    "unknown_group",
+    "unsorted_project",
+)
+
+
+class UvicornThread:
+    """Serves an ASGI app with uvicorn on 127.0.0.1 (port 0) in a thread of its own."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
+
+    def start(self) -> str:
+        """Start serving (lifespan included); return the base URL."""
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start; see its log above")
+            time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread; idempotent."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
+@dataclass
+class StoredFile:
+    """One file the double holds, with where it was filed."""
+
+    file_id: str
+    sha256: str
+    data: bytes
+    params: dict[str, str]
+    group: str
+    project: str
+    routing_reason: str
+
+
+@dataclass
+class StoreDouble:
+    """The agent-facing HTTP contract of the control plane, in memory."""
+
+    token: str = AGENT_TOKEN
+    known_groups: dict[str, set[str]] = field(default_factory=lambda: {"neuro": {"study-a"}})
+    config_answer: dict[str, Any] | None = None
+    config_status: collections.deque[int] = field(default_factory=collections.deque)
+    fail_next: collections.deque[int] = field(default_factory=collections.deque)
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    replaced: list[str] = field(default_factory=list)
+    ingest_statuses: list[int] = field(default_factory=list)
+    config_requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: UvicornThread | None = None
+    base_url: str = ""
+
+    def app(self) -> Starlette:
+        """The Starlette application implementing the two agent-facing routes."""
+        return Starlette(
+            routes=[
+                Route("/api/v1/agent/config", self._config, methods=["GET"]),
+                Route("/api/v1/ingest", self._ingest, methods=["POST"]),
+            ]
+        )
+
+    def start(self) -> str:
+        """Serve on a free port of 127.0.0.1; return the base URL."""
+        self._server = UvicornThread(self.app())
+        self.base_url = self._server.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving and wait for the server thread; idempotent."""
+        if self._server is not None:
+            self._server.stop()
+
+    def file_of(self, sop_instance_uid: str) -> StoredFile | None:
+        """The stored file of a SOP instance, if any."""
+        with self._lock:
+            return self.files.get(sop_instance_uid)
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.token}"
+
+    async def _config(self, request: Request) -> Response:
+        with self._lock:
+            self.config_requests += 1
+            status = self.config_status.popleft() if self.config_status else 200
+        if not self._authorized(request):
+            return JSONResponse({"detail": "invalid agent token"}, status_code=401)
+        if status != 200 or self.config_answer is None:
+            return JSONResponse({"detail": "scripted failure"}, status_code=status or 503)
+        return JSONResponse(self.config_answer)
+
+    async def _ingest(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._answer(JSONResponse({"detail": "invalid agent token"}, status_code=401))
+        with self._lock:
+            scripted = self.fail_next.popleft() if self.fail_next else None
+        if scripted is not None:
+            return self._answer(JSONResponse({"detail": "scripted failure"}, status_code=scripted))
+        if request.headers.get("content-type") != "application/dicom":
+            return self._answer(JSONResponse({"detail": "send application/dicom"}, 415))
+        params = dict(request.query_params)
+        missing = [name for name in _REQUIRED if not params.get(name)]
+        if missing:
+            # Shaped like FastAPI's validation errors, which echo the input back.
+            detail = [
+                {"loc": ["query", name], "msg": "Field required", "input": params}
+                for name in missing
+            ]
+            return self._answer(JSONResponse({"detail": detail}, status_code=422))
+        digest = hashlib.sha256()
+        chunks = []
+        async for chunk in request.stream():
+            digest.update(chunk)
+            chunks.append(chunk)
+        if digest.hexdigest() != params["sha256"]:
+            return self._answer(
+                JSONResponse({"detail": "sha256 does not match the body"}, status_code=400)
+            )
+        return self._answer(JSONResponse(self._file(params, b"".join(chunks))))
+
+    def _file(self, params: dict[str, str], data: bytes) -> dict[str, str]:
+        group, project, reason = self._resolve(params)
+        sop = params["sop_instance_uid"]
+        with self._lock:
+            known = self.files.get(sop)
+            if known is not None and known.sha256 == params["sha256"]:
+                stored, status = known, "exists"
+            else:
+                status = "created" if known is None else "replaced"
+                if known is not None:
+                    self.replaced.append(sop)
+                stored = StoredFile(
+                    f"file-{len(self.files) + len(self.replaced)}",
+                    params["sha256"],
+                    data,
+                    params,
+                    group,
+                    project,
+                    reason,
+                )
+                self.files[sop] = stored
+        return {
+            "file_id": stored.file_id,
+            "status": status,
+            "group": stored.group,
+            "project": stored.project,
+            "routing_reason": stored.routing_reason,
+        }
+
+    def _resolve(self, params: dict[str, str]) -> tuple[str, str, str]:
+        group, project = params.get("group"), params.get("project")
+        unknown, unsorted = params["unknown_group"], params["unsorted_project"]
+        if group is None or project is None:
+            return unknown, unsorted, params["routing_reason"]
+        if group not in self.known_groups:
+            return unknown, unsorted, "unknown_group"
+        if project not in self.known_groups[group]:
+            return group, unsorted, "unknown_project"
+        return group, project, "routed"
+
+    def _answer(self, response: Response) -> Response:
+        with self._lock:
+            self.ingest_statuses.append(response.status_code)
+        return response
+
+
+@pytest.fixture
+def store() -> Iterator[StoreDouble]:
+    """A running store double, stopped after the test."""
+    double = StoreDouble()
+    double.start()
+    yield double
+    double.stop()
+
+
+def _params(data: bytes, **overrides: str) -> dict[str, str]:
+    params = {name: "x" for name in _REQUIRED}
+    params.update(sha256=hashlib.sha256(data).hexdigest(), unknown_group="unknown")
+    params.update(unsorted_project="Unsorted", routing_reason="no_routing_string")
+    params.update(overrides)
+    return params
+
+
+def _post(store: StoreDouble, data: bytes, **overrides: str) -> httpx2.Response:
+    return httpx2.post(
+        f"{store.base_url}/api/v1/ingest",
+        params=_params(data, **overrides),
+        content=data,
+        headers={"Authorization": f"Bearer {store.token}", "Content-Type": "application/dicom"},
+    )
+
+
+def test_double_refuses_a_body_whose_sha256_differs(store: StoreDouble) -> None:
+    response = _post(store, b"DICM", sha256="0" * 64)
+
+    assert response.status_code == 400
+
+
+def test_double_is_idempotent_on_sop_and_sha256_and_records_replacements(
+    store: StoreDouble,
+) -> None:
+    first = _post(store, b"one", sop_instance_uid="1.2.3").json()
+    again = _post(store, b"one", sop_instance_uid="1.2.3").json()
+    other = _post(store, b"two", sop_instance_uid="1.2.3").json()
+
+    assert [first["status"], again["status"], other["status"]] == ["created", "exists", "replaced"]
+    assert first["file_id"] == again["file_id"] != other["file_id"]
+    assert store.replaced == ["1.2.3"]
+
+
+def test_double_files_an_unknown_group_under_the_fallback_names(store: StoreDouble) -> None:
+    answer = _post(store, b"x", group="nobody", project="p", routing_reason="routed").json()
+
+    assert (answer["group"], answer["project"], answer["routing_reason"]) == (
+        "unknown",
+        "Unsorted",
+        "unknown_group",
+    )
+
+
+def test_double_refuses_a_wrong_token(store: StoreDouble) -> None:
+    response = httpx2.post(
+        f"{store.base_url}/api/v1/ingest",
+        params=_params(b"x"),
+        content=b"x",
+        headers={"Authorization": "Bearer wrong", "Content-Type": "application/dicom"},
+    )
+
+    assert response.status_code == 401
