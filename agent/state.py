@@ -3,7 +3,8 @@
 The only writer of spool bookkeeping: the SCP records each durable file here before it answers
 Success, the reaper and uploader move instances through `InstanceState`. Every method runs one
 transaction on one connection guarded by a lock, so SCP threads and the asyncio side can share
-an `AgentState`; each call blocks for about one fsync of the WAL.
+an `AgentState`; a write blocks for about one fsync of the WAL, so asyncio code should call
+them through `asyncio.to_thread`.
 
 Durability: ``synchronous=FULL``. In WAL mode NORMAL would survive a process crash (kill -9)
 but not a power cut, and a commit lost to a power cut after the peer got Success is an image
@@ -19,7 +20,6 @@ Must not import pynetdicom, HTTP libraries or control_plane.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -256,6 +256,9 @@ class AgentState:
         """Use `AgentState.open`; this only wires an already prepared connection."""
         self._connection = connection
         self._path = path
+        # Spool paths under the database's directory are stored relative to it, so a data
+        # directory moved or mounted elsewhere as a whole keeps pointing at its own files.
+        self._base = path.parent
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
@@ -267,7 +270,7 @@ class AgentState:
         `clock` stamps bookkeeping times (reaped_at, finished_at); instance times come from the
         caller. Raises `StateError` when the file is not a usable state database.
         """
-        path = Path(path).absolute()
+        path = Path(path).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             connection = sqlite3.connect(
@@ -302,7 +305,7 @@ class AgentState:
         other content → the spooled older version becomes `superseded` and the new row is
         added → `replaced`. Raises `StateError` if the file is not at `inst.path`.
         """
-        path = str(inst.path)
+        path = self._stored(inst.path)
         with self._transaction() as db:
             known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
             if any(sha == inst.sha256 for _, sha, _, _ in known):
@@ -310,8 +313,8 @@ class AgentState:
             else:
                 # Checked under the lock that guards every unlink, so the file cannot vanish
                 # between this check and the commit that makes it referenced.
-                if not os.path.exists(path):
-                    raise StateError(f"spool file {path} does not exist; it was not recorded")
+                if not inst.path.exists():
+                    raise StateError(f"spool file {inst.path} does not exist; it was not recorded")
                 obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
                 outcome = AddOutcome.replaced if known else AddOutcome.new
                 now = self._clock()
@@ -358,7 +361,7 @@ class AgentState:
 
         Due means never attempted or `next_attempt_at <= now`. Oldest activity first.
         """
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             rows = db.execute(
                 _SELECT_DUE_SERIES, {"now": now, "quiet_since": now - quiet_seconds}
             ).fetchall()
@@ -366,7 +369,7 @@ class AgentState:
 
     def series(self, series_instance_uid: str) -> SeriesRow | None:
         """The series row, or None when the series is unknown."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             row = db.execute(_SELECT_SERIES, (series_instance_uid,)).fetchone()
         return None if row is None else _series_row(row)
 
@@ -374,19 +377,19 @@ class AgentState:
         self, series_instance_uid: str, now: float | None = None
     ) -> list[InstanceRow]:
         """Spooled instances of a series in arrival order; with `now`, only those due then."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             rows = db.execute(
                 _SELECT_SPOOLED, {"series": series_instance_uid, "now": now}
             ).fetchall()
-        return [_instance_row(row) for row in rows]
+        return [_instance_row(row, self._base) for row in rows]
 
     def instance(self, instance_id: int) -> InstanceRow:
         """One instance row by id; `InvalidTransitionError` when there is none."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             row = db.execute(_SELECT_INSTANCE, (instance_id,)).fetchone()
         if row is None:
             raise InvalidTransitionError(f"no instance with id {instance_id} in the state database")
-        return _instance_row(row)
+        return _instance_row(row, self._base)
 
     def set_series_target(self, series_instance_uid: str, target: Mapping[str, Any]) -> None:
         """Store the reap decision of a series (JSON-serialisable) and stamp `reaped_at`."""
@@ -427,7 +430,7 @@ class AgentState:
 
     def stats(self) -> SpoolStats:
         """Counts and bytes per state, for health reports."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             row = db.execute(
                 "SELECT "
                 "  count(*) FILTER (WHERE state = 'spooled'), "
@@ -442,7 +445,7 @@ class AgentState:
 
     def series_instance_count(self, series_instance_uid: str) -> int:
         """Distinct SOP instances known in a series, in any state but superseded."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             (count,) = db.execute(
                 "SELECT count(DISTINCT sop_instance_uid) FROM instances "
                 "WHERE series_instance_uid = ? AND state != 'superseded'",
@@ -452,9 +455,9 @@ class AgentState:
 
     def file_keeping_paths(self) -> set[Path]:
         """Paths of every row that still needs its file (spooled or failed), for recovery."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             rows = db.execute(_SELECT_FILE_KEEPING_PATHS).fetchall()
-        return {Path(path) for (path,) in rows}
+        return {self._resolved(path) for (path,) in rows}
 
     def _finish(self, instance_id: int, state: InstanceState, detail: str) -> None:
         update_spooled, update_superseded = _FINISH[state.value]
@@ -487,21 +490,35 @@ class AgentState:
             if needed:
                 continue
             try:
-                Path(path).unlink(missing_ok=True)
+                self._resolved(path).unlink(missing_ok=True)
             except OSError as exc:
                 # The change is committed; an undeletable file is only wasted space, and
                 # Spool.recover() removes it at the next start.
                 _log.warning("spool file not deleted", path=path, error=str(exc))
 
+    def _stored(self, path: Path) -> str:
+        return (
+            path.relative_to(self._base).as_posix()
+            if path.is_relative_to(self._base)
+            else str(path)
+        )
+
+    def _resolved(self, stored: str) -> Path:
+        return self._base / stored  # an absolute stored path stays as it is
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock for one IMMEDIATE transaction; commit at exit unless already done."""
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """Hold the lock for one transaction; commit at exit unless already done.
+
+        Writes take SQLite's write lock up front (IMMEDIATE) so they never fail half-way on a
+        busy database; reads stay DEFERRED and do not block another process reading the file.
+        """
         with self._lock:
             if self._closed:
                 raise StateError(f"the state database {self._path} is closed")
             db = self._connection
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield db
                 if db.in_transaction:
                     db.execute("COMMIT")
@@ -580,7 +597,7 @@ def _transition_error(
     return InvalidTransitionError(f"instance {instance_id} is {current}; it cannot be {action}")
 
 
-def _instance_row(row: tuple[Any, ...]) -> InstanceRow:
+def _instance_row(row: tuple[Any, ...], base: Path) -> InstanceRow:
     (
         id_,
         sop,
@@ -603,7 +620,7 @@ def _instance_row(row: tuple[Any, ...]) -> InstanceRow:
         study_instance_uid=study,
         sha256=sha,
         size=size,
-        path=Path(path),
+        path=base / path,
         received_at=received,
         spooled_at=spooled,
         state=InstanceState(state),

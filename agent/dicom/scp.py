@@ -50,9 +50,10 @@ __all__ = ["DEFAULT_DUL_LOOP_DELAY", "DicomListener"]
 _log = structlog.get_logger(__name__)
 
 # pynetdicom's DUL thread sleeps this long whenever a pass found nothing to do (its own default
-# is 1 ms). Smaller means lower latency per PDU and more CPU burnt by idle associations: at
-# 0.1 ms an idle association costs ~3% of a core, at 0 a whole core. See docs/intake.md.
-DEFAULT_DUL_LOOP_DELAY = 0.0001
+# is 1 ms); an instance meets about two such idle gaps. Measured on the 2-core reference VM:
+# an idle association costs ~10% of a core at 1 ms, ~17% at 0.2 ms, ~21% at 0.1 ms and ~38%
+# at 0, so 0.2 ms buys most of the latency for little CPU. See docs/intake.md.
+DEFAULT_DUL_LOOP_DELAY = 0.0002
 # Larger receive PDUs mean fewer PDU decodes per instance; peers send up to what we announce.
 _MAXIMUM_PDU_SIZE = 1 << 20
 _ERROR_COMMENT_LIMIT = 64  # (0000,0902) Error Comment is an LO
@@ -77,11 +78,16 @@ class _AssociationTally:
 
 
 class _StoreRefused(Exception):
-    """A C-STORE that gets a failure status; the message is safe for the peer and for logs."""
+    """A C-STORE that gets a failure status.
 
-    def __init__(self, status: Status, message: str) -> None:
+    The message goes to the peer as the error comment; `detail` (default: the message) goes
+    to the log. Both are free of DICOM values.
+    """
+
+    def __init__(self, status: Status, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail or message
 
 
 class DicomListener:
@@ -103,10 +109,13 @@ class DicomListener:
         """Configure the listener; nothing is bound until `start`.
 
         `peers` is the allowlist of (AE title, host); empty accepts any peer. Hosts may be
-        names, resolved at `start`. `require_called_aet` rejects associations addressed to
-        another AE title; off by default like dcmtk's storescp and Orthanc, because the peer
-        allowlist is the access control and a scanner set up with a wrong called AE title
-        would otherwise lose its first series to a configuration detail.
+        names, resolved at `start`. `dul_loop_delay` is the idle sleep of each association's
+        DUL thread (latency against idle CPU, see `DEFAULT_DUL_LOOP_DELAY`).
+        `maximum_associations` beyond which new ones are rejected (transient, local limit).
+        `require_called_aet` rejects associations addressed to another AE title; off by
+        default, as in dcmtk's storescp and Orthanc: the allowlist (calling AE title and host)
+        is the access control, and refusing on the called AE title would turn a harmless typo
+        on a scanner into a support call.
         """
         if dul_loop_delay < 0:
             raise ValueError(f"dul_loop_delay must be >= 0 seconds, got {dul_loop_delay}")
@@ -197,9 +206,6 @@ class DicomListener:
     def _handle_connection_open(self, event: Event) -> None:
         try:
             assoc = event.assoc
-            # pynetdicom offers no public knob for this loop delay; the attribute is read on
-            # every pass of the DUL thread, so setting it before the thread starts is enough.
-            assoc.dul._run_loop_delay = self._dul_loop_delay
             # pynetdicom's standard logging handlers format every PDU and DIMSE message (and
             # copy each data set) even when nothing is logged; we log per association instead.
             for logging_event in _LOGGING_EVENTS:
@@ -222,6 +228,10 @@ class DicomListener:
             if tally is not None:
                 tally.peer_ae = calling
             if not self._allowed or _peer_address(host, calling) in self._allowed:
+                # pynetdicom offers no public knob for this delay; the DUL thread reads the
+                # attribute on every pass. Set only now, so connections that never ask for an
+                # association (TCP probes) idle at pynetdicom's cheaper default.
+                assoc.dul._run_loop_delay = self._dul_loop_delay
                 return
             _log.warning(
                 "association rejected",
@@ -244,7 +254,7 @@ class DicomListener:
         try:
             outcome, summary, size = self._store(event, received_at)
         except _StoreRefused as refusal:
-            return self._refuse(event, tally, refusal.status, str(refusal))
+            return self._refuse(event, tally, refusal)
         except Exception as exc:
             _log.exception(
                 "c-store failed",
@@ -253,7 +263,11 @@ class DicomListener:
                 **_peer_fields(tally),
             )
             return self._refuse(
-                event, tally, Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
+                event,
+                tally,
+                _StoreRefused(
+                    Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
+                ),
             )
         if tally is not None:
             tally.bytes += size
@@ -308,23 +322,25 @@ class DicomListener:
                 received_at=received_at,
             )
         except SpoolFull as exc:
-            raise _StoreRefused(Status.OUT_OF_RESOURCES, str(exc)) from None
+            raise _StoreRefused(
+                Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
+            ) from None
         return outcome, summary, len(part10)
 
     def _refuse(
-        self, event: Event, tally: _AssociationTally | None, status: Status, message: str
+        self, event: Event, tally: _AssociationTally | None, refusal: _StoreRefused
     ) -> Dataset:
         if tally is not None:
             tally.failed += 1
-        if status is not Status.PROCESSING_FAILURE:
+        if refusal.status is not Status.PROCESSING_FAILURE:  # that one was logged with its trace
             _log.warning(
                 "c-store refused",
-                status=f"0x{status:04X}",
+                status=f"0x{refusal.status:04X}",
                 sop_class=_sop_class_name(event),
-                reason=message,
+                reason=refusal.detail,
                 **_peer_fields(tally),
             )
-        return _status(status, message)
+        return _status(refusal.status, str(refusal))
 
     def _handle_connection_close(self, event: Event) -> None:
         try:

@@ -8,6 +8,7 @@ data set on the wire behind a valid C-STORE request.
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -453,3 +454,70 @@ def _wait_until_refused(port: int) -> None:
             pass  # caught in the backlog as the listening socket closed; try again
         threading.Event().wait(0.01)
     raise AssertionError(f"port {port} still accepts connections after stop() began")
+
+
+def test_a_restart_keeps_what_was_acknowledged_and_recognises_a_resend(tmp_path: Path) -> None:
+    ds = instance()
+    state = AgentState.open(tmp_path / "data" / "state.db")
+    spool = Spool(tmp_path / "data" / "spool", state)
+    listener = DicomListener(ae_title="CONNECTOR", host="127.0.0.1", port=0, peers=(), spool=spool)
+    assoc = associate(listener.start())
+    assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    assoc.release()
+    listener.stop(timeout=5)
+    state.close()
+    (spool.root / "tmp" / "interrupted.part").write_bytes(b"half an instance")
+
+    state = AgentState.open(tmp_path / "data" / "state.db")
+    spool = Spool(tmp_path / "data" / "spool", state)
+    report = spool.recover()
+    listener = DicomListener(ae_title="CONNECTOR", host="127.0.0.1", port=0, peers=(), spool=spool)
+    assoc = associate(listener.start())
+    try:
+        assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    finally:
+        assoc.release()
+        listener.stop(timeout=5)
+    (row,) = state.spooled_instances(ds.SeriesInstanceUID)
+    state.close()
+
+    assert (report.temp_files_removed, report.orphans_removed, report.missing_files) == (1, 0, 0)
+    assert row.path.read_bytes().endswith(encoded_dataset(ds))
+
+
+def test_intake_logs_carry_no_dicom_values(
+    start_listener: StartListener,
+    open_association: Callable[..., Association],
+    raw_send: Callable[..., Dataset],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    listener = start_listener(on_stored=lambda _series: None)
+    ds = instance(
+        patient_id="PID-7731-LEAK",
+        patient_comments="fw://neuro/secret-project LEAKCOMMENT",
+        extra={"PatientName": "LEAKNAME^ALICE"},
+    )
+    broken = encode_part10(instance(patient_id="PID-8842-LEAK"))
+    assoc = open_association(listener.port)
+
+    assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    assert raw_send(assoc, broken[:-500]).Status == Status.CANNOT_UNDERSTAND
+    assoc.release()
+    listener.stop(timeout=5)
+
+    printed = caplog.text + "".join(capsys.readouterr())
+    assert "association closed" in printed
+    for value in (
+        "PID-7731",
+        "PID-8842",
+        "LEAKCOMMENT",
+        "LEAKNAME",
+        "secret-project",
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        ds.StudyInstanceUID,
+    ):
+        assert value not in printed

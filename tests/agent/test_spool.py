@@ -160,3 +160,21 @@ def test_a_new_spool_on_existing_directories_keeps_their_files(
 def test_a_negative_reserve_is_refused(tmp_path: Path, state: AgentState) -> None:
     with pytest.raises(ValueError, match="reserve_bytes"):
         Spool(tmp_path / "spool", state, reserve_bytes=-1)
+
+
+def test_a_data_directory_moved_as_a_whole_keeps_its_spooled_files(tmp_path: Path) -> None:
+    state = AgentState.open(tmp_path / "data" / "state.db")
+    store(Spool(tmp_path / "data" / "spool", state), part10())
+    state.close()
+    (tmp_path / "data").rename(tmp_path / "moved")
+
+    moved_state = AgentState.open(tmp_path / "moved" / "state.db")
+    try:
+        report = Spool(tmp_path / "moved" / "spool", moved_state).recover()
+        (row,) = moved_state.spooled_instances(SERIES)
+    finally:
+        moved_state.close()
+
+    assert (report.orphans_removed, report.missing_files) == (0, 0)
+    assert row.path.is_relative_to(tmp_path / "moved")
+    assert row.path.exists()
