@@ -19,14 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydicom.uid import generate_uid  # noqa: E402
+from pydicom import Dataset
+from pydicom.uid import generate_uid
 
-from tests.support.all_in_one import running_all_in_one  # noqa: E402
-from tests.support.dicom_factory import make_instance  # noqa: E402
-from tests.support.scu import send_datasets  # noqa: E402
+from tests.support.all_in_one import running_all_in_one
+from tests.support.dicom_factory import make_instance
+from tests.support.scu import send_datasets
 
 
-def _series(n: int, subject: str) -> list:  # type: ignore[type-arg]
+def _series(n: int, subject: str) -> list[Dataset]:
     study, series = generate_uid(), generate_uid()
     return [
         make_instance(

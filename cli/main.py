@@ -79,6 +79,7 @@ def control_plane(
     import uvicorn
 
     from cli.tokens import resolve_admin_token
+    from common.logging import configure_logging
     from control_plane.main import create_app
     from control_plane.settings import ControlPlaneSettings
 
@@ -88,7 +89,16 @@ def control_plane(
         typer.echo(f"control-plane: {exc}", err=True)
         raise typer.Exit(2) from None
     settings = ControlPlaneSettings(database_url=db, blob_dir=blob_dir, admin_token=token)
-    uvicorn.run(create_app(settings), host=host, port=http_port, log_level="info", access_log=False)
+    configure_logging()
+    # log_config=None keeps uvicorn's loggers on our handler and its PHI filter; the access
+    # log is off because request URLs carry hierarchy labels in their query strings.
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=http_port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command("agent")

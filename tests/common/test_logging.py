@@ -111,11 +111,11 @@ def test_exceptions_are_rendered_with_their_traceback(stream: io.StringIO) -> No
 
 def test_stdlib_records_go_through_the_same_handler(stream: io.StringIO) -> None:
     configure_logging(json=True, stream=stream)
-    logging.getLogger("uvicorn.error").warning("listening on %s", 8080)
+    logging.getLogger("third.party").warning("listening on %s", 8080)
     (line,) = json_lines(stream)
     assert (line["event"], line["logger"], line["level"]) == (
         "listening on 8080",
-        "uvicorn.error",
+        "third.party",
         "warning",
     )
 

@@ -251,9 +251,10 @@ def test_agent_killed_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path
 
 
 def _send_until_aborted(port: int, datasets: list[Dataset], record: Any) -> None:
-    # The agent is killed mid-association: the abort is the point of the test.
+    # The agent is killed mid-association: the abort is the point of the test. A short
+    # timeout: a killed peer's socket may leave the SCU waiting for a response that never comes.
     with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-        send_datasets(port, datasets, on_status=record)
+        send_datasets(port, datasets, on_status=record, timeout=3.0)
 
 
 def test_no_patient_value_reaches_the_logs(tmp_path: Path) -> None:

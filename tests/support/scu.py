@@ -18,9 +18,14 @@ def send_datasets(
     *,
     called_ae: str = "CONNECTOR",
     on_status: Callable[[Dataset, int], None] | None = None,
+    timeout: float = 30.0,
 ) -> list[int]:
-    """Send `datasets` on one association; return the C-STORE status of each (-1 if none)."""
+    """Send `datasets` on one association; return the C-STORE status of each (-1 if none).
+
+    `timeout` bounds each wait for the peer (association, DIMSE response, network idle).
+    """
     ae = AE(ae_title="TEST_SCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts = {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
