@@ -3,11 +3,12 @@
 `UploadLoop.tick` finds the series that have been quiet for `acquisition_delay` (or whose
 retries are due), reaps those without a decision, and turns the rest into `UploadBatch`es —
 unless the site's working-hours window is closed, in which case reaping goes on and the
-instances are counted as deferred. `Uploader.upload_batch` sends a batch with at most
-`upload_concurrency` uploads in flight across all batches and books each outcome in the state
-database: confirmed → `mark_uploaded` (only then is the spool file deleted), permanent →
-`mark_failed`, transient → `schedule_retry` with a jittered backoff, so a retry survives a
-restart.
+instances are counted as deferred. `Uploader.upload_batch` cuts a batch into chunks that fit
+the destination's `batch_limits`, sends them with at most `upload_concurrency` chunk requests
+in flight across all batches, and books each instance's outcome in the state database:
+confirmed → `mark_uploaded` (only then is the spool file deleted), permanent → `mark_failed`,
+transient → `schedule_retry` with a jittered backoff, so a retry survives a restart. A chunk
+whose request failed as a whole books that failure for each of its instances.
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -17,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -30,7 +32,7 @@ from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
 from agent.retry import backoff, is_retryable
 from agent.state import AgentState, InstanceRow, SeriesRow
 from agent.tracing import InstanceTiming, PipelineTracer
-from agent.upload.base import Destination, UploadError
+from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
 from common.logging import series_key
@@ -67,8 +69,47 @@ class BatchReport:
     failed: int
 
 
+def split_into_chunks(
+    instances: Sequence[InstanceRow], limits: BatchLimits
+) -> list[tuple[InstanceRow, ...]]:
+    """`instances` in order, cut into the fewest chunks of even counts that `limits` allow.
+
+    Even counts (200 at 64 a chunk make 4 chunks of 50, not 3 of 64 and one of 8) keep the
+    chunks sent side by side about equally long. A chunk is closed early when the next
+    instance would take it over `limits.max_bytes`, so an instance larger than that travels
+    alone.
+    """
+    if not instances:
+        return []
+    count = math.ceil(len(instances) / limits.max_instances)
+    smaller, larger_count = divmod(len(instances), count)
+    chunks: list[tuple[InstanceRow, ...]] = []
+    start = 0
+    for number in range(count):
+        end = start + smaller + (1 if number < larger_count else 0)
+        chunks += _within_bytes(instances[start:end], limits.max_bytes)
+        start = end
+    return chunks
+
+
+def _within_bytes(
+    instances: Sequence[InstanceRow], max_bytes: int
+) -> list[tuple[InstanceRow, ...]]:
+    chunks: list[tuple[InstanceRow, ...]] = []
+    current: list[InstanceRow] = []
+    size = 0
+    for instance in instances:
+        if current and size + instance.size > max_bytes:
+            chunks.append(tuple(current))
+            current, size = [], 0
+        current.append(instance)
+        size += instance.size
+    chunks.append(tuple(current))
+    return chunks
+
+
 class Uploader:
-    """Uploads batches to a destination, `concurrency` instances at a time overall."""
+    """Uploads batches to a destination, `concurrency` chunk requests at a time overall."""
 
     def __init__(
         self,
@@ -90,11 +131,17 @@ class Uploader:
         self._rng = rng
 
     async def upload_batch(self, batch: UploadBatch, routing: RoutingConfig) -> BatchReport:
-        """Upload every instance of `batch` and book each outcome in the state database."""
+        """Upload every instance of `batch` and book each outcome in the state database.
+
+        The instances go in chunks that fit the destination's `batch_limits`, at most
+        `concurrency` chunk requests in flight across all batches.
+        """
         started = self._clock()
-        timings = await asyncio.gather(
-            *(self._upload_one(instance, batch, routing) for instance in batch.instances)
+        chunks = split_into_chunks(batch.instances, self._destination.batch_limits)
+        per_chunk = await asyncio.gather(
+            *(self._upload_chunk(chunk, batch, routing) for chunk in chunks)
         )
+        timings = [timing for chunk_timings in per_chunk for timing in chunk_timings]
         self._tracer.record_batch(batch.series_instance_uid, timings)
         report = BatchReport(
             uploaded=sum(1 for timing in timings if timing.status == "uploaded"),
@@ -110,30 +157,45 @@ class Uploader:
         )
         return report
 
-    async def _upload_one(
-        self, instance: InstanceRow, batch: UploadBatch, routing: RoutingConfig
-    ) -> InstanceTiming:
+    async def _upload_chunk(
+        self, chunk: Sequence[InstanceRow], batch: UploadBatch, routing: RoutingConfig
+    ) -> list[InstanceTiming]:
         async with self._slots:
             upload_started = self._clock()
+            outcomes: Sequence[UploadResult | Exception]
             try:
-                result = await self._destination.upload(instance, batch.target, routing)
-            # Every failure, expected or not, becomes a booked state of this instance.
+                outcomes = await self._destination.upload_batch(chunk, batch.target, routing)
+                if len(outcomes) != len(chunk):
+                    raise ValueError(
+                        f"the destination returned {len(outcomes)} outcomes for"
+                        f" {len(chunk)} instances"
+                    )
+            # Every failure, expected or not, becomes a booked state of each instance.
             except Exception as exc:
-                status = await self._book_failure(instance, batch, exc)
-            else:
-                await asyncio.to_thread(self._state.mark_uploaded, instance.id, result.file_id)
+                outcomes = [exc] * len(chunk)
+        # Booking happens outside the slot: it is local disk work, and the next chunk's
+        # request need not wait for it.
+        timings: list[InstanceTiming] = []
+        for instance, outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, UploadResult):
+                await asyncio.to_thread(self._state.mark_uploaded, instance.id, outcome.file_id)
                 self._counters.uploads_succeeded += 1
                 status = "uploaded"
-            return InstanceTiming(
-                size=instance.size,
-                attempt=instance.attempts + 1,
-                received_at=instance.received_at,
-                spooled_at=instance.spooled_at,
-                dispatched_at=batch.dispatched_at,
-                upload_started_at=upload_started,
-                upload_ended_at=self._clock(),
-                status=status,
+            else:
+                status = await self._book_failure(instance, batch, outcome)
+            timings.append(
+                InstanceTiming(
+                    size=instance.size,
+                    attempt=instance.attempts + 1,
+                    received_at=instance.received_at,
+                    spooled_at=instance.spooled_at,
+                    dispatched_at=batch.dispatched_at,
+                    upload_started_at=upload_started,
+                    upload_ended_at=self._clock(),
+                    status=status,
+                )
             )
+        return timings
 
     async def _book_failure(self, instance: InstanceRow, batch: UploadBatch, exc: Exception) -> str:
         now = self._clock()

@@ -1,9 +1,12 @@
-"""Upload destination: the control plane's built-in hierarchy store (`POST /api/v1/ingest`).
+"""Upload destination: the control plane's built-in hierarchy store.
 
-The spooled file is streamed in chunks, never read whole into memory. Short in-request retries
-(a few, within about a second) ride out a store restart or a dropped keep-alive connection
-without sending the instance back through the durable retry queue; anything longer is the
-uploader's job (`state.schedule_retry`).
+Several instances of a series go in one `POST /api/v1/ingest/batch` (a streamed
+multipart/related body, `agent.upload.multipart`), so the store records them in one database
+transaction; a batch of one, and an instance larger than the batch byte cap, go through
+`POST /api/v1/ingest`. Spooled files are streamed in chunks, never read whole into memory.
+Short in-request retries (a few, within about a second) ride out a store restart or a dropped
+keep-alive connection without sending the instances back through the durable retry queue;
+anything longer is the uploader's job (`state.schedule_retry`).
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -12,22 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from typing import IO, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import IO, Any, TypeVar
 
 import httpx2
 import stamina
 
 from agent.retry import is_retryable
 from agent.state import InstanceRow
-from agent.upload.base import UploadError, UploadResult
+from agent.upload.base import BatchLimits, UploadError, UploadResult
+from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
 
 INGEST_PATH = "/api/v1/ingest"
-CHUNK_SIZE = 1024 * 1024
+BATCH_PATH = "/api/v1/ingest/batch"
+MIB = 1024 * 1024
+# The store's caps on one batch request (docs/architecture.md); more is refused with 413. A
+# proxy in front of the store with a smaller body limit calls for smaller ones.
+STORE_BATCH_LIMITS = BatchLimits(max_instances=64, max_bytes=64 * MIB)
 _CONFIRMED_STATUSES = frozenset({"created", "exists", "replaced"})
 _MAX_DETAIL_CHARS = 300
+
+_T = TypeVar("_T")
 
 
 class BuiltinStoreDestination:
@@ -43,24 +53,72 @@ class BuiltinStoreDestination:
         retry_attempts: int = 3,
         retry_wait_initial: float = 0.1,
         retry_wait_max: float = 1.0,
+        batch_limits: BatchLimits = STORE_BATCH_LIMITS,
     ) -> None:
         self._url = base_url.rstrip("/") + INGEST_PATH
+        self._batch_url = base_url.rstrip("/") + BATCH_PATH
         self._headers = {"Authorization": f"Bearer {token}"}
         self._owns_client = client is None
         self._client = client or httpx2.AsyncClient(timeout=timeout)
         self._retry_attempts = retry_attempts
         self._retry_wait_initial = retry_wait_initial
         self._retry_wait_max = retry_wait_max
+        self._batch_limits = batch_limits
+
+    @property
+    def batch_limits(self) -> BatchLimits:
+        """The caps on one batch request: the store's, unless others were passed in."""
+        return self._batch_limits
+
+    async def upload_batch(
+        self, instances: Sequence[InstanceRow], target: HierarchyTarget, routing: RoutingConfig
+    ) -> list[UploadResult | UploadError]:
+        """Send instances of one series in one request; one outcome per instance, in order.
+
+        Raises `UploadError` when the request as a whole failed (retryable for transport
+        errors, 5xx, 408/425/429; permanent for other 4xx).
+        """
+        if len(instances) == 1:
+            try:
+                return [await self.upload(instances[0], target, routing)]
+            except UploadError as exc:
+                return [exc]
+        outcomes: dict[int, UploadResult | UploadError] = {}
+        parts: dict[int, SpooledPart] = {}
+        try:
+            for index, instance in enumerate(instances):
+                try:
+                    parts[index] = await _open_part(instance)
+                except UploadError as exc:
+                    outcomes[index] = exc
+            if parts:
+                params = target_params(instances[0], target, routing)
+                sent = await self._with_retries(
+                    lambda: self._post_batch_once(list(parts.values()), params)
+                )
+                outcomes.update(zip(parts, sent, strict=True))
+        finally:
+            for part in parts.values():
+                os.close(part.descriptor)
+        return [outcomes[index] for index in range(len(instances))]
 
     async def upload(
         self, instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
     ) -> UploadResult:
-        """Stream one instance to the store and return its confirmation.
+        """Stream one instance to the store (`POST /api/v1/ingest`); return its confirmation.
 
         Raises `UploadError` (retryable for transport errors, 5xx, 408/425/429; permanent for
         other 4xx and for a spool file that cannot be read).
         """
         params = ingest_params(instance, target, routing)
+        return await self._with_retries(lambda: self._post_once(instance, params))
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this destination created it; idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _with_retries(self, send: Callable[[], Awaitable[_T]]) -> _T:
         try:
             async for attempt in stamina.retry_context(
                 on=is_retryable,
@@ -72,15 +130,26 @@ class BuiltinStoreDestination:
                 wait_jitter=self._retry_wait_initial,
             ):
                 with attempt:
-                    return await self._post_once(instance, params)
+                    return await send()
         except httpx2.HTTPError as exc:
             raise UploadError(is_retryable(exc), _transport_message(exc)) from exc
         raise AssertionError("stamina.retry_context yields until success or raises")
 
-    async def aclose(self) -> None:
-        """Close the HTTP client if this destination created it; idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
+    async def _post_batch_once(
+        self, parts: list[SpooledPart], params: dict[str, str]
+    ) -> list[UploadResult | UploadError]:
+        body = RelatedBody(parts)
+        response = await self._client.post(
+            self._batch_url,
+            params=params,
+            content=body.chunks(),
+            headers={
+                **self._headers,
+                "Content-Type": body.content_type,
+                "Content-Length": str(body.content_length),
+            },
+        )
+        return _batch_confirmation(response, [part.instance for part in parts])
 
     async def _post_once(self, instance: InstanceRow, params: dict[str, str]) -> UploadResult:
         handle = await _open_spool_file(instance)
@@ -105,6 +174,17 @@ def ingest_params(
     instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
 ) -> dict[str, str]:
     """The query parameters of `POST /api/v1/ingest` for one instance (absent when unknown)."""
+    return target_params(instance, target, routing) | {
+        "sop_instance_uid": instance.sop_instance_uid,
+        "sha256": instance.sha256,
+    }
+
+
+def target_params(
+    instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
+) -> dict[str, str]:
+    """The query parameters of `POST /api/v1/ingest/batch`: what the instances of `instance`'s
+    series share (absent when unknown)."""
     params: dict[str, str | None] = {
         "group": target.group,
         "project": target.project,
@@ -114,8 +194,6 @@ def ingest_params(
         "acquisition_key": target.acquisition_key,
         "series_instance_uid": instance.series_instance_uid,
         "study_instance_uid": instance.study_instance_uid,
-        "sop_instance_uid": instance.sop_instance_uid,
-        "sha256": instance.sha256,
         "routing_reason": str(target.routing_reason),
         "routing_string": target.routing_string,
         "unknown_group": routing.unknown_group,
@@ -128,10 +206,27 @@ async def _open_spool_file(instance: InstanceRow) -> IO[bytes]:
     try:
         return await asyncio.to_thread(instance.path.open, "rb")
     except OSError as exc:
-        # The path names a content hash, not a patient, but strerror is all support needs.
-        raise UploadError(
-            False, f"spool file of instance {instance.id} cannot be read: {exc.strerror}"
-        ) from exc
+        raise _unreadable(instance, exc) from exc
+
+
+async def _open_part(instance: InstanceRow) -> SpooledPart:
+    try:
+        descriptor = await asyncio.to_thread(os.open, instance.path, os.O_RDONLY)
+    except OSError as exc:
+        raise _unreadable(instance, exc) from exc
+    try:
+        size = os.fstat(descriptor).st_size
+    except OSError as exc:
+        os.close(descriptor)
+        raise _unreadable(instance, exc) from exc
+    return SpooledPart(instance, descriptor, size)
+
+
+def _unreadable(instance: InstanceRow, exc: OSError) -> UploadError:
+    # The path names a content hash, not a patient, but strerror is all support needs.
+    return UploadError(
+        False, f"spool file of instance {instance.id} cannot be read: {exc.strerror}"
+    )
 
 
 async def _chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:
@@ -155,6 +250,41 @@ def _confirmation(response: httpx2.Response) -> UploadResult:
         raise UploadError(
             True,
             "store answered 200 without a file_id and a status of created/exists/replaced",
+        )
+    return UploadResult(file_id=file_id, status=status)
+
+
+def _batch_confirmation(
+    response: httpx2.Response, sent: Sequence[InstanceRow]
+) -> list[UploadResult | UploadError]:
+    if response.status_code != 200:
+        raise UploadError(
+            is_retryable(response.status_code),
+            f"store answered HTTP {response.status_code}: {_error_detail(response)}",
+        )
+    body = _json_or_none(response)
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list) or len(items) != len(sent):
+        # As for a single upload: nothing is confirmed, so every instance stays spooled.
+        raise UploadError(True, f"store answered 200 without one item per part ({len(sent)})")
+    return [_item_outcome(item, instance) for item, instance in zip(items, sent, strict=True)]
+
+
+def _item_outcome(item: Any, instance: InstanceRow) -> UploadResult | UploadError:
+    answered_uid = item.get("sop_instance_uid") if isinstance(item, dict) else None
+    error = item.get("error") if isinstance(item, dict) else None
+    # A refused part names no UID when the store found none valid in its headers.
+    if isinstance(error, str) and answered_uid in (None, instance.sop_instance_uid):
+        # The store's refusal names digests and what to do, never a DICOM value.
+        return UploadError(False, f"store refused the instance: {error}"[:_MAX_DETAIL_CHARS])
+    if not isinstance(item, dict) or answered_uid != instance.sop_instance_uid:
+        return UploadError(
+            True, "store answered 200 with items that do not match the parts sent, in order"
+        )
+    file_id, status = item.get("file_id"), item.get("status")
+    if not isinstance(file_id, str) or not file_id or status not in _CONFIRMED_STATUSES:
+        return UploadError(
+            True, "store answered 200 with an item without a file_id and a known status"
         )
     return UploadResult(file_id=file_id, status=status)
 

@@ -1,35 +1,29 @@
-"""Ingest: one DICOM instance into the hierarchy store (`POST /api/v1/ingest`).
+"""Ingest: DICOM instances into the hierarchy store (`POST /api/v1/ingest`, and the record step
+that `control_plane.hierarchy.ingest_batch` shares for `POST /api/v1/ingest/batch`).
 
-The body is streamed to the blob store while hashed; it is kept only when its digest matches
-the one the agent announced and it looks like a Part-10 file. The database work then runs in
-one transaction that resolves the destination (falling back to the site's unknown group or a
-group's unsorted project), gets or creates subject, session and acquisition, and records the
-file. Concurrent ingests meet on unique constraints: the loser rolls back and starts the
-transaction again, then sees the winner's rows. Must not import FastAPI.
+Each body is streamed to the blob store while hashed and kept only when its digest matches the
+one the agent announced and it looks like a Part-10 file. The instances of one request, which
+share one target, are then recorded in one transaction with set-based statements: one lookup
+of their existing and current versions, one placement of the target (found in one statement
+once the acquisition exists, created level by level before), one bulk insert and the
+replacements. A single-instance ingest is a batch of one. Concurrent ingests meet on unique
+constraints: the loser rolls back and starts the transaction again, then sees the winner's
+rows. Must not import FastAPI.
 """
 
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from sqlalchemy import Select, exists, or_, select, tuple_, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.routing import RoutingReason
 from control_plane.errors import BusyError, RejectedUploadError
 from control_plane.hierarchy.blobs import BlobStore, ReceivedBlob
-from control_plane.models import (
-    Acquisition,
-    Base,
-    File,
-    Group,
-    Project,
-    Session,
-    Subject,
-    utc_now,
-)
+from control_plane.hierarchy.ingest_schemas import IngestTarget
+from control_plane.hierarchy.placement import Destination, Placement, destination_of, place
+from control_plane.models import File, utc_now
 from control_plane.schemas import IngestParams, IngestResult, IngestStatus
 
 # Enough for every realistic pile-up of agents on one new session; each attempt after the
@@ -38,19 +32,47 @@ MAX_ATTEMPTS = 5
 _PART10_MAGIC_OFFSET = 128
 _PART10_MAGIC = b"DICM"
 
-_RowT = TypeVar("_RowT", bound=Base)
-
 
 class _LostRace(Exception):
     """Another transaction replaced the same SOP instance first; start over."""
 
 
 @dataclass(frozen=True)
-class _Destination:
-    group_id: str
-    project_label: str
-    reason: RoutingReason
-    project_id: uuid.UUID | None = None
+class ReceivedInstance:
+    """An instance whose bytes are durable in the blob store, waiting to be recorded."""
+
+    sop_instance_uid: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """What recording did with one instance."""
+
+    file_id: uuid.UUID
+    status: IngestStatus
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of recording a request's instances: one file per instance, in order.
+
+    `destination` is where the new files were filed; when every instance already existed,
+    where the first of them lives.
+    """
+
+    files: list[RecordedFile]
+    destination: Destination
+
+
+@dataclass(frozen=True)
+class _Version:
+    id: uuid.UUID
+    sop_instance_uid: str
+    sha256: str
+    acquisition_id: uuid.UUID
+    current: bool
 
 
 async def ingest(
@@ -69,17 +91,198 @@ async def ingest(
     Raises `RejectedUploadError` (digest mismatch, not Part-10) and `BusyError` (concurrent
     writers kept colliding).
     """
+    size = await receive_instance(blobs, body, params.sha256)
+    instance = ReceivedInstance(params.sop_instance_uid, params.sha256, size)
+    recorded = await record(session, IngestTarget.of_instance(params), [instance], site_id)
+    [file] = recorded.files
+    return IngestResult(
+        file_id=file.file_id,
+        status=file.status,
+        group=recorded.destination.group_id,
+        project=recorded.destination.project_label,
+        routing_reason=recorded.destination.reason,
+    )
+
+
+async def receive_instance(
+    blobs: BlobStore, body: AsyncIterable[bytes], announced_sha256: str
+) -> int:
+    """Stream one instance's bytes into the blob store and keep them; return their size.
+
+    Raises `RejectedUploadError` (and keeps nothing) when the bytes do not hash to
+    `announced_sha256` or are not a Part-10 file.
+    """
     head = bytearray()
     received = await blobs.receive(_capture_head(body, head))
     try:
-        _check_upload(received, bytes(head), params.sha256)
+        _check_upload(received, bytes(head), announced_sha256)
     except RejectedUploadError:
         await blobs.discard(received)
         raise
     # The blob is durable before any row points at it; a failed transaction leaves at most an
     # unreferenced blob, which the retried upload reuses.
     await blobs.keep(received)
-    return await _record(session, params, received.size, site_id)
+    return received.size
+
+
+async def record(
+    session: AsyncSession,
+    target: IngestTarget,
+    instances: Sequence[ReceivedInstance],
+    site_id: uuid.UUID | None,
+) -> Recorded:
+    """Record received instances of one target in one transaction, committed on return.
+
+    Per instance the outcome is what single ingests in the same order would give: `exists`
+    for bytes already stored under that SOP Instance UID (wherever they were filed),
+    `replaced` when other bytes were current, `created` otherwise. Raises `BusyError` when
+    concurrent writers kept colliding.
+    """
+    if not instances:
+        raise ValueError("record() needs at least one instance")
+    layers = _layers(instances)
+    for _attempt in range(MAX_ATTEMPTS):
+        try:
+            recorded = await _record_once(session, target, instances, layers, site_id)
+            await session.commit()
+        except (IntegrityError, _LostRace):
+            await session.rollback()
+            continue
+        return recorded
+    raise BusyError(
+        f"the upload collided with concurrent uploads {MAX_ATTEMPTS} times; retry later"
+    )
+
+
+def _layers(instances: Sequence[ReceivedInstance]) -> list[list[int]]:
+    """Indexes of `instances` split so that no SOP Instance UID occurs twice in one layer.
+
+    The set-based statements assume distinct SOP instances; a request that carries two
+    versions of one instance records them one layer after the other, as sequential single
+    ingests would. Almost every request is one layer.
+    """
+    layers: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for index, instance in enumerate(instances):
+        depth = seen.get(instance.sop_instance_uid, 0)
+        seen[instance.sop_instance_uid] = depth + 1
+        if depth == len(layers):
+            layers.append([])
+        layers[depth].append(index)
+    return layers
+
+
+async def _record_once(
+    session: AsyncSession,
+    target: IngestTarget,
+    instances: Sequence[ReceivedInstance],
+    layers: list[list[int]],
+    site_id: uuid.UUID | None,
+) -> Recorded:
+    files: dict[int, RecordedFile] = {}
+    existing_in: dict[int, uuid.UUID] = {}
+    placement: Placement | None = None
+    for layer in layers:
+        members = [instances[index] for index in layer]
+        versions = await _versions(session, members)
+        stored = {(v.sop_instance_uid, v.sha256): v for v in versions}
+        current = {v.sop_instance_uid: v for v in versions if v.current}
+        fresh: list[int] = []
+        for index in layer:
+            instance = instances[index]
+            existing = stored.get((instance.sop_instance_uid, instance.sha256))
+            if existing is None:
+                fresh.append(index)
+                continue
+            files[index] = RecordedFile(existing.id, IngestStatus.exists)
+            existing_in[index] = existing.acquisition_id
+        if not fresh:
+            continue
+        placement = placement or await place(session, target, site_id)
+        added = await _add_files(
+            session, [instances[index] for index in fresh], placement.acquisition_id, current
+        )
+        files.update(zip(fresh, added, strict=True))
+    if placement is not None:
+        destination = placement.destination
+    else:
+        # Nothing new, so every instance exists: answer where the first one lives, as a
+        # single ingest does.
+        destination = await destination_of(session, existing_in[0])
+    return Recorded([files[index] for index in range(len(instances))], destination)
+
+
+async def _versions(session: AsyncSession, instances: Sequence[ReceivedInstance]) -> list[_Version]:
+    """Stored versions of these SOP instances that are current or hold one of these digests."""
+    rows = await session.execute(
+        select(
+            File.id, File.sop_instance_uid, File.sha256, File.acquisition_id, File.replaced_at
+        ).where(
+            File.sop_instance_uid.in_(sorted({i.sop_instance_uid for i in instances})),
+            or_(File.replaced_at.is_(None), File.sha256.in_(sorted({i.sha256 for i in instances}))),
+        )
+    )
+    return [
+        _Version(
+            row.id, row.sop_instance_uid, row.sha256, row.acquisition_id, row.replaced_at is None
+        )
+        for row in rows
+    ]
+
+
+async def _add_files(
+    session: AsyncSession,
+    instances: Sequence[ReceivedInstance],
+    acquisition_id: uuid.UUID,
+    current: dict[str, _Version],
+) -> list[RecordedFile]:
+    now = utc_now()
+    new_ids = [uuid.uuid4() for _ in instances]
+    successor = {
+        current[instance.sop_instance_uid].id: new_id
+        for instance, new_id in zip(instances, new_ids, strict=True)
+        if instance.sop_instance_uid in current
+    }
+    if successor:
+        # Retire the current versions first (the partial unique index allows one current file
+        # per SOP instance); the conditional update is what makes a concurrent replacer lose.
+        retired = (
+            await session.scalars(
+                update(File)
+                .where(File.id.in_(list(successor)), File.replaced_at.is_(None))
+                .values(replaced_at=now)
+                .returning(File.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+        if len(retired) != len(successor):
+            raise _LostRace
+    await session.execute(
+        insert(File),
+        [
+            {
+                "id": new_id,
+                "acquisition_id": acquisition_id,
+                "sop_instance_uid": instance.sop_instance_uid,
+                "sha256": instance.sha256,
+                "size": instance.size,
+                "created_at": now,
+            }
+            for instance, new_id in zip(instances, new_ids, strict=True)
+        ],
+    )
+    if successor:
+        await session.execute(
+            update(File),
+            [{"id": old, "replaced_by_id": new} for old, new in successor.items()],
+        )
+    return [
+        RecordedFile(
+            new_id,
+            IngestStatus.replaced if instance.sop_instance_uid in current else IngestStatus.created,
+        )
+        for instance, new_id in zip(instances, new_ids, strict=True)
+    ]
 
 
 async def _capture_head(body: AsyncIterable[bytes], head: bytearray) -> AsyncIterator[bytes]:
@@ -103,251 +306,3 @@ def _check_upload(received: ReceivedBlob, head: bytes, announced_sha256: str) ->
             "the body is not a DICOM Part-10 file (no 'DICM' after the 128-byte preamble);"
             " send the file as written with its preamble and file meta information"
         )
-
-
-async def _record(
-    session: AsyncSession, params: IngestParams, size: int, site_id: uuid.UUID | None
-) -> IngestResult:
-    for _attempt in range(MAX_ATTEMPTS):
-        try:
-            result = await _record_once(session, params, size, site_id)
-            await session.commit()
-        except (IntegrityError, _LostRace):
-            await session.rollback()
-            continue
-        return result
-    raise BusyError(
-        f"the instance collided with concurrent uploads {MAX_ATTEMPTS} times; retry later"
-    )
-
-
-async def _record_once(
-    session: AsyncSession, params: IngestParams, size: int, site_id: uuid.UUID | None
-) -> IngestResult:
-    versions = (
-        await session.scalars(
-            select(File).where(
-                File.sop_instance_uid == params.sop_instance_uid,
-                or_(File.sha256 == params.sha256, File.replaced_at.is_(None)),
-            )
-        )
-    ).all()
-    existing = next((f for f in versions if f.sha256 == params.sha256), None)
-    if existing is not None:
-        return await _existing_result(session, existing)
-    current = next((f for f in versions if f.replaced_at is None), None)
-
-    placed = await _find_placement(session, params)
-    if placed is not None:
-        acquisition_id, destination = placed
-        file_id, status = await _add_file(session, params, size, acquisition_id, current)
-        return IngestResult(
-            file_id=file_id,
-            status=status,
-            group=destination.group_id,
-            project=destination.project_label,
-            routing_reason=destination.reason,
-        )
-
-    destination = await _resolve_destination(session, params)
-    subject = await _get_or_create(
-        session,
-        select(Subject).where(
-            Subject.project_id == destination.project_id, Subject.label == params.subject
-        ),
-        lambda: Subject(project_id=destination.project_id, label=params.subject),
-    )
-    study = await _get_or_create(
-        session,
-        select(Session).where(Session.subject_id == subject.id, Session.label == params.session),
-        lambda: Session(
-            subject_id=subject.id,
-            label=params.session,
-            study_instance_uid=params.study_instance_uid,
-            site_id=site_id,
-            routing_reason=destination.reason.value,
-            routing_string=params.routing_string,
-        ),
-    )
-    acquisition = await _get_or_create(
-        session,
-        select(Acquisition).where(
-            Acquisition.session_id == study.id, Acquisition.key == params.grouping_key
-        ),
-        lambda: Acquisition(
-            session_id=study.id,
-            key=params.grouping_key,
-            label=params.acquisition,
-            series_instance_uid=params.series_instance_uid,
-        ),
-    )
-    file_id, status = await _add_file(session, params, size, acquisition.id, current)
-    return IngestResult(
-        file_id=file_id,
-        status=status,
-        group=destination.group_id,
-        project=destination.project_label,
-        routing_reason=destination.reason,
-    )
-
-
-async def _find_placement(
-    session: AsyncSession, params: IngestParams
-) -> tuple[uuid.UUID, _Destination] | None:
-    """The acquisition of an instance whose whole path already exists, in one statement.
-
-    Every instance after the first of a series takes this path; the general one below costs
-    about ten statements. The candidate rows are the routed project, the group's unsorted
-    project and the unknown group's; which one applies depends on what exists, which the
-    same statement answers. None when any level is still missing.
-    """
-    group, project = params.group, params.project
-    candidates = [(params.unknown_group, params.unsorted_project)]
-    if group is not None and project is not None:
-        candidates += [(group, project), (group, params.unsorted_project)]
-    rows = (
-        await session.execute(
-            select(
-                Acquisition.id,
-                Project.group_id,
-                Project.label,
-                exists().where(Group.id == group).label("group_known"),
-                exists()
-                .where(Project.group_id == group, Project.label == project)
-                .label("project_known"),
-            )
-            .join(Session, Acquisition.session_id == Session.id)
-            .join(Subject, Session.subject_id == Subject.id)
-            .join(Project, Subject.project_id == Project.id)
-            .where(
-                tuple_(Project.group_id, Project.label).in_(candidates),
-                Subject.label == params.subject,
-                Session.label == params.session,
-                Acquisition.key == params.grouping_key,
-            )
-        )
-    ).all()
-    if not rows:
-        return None
-    if group is None or project is None:
-        wanted = _Destination(params.unknown_group, params.unsorted_project, params.reason)
-    elif rows[0].project_known:
-        wanted = _Destination(group, project, RoutingReason.routed)
-    elif rows[0].group_known:
-        wanted = _Destination(group, params.unsorted_project, RoutingReason.unknown_project)
-    else:
-        wanted = _Destination(
-            params.unknown_group, params.unsorted_project, RoutingReason.unknown_group
-        )
-    for row in rows:
-        if (row.group_id, row.label) == (wanted.group_id, wanted.project_label):
-            return row.id, wanted
-    return None
-
-
-async def _existing_result(session: AsyncSession, file: File) -> IngestResult:
-    row = (
-        await session.execute(
-            select(Project.group_id, Project.label, Session.routing_reason)
-            .join(Subject, Subject.project_id == Project.id)
-            .join(Session, Session.subject_id == Subject.id)
-            .join(Acquisition, Acquisition.session_id == Session.id)
-            .where(Acquisition.id == file.acquisition_id)
-        )
-    ).one()
-    return IngestResult(
-        file_id=file.id,
-        status=IngestStatus.exists,
-        group=row.group_id,
-        project=row.label,
-        routing_reason=RoutingReason(row.routing_reason),
-    )
-
-
-async def _resolve_destination(session: AsyncSession, params: IngestParams) -> _Destination:
-    if params.group is not None and params.project is not None:
-        group = await session.scalar(select(Group).where(Group.id == params.group))
-        if group is not None:
-            project = await session.scalar(
-                select(Project).where(Project.group_id == group.id, Project.label == params.project)
-            )
-            if project is not None:
-                return _Destination(group.id, project.label, RoutingReason.routed, project.id)
-            unsorted = await _get_or_create_project(session, group.id, params.unsorted_project)
-            return _Destination(
-                group.id, unsorted.label, RoutingReason.unknown_project, unsorted.id
-            )
-        reason = RoutingReason.unknown_group
-    else:
-        reason = params.reason
-    await _get_or_create(
-        session,
-        select(Group).where(Group.id == params.unknown_group),
-        lambda: Group(id=params.unknown_group, label=params.unknown_group),
-    )
-    fallback = await _get_or_create_project(session, params.unknown_group, params.unsorted_project)
-    return _Destination(params.unknown_group, fallback.label, reason, fallback.id)
-
-
-async def _get_or_create_project(session: AsyncSession, group_id: str, label: str) -> Project:
-    return await _get_or_create(
-        session,
-        select(Project).where(Project.group_id == group_id, Project.label == label),
-        lambda: Project(group_id=group_id, label=label),
-    )
-
-
-async def _get_or_create(
-    session: AsyncSession, query: Select[_RowT], create: Callable[[], _RowT]
-) -> _RowT:
-    found = await session.scalar(query)
-    if found is not None:
-        return found
-    row = create()
-    session.add(row)
-    # When a concurrent ingest inserts the same row first, this flush raises IntegrityError;
-    # `_record` then starts the transaction over and the query above finds that row.
-    await session.flush()
-    return row
-
-
-async def _add_file(
-    session: AsyncSession,
-    params: IngestParams,
-    size: int,
-    acquisition_id: uuid.UUID,
-    current: File | None,
-) -> tuple[uuid.UUID, IngestStatus]:
-    now = utc_now()
-    new_file = File(
-        id=uuid.uuid4(),
-        acquisition_id=acquisition_id,
-        sop_instance_uid=params.sop_instance_uid,
-        sha256=params.sha256,
-        size=size,
-        created_at=now,
-    )
-    if current is None:
-        session.add(new_file)
-        await session.flush()
-        return new_file.id, IngestStatus.created
-    # Retire the current version first (the partial unique index allows one current file
-    # per SOP instance); the conditional update is what makes a concurrent replacer lose.
-    retired = await session.scalar(
-        update(File)
-        .where(File.id == current.id, File.replaced_at.is_(None))
-        .values(replaced_at=now)
-        .returning(File.id)
-        .execution_options(synchronize_session=False)
-    )
-    if retired is None:
-        raise _LostRace
-    session.add(new_file)
-    await session.flush()
-    await session.execute(
-        update(File)
-        .where(File.id == current.id)
-        .values(replaced_by_id=new_file.id)
-        .execution_options(synchronize_session=False)
-    )
-    return new_file.id, IngestStatus.replaced

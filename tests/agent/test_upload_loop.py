@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -15,7 +15,7 @@ from agent.health import PipelineCounters
 from agent.reaper import Reaper
 from agent.spool import Spool
 from agent.state import AgentState, InstanceRow
-from agent.upload.base import UploadResult
+from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.uploader import Uploader, UploadLoop
 from common.config import RoutingConfig, validate_site_config
@@ -228,9 +228,11 @@ async def test_a_series_whose_stored_decision_is_unreadable_stays_spooled_and_is
 class _BrokenDestination:
     """A destination with a bug: raises something other than UploadError, quoting a value."""
 
-    async def upload(
-        self, instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
-    ) -> UploadResult:
+    batch_limits = BatchLimits(max_instances=64, max_bytes=1 << 26)
+
+    async def upload_batch(
+        self, instances: Sequence[InstanceRow], target: HierarchyTarget, routing: RoutingConfig
+    ) -> list[UploadResult | UploadError]:
         raise KeyError(f"subject {target.subject!r}")
 
     async def aclose(self) -> None:

@@ -2,16 +2,19 @@
 
 `StoreDouble` is a small Starlette app served by uvicorn on 127.0.0.1 (port 0) in its own
 thread (`UvicornThread`, which also serves the real control plane in other tests). It
-implements `GET /api/v1/agent/config` and `POST /api/v1/ingest` as docs/architecture.md
-specifies them (bearer token, query parameters, sha256 check, idempotence on
-(sop_instance_uid, sha256), fallback group), so the agent is tested against a real HTTP peer.
-Scripted answers (`fail_next`, `config_status`) let tests play an unhealthy store.
+implements `GET /api/v1/agent/config`, `POST /api/v1/ingest` and `POST /api/v1/ingest/batch`
+as docs/architecture.md specifies them (bearer token, query parameters, multipart/related
+parts with their headers, sha256 check per instance, idempotence on (sop_instance_uid,
+sha256), fallback group), so the agent is tested against a real HTTP peer. Scripted answers
+(`fail_next`, `config_status`) let tests play an unhealthy store; `fail_next` applies to
+either ingest route.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +43,8 @@ _REQUIRED = (
     "unknown_group",
     "unsorted_project",
 )
+_PER_INSTANCE = ("sop_instance_uid", "sha256")
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
 
 
 class UvicornThread:
@@ -93,6 +98,7 @@ class StoreDouble:
     files: dict[str, StoredFile] = field(default_factory=dict)
     replaced: list[str] = field(default_factory=list)
     ingest_statuses: list[int] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
     config_requests: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: UvicornThread | None = None
@@ -104,6 +110,7 @@ class StoreDouble:
             routes=[
                 Route("/api/v1/agent/config", self._config, methods=["GET"]),
                 Route("/api/v1/ingest", self._ingest, methods=["POST"]),
+                Route("/api/v1/ingest/batch", self._ingest_batch, methods=["POST"]),
             ]
         )
 
@@ -165,6 +172,49 @@ class StoreDouble:
             )
         return self._answer(JSONResponse(self._file(params, b"".join(chunks))))
 
+    async def _ingest_batch(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._answer(JSONResponse({"detail": "invalid agent token"}, status_code=401))
+        with self._lock:
+            scripted = self.fail_next.popleft() if self.fail_next else None
+        if scripted is not None:
+            return self._answer(JSONResponse({"detail": "scripted failure"}, status_code=scripted))
+        content_type = request.headers.get("content-type", "")
+        boundary = _BOUNDARY.search(content_type)
+        if not content_type.startswith("multipart/related") or boundary is None:
+            return self._answer(JSONResponse({"detail": "send multipart/related"}, 415))
+        params = dict(request.query_params)
+        missing = [name for name in _REQUIRED if name not in _PER_INSTANCE and not params.get(name)]
+        if missing:
+            detail = [
+                {"loc": ["query", name], "msg": "Field required", "input": params}
+                for name in missing
+            ]
+            return self._answer(JSONResponse({"detail": detail}, status_code=422))
+        body = await request.body()
+        parts = _split_related(body, boundary.group(1).encode())
+        with self._lock:
+            self.batch_sizes.append(len(parts))
+        items: list[dict[str, str]] = []
+        placed: dict[str, str] = {}
+        for headers, data in parts:
+            sop = headers.get("x-sop-instance-uid", "")
+            if hashlib.sha256(data).hexdigest() != headers.get("x-sha256"):
+                items.append({"sop_instance_uid": sop, "error": "sha256 does not match"})
+                continue
+            instance = params | {"sop_instance_uid": sop, "sha256": headers["x-sha256"]}
+            placed = self._file(instance, data)
+            items.append(
+                {"sop_instance_uid": sop, "file_id": placed["file_id"], "status": placed["status"]}
+            )
+        answer = {
+            "items": items,
+            "group": placed.get("group"),
+            "project": placed.get("project"),
+            "routing_reason": placed.get("routing_reason"),
+        }
+        return self._answer(JSONResponse(answer))
+
     def _file(self, params: dict[str, str], data: bytes) -> dict[str, str]:
         group, project, reason = self._resolve(params)
         sop = params["sop_instance_uid"]
@@ -209,6 +259,22 @@ class StoreDouble:
         with self._lock:
             self.ingest_statuses.append(response.status_code)
         return response
+
+
+def _split_related(body: bytes, boundary: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a whole multipart body: (lower-cased headers, bytes) each."""
+    segments = (b"\r\n" + body).split(b"\r\n--" + boundary)
+    parts = []
+    for segment in segments[1:-1]:
+        head, _, data = segment.partition(b"\r\n\r\n")
+        lines = head.decode("ascii").split("\r\n")[1:]
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines)
+        }
+        parts.append((headers, data))
+    assert segments[-1].startswith(b"--"), "the body does not end with the close delimiter"
+    return parts
 
 
 @pytest.fixture

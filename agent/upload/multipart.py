@@ -1,0 +1,90 @@
+"""A streamed `multipart/related; type="application/dicom"` body (the STOW-RS shape, DICOM
+PS3.18) of spooled instances, for `POST /api/v1/ingest/batch`.
+
+Each part carries one spooled file with the headers `Content-Type: application/dicom`,
+`X-Sop-Instance-Uid` and `X-Sha256`. The body's length is known before the first byte is sent
+(headers are built up front, file sizes come from `fstat`), so the request goes out with a
+Content-Length instead of chunked encoding. File bytes are read with positional reads in
+worker threads, chunk by chunk, so a body can be streamed again from the start when the
+request is retried and memory stays at one chunk whatever the batch size.
+
+Must not import pynetdicom, fastapi or control_plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from agent.state import InstanceRow
+from agent.upload.base import UploadError
+
+CHUNK_SIZE = 1024 * 1024
+SOP_INSTANCE_UID_HEADER = "X-Sop-Instance-Uid"
+SHA256_HEADER = "X-Sha256"
+_CRLF = b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledPart:
+    """One open spool file to send as a part; `size` was taken from the open descriptor."""
+
+    instance: InstanceRow
+    descriptor: int
+    size: int
+
+
+class RelatedBody:
+    """The multipart body of a batch of open spool files; iterate `chunks()` once per send."""
+
+    def __init__(self, parts: Sequence[SpooledPart]) -> None:
+        # 128 random bits: the odds that a boundary occurs inside DICOM data are nil, so
+        # the files need not be scanned for it first.
+        self.boundary = f"dicom-connector-{uuid.uuid4().hex}"
+        self._parts = tuple(parts)
+        self._heads = [self._head(part.instance) for part in self._parts]
+        self._close = b"--" + self.boundary.encode("ascii") + b"--" + _CRLF
+
+    @property
+    def content_type(self) -> str:
+        """The request's Content-Type header, boundary included."""
+        return f'multipart/related; type="application/dicom"; boundary={self.boundary}'
+
+    @property
+    def content_length(self) -> int:
+        """The exact number of bytes `chunks()` yields."""
+        framing = sum(len(head) + len(_CRLF) for head in self._heads) + len(self._close)
+        return framing + sum(part.size for part in self._parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, part after part; raises `UploadError` (retryable) if a file shrank."""
+        for head, part in zip(self._heads, self._parts, strict=True):
+            yield head
+            offset = 0
+            while offset < part.size:
+                wanted = min(CHUNK_SIZE, part.size - offset)
+                chunk = await asyncio.to_thread(os.pread, part.descriptor, wanted, offset)
+                if not chunk:
+                    # The announced Content-Length can no longer be met; a retry re-reads
+                    # the size, and the store then refuses just this instance's digest.
+                    raise UploadError(
+                        True,
+                        f"spool file of instance {part.instance.id} shrank while it was"
+                        " being uploaded",
+                    )
+                offset += len(chunk)
+                yield chunk
+            yield _CRLF
+        yield self._close
+
+    def _head(self, instance: InstanceRow) -> bytes:
+        lines = (
+            f"--{self.boundary}",
+            "Content-Type: application/dicom",
+            f"{SOP_INSTANCE_UID_HEADER}: {instance.sop_instance_uid}",
+            f"{SHA256_HEADER}: {instance.sha256}",
+        )
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
