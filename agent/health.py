@@ -3,7 +3,8 @@
 `PipelineCounters` is updated by the reaper and uploader as things happen (it is reset by a
 restart); `take_snapshot` joins it with the durable numbers of the state database and the
 spool disk into a `HealthSnapshot`, which the CLI prints and the control-plane link reports.
-No field holds a DICOM value.
+In pull mode the snapshot also holds one `PullSourceHealth` per source (from
+`agent.pull.service`) and the query-time check. No field holds a DICOM value.
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.state import AgentState
+
+__all__ = ["HealthSnapshot", "PipelineCounters", "PullSourceHealth", "take_snapshot"]
 
 
 @dataclass
@@ -42,6 +46,37 @@ class PipelineCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class PullSourceHealth:
+    """One pull source: its start-up C-ECHO, its last query round and its series.
+
+    Times are epoch seconds, durations seconds. A query that failed or timed out shows as
+    `last_round_ok` False with `last_query_error`, never as a source without series.
+    """
+
+    source: str  # AE_TITLE@host:port
+    retrieve: str  # move | get
+    echo_ok: bool | None  # None until the start-up C-ECHO answered or failed
+    echo_error: str | None
+    last_round_at: float | None
+    last_round_duration: float | None
+    last_round_ok: bool | None  # None before the first round
+    last_query_error: str | None  # the last round's error; None once a round succeeds
+    consecutive_failed_rounds: int
+    series_seen: int  # listed by the last successful round
+    series_tracked: int  # in the ledger (including vanished ones inside the grace period)
+    series_waiting: int  # still to retrieve: new, short, or grown since retrieved
+    series_retrieved: int
+    series_short: int  # retrieval stayed short; retried with a backoff
+    instances_missing: int  # what the short series lack
+    series_vanished: int  # gone from the source, remembered for the grace period
+    retrievals_in_flight: int
+    retrievals_succeeded: int  # since this process started
+    retrievals_failed: int  # since this process started (no answer, failure status, short)
+    instances_retrieved: int  # new instances spooled by retrievals since this process started
+    last_retrieve_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSnapshot:
     """One reading of the agent's health; all durations in seconds, sizes in bytes."""
 
@@ -63,6 +98,11 @@ class HealthSnapshot:
     disk_headroom_bytes: int
     last_error: str | None
     last_error_at: float | None
+    # Pull mode: the longest of the sources' last query rounds against query_time_threshold.
+    last_query_duration: float | None = None
+    query_time_threshold: float | None = None
+    query_over_threshold: bool = False
+    pull_sources: tuple[PullSourceHealth, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the CLI and the health report)."""
@@ -79,9 +119,17 @@ def take_snapshot(
     config_revision: int | None,
     uploads_open: bool,
     now: float,
+    pull_sources: Sequence[PullSourceHealth] = (),
+    query_time_threshold: float | None = None,
 ) -> HealthSnapshot:
     """Compute the health snapshot (blocking: reads the state database and the disk)."""
     stats = state.stats()
+    durations = [
+        source.last_round_duration
+        for source in pull_sources
+        if source.last_round_duration is not None
+    ]
+    last_query = max(durations) if durations else None
     free = shutil.disk_usage(spool_dir).free
     oldest = stats.oldest_spooled_at
     return HealthSnapshot(
@@ -103,4 +151,12 @@ def take_snapshot(
         disk_headroom_bytes=free - reserve_bytes,
         last_error=counters.last_error,
         last_error_at=counters.last_error_at,
+        last_query_duration=last_query,
+        query_time_threshold=query_time_threshold,
+        query_over_threshold=(
+            last_query is not None
+            and query_time_threshold is not None
+            and last_query > query_time_threshold
+        ),
+        pull_sources=tuple(pull_sources),
     )

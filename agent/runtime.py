@@ -1,10 +1,12 @@
-"""The agent process: one `asyncio.TaskGroup` owns the config refresh and the upload loop.
+"""The agent process: one `asyncio.TaskGroup` owns the config refresh, the upload loop and
+the pull service (which polls sources only while the site config says `mode: pull`).
 
 Start-up: config (control plane, else last-known-good, else wait) → state database → spool
 recovery → DICOM listener → `ready(port)`. Shutdown (SIGTERM, `stop()` or cancellation) runs
-the same code path every time, whatever was started: the listener stops first (open
-associations finish), in-flight uploads get `upload_drain_timeout` to finish, then the
-destination, config client and state are closed. `stop()` may be called any number of times.
+the same code path every time, whatever was started: pulling stops first (its associations
+are aborted), then the listener (open associations finish), in-flight uploads get
+`upload_drain_timeout` to finish, then the destination, config client and state are closed.
+`stop()` may be called any number of times.
 
 DICOM threads meet asyncio at exactly one seam: the listener's `on_stored` callback tells the
 upload loop about the arrival through `loop.call_soon_threadsafe`.
@@ -27,6 +29,8 @@ from opentelemetry.trace import TracerProvider
 from agent.config_client import ConfigClient, SiteSnapshot
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
 from agent.health import HealthSnapshot, PipelineCounters, take_snapshot
+from agent.pull.ledger import check_ledger
+from agent.pull.service import PullService
 from agent.reaper import Reaper
 from agent.settings import AgentSettings
 from agent.spool import Spool
@@ -79,6 +83,7 @@ class AgentRuntime:
         self._listener: DicomListener | None = None
         self._listener_key: ListenerKey | None = None
         self._upload_loop: UploadLoop | None = None
+        self._pull: PullService | None = None
         self.dicom_port: int | None = None
 
     @property
@@ -101,15 +106,19 @@ class AgentRuntime:
         if self._state is None or self._snapshot is None:
             raise RuntimeError("the agent is not running; health is available once it started")
         now = self._clock()
+        timing = self._snapshot.config.timing
+        pulling = self._snapshot.config.mode == "pull"
         return take_snapshot(
             self._state,
             self.counters,
             spool_dir=self.settings.data_dir / SPOOL_DIR_NAME,
             reserve_bytes=self.settings.spool_reserve_bytes,
-            reap_time_threshold=self._snapshot.config.timing.reap_time_threshold.total_seconds(),
+            reap_time_threshold=timing.reap_time_threshold.total_seconds(),
             config_revision=self._snapshot.revision,
             uploads_open=self._upload_loop.uploads_open(now) if self._upload_loop else False,
             now=now,
+            pull_sources=self._pull.health() if self._pull else (),
+            query_time_threshold=timing.query_time_threshold.total_seconds() if pulling else None,
         )
 
     async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
@@ -130,6 +139,7 @@ class AgentRuntime:
             destination = self._destination or await self._builtin_destination()
             resources.push_async_callback(destination.aclose)
             upload_loop = self._build_upload_loop(destination, snapshot)
+            self._pull = self._build_pull_service(snapshot)
             resources.push_async_callback(self._stop_listener)
             await self._start_listener(snapshot)
             assert self.dicom_port is not None
@@ -138,15 +148,20 @@ class AgentRuntime:
             await self._serve(upload_loop)
 
     async def _serve(self, upload_loop: UploadLoop) -> None:
+        assert self._pull is not None
+        pull = self._pull
         async with asyncio.TaskGroup() as group:
             config_task = group.create_task(self._refresh_config_forever())
             upload_task = group.create_task(upload_loop.run())
+            pull_task = group.create_task(pull.run())
             try:
                 await self._stop_requested.wait()
             finally:
                 # Same order on a clean stop, a cancellation and a crashed task: no new
-                # associations, then the uploads finish briefly, then the rest.
+                # retrievals or associations, then the uploads finish briefly, then the rest.
                 log.info("agent.stopping")
+                pull.stop()
+                await asyncio.wait([pull_task])
                 await self._stop_listener()
                 upload_loop.stop()
                 await asyncio.wait([upload_task])
@@ -174,6 +189,9 @@ class AgentRuntime:
         )
         self._state = state
         resources.push_async_callback(asyncio.to_thread, state.close)
+        # Before the spool recovery: with a state file that is not this directory's, recovery
+        # would delete every spooled file as an orphan.
+        await asyncio.to_thread(check_ledger, state, data_dir)
         # Runs before the close above (LIFO): health() says "not running" from here on.
         resources.callback(self._forget_state)
         spool = await asyncio.to_thread(
@@ -214,6 +232,19 @@ class AgentRuntime:
         )
         return self._upload_loop
 
+    def _build_pull_service(self, snapshot: SiteSnapshot) -> PullService:
+        assert self._state is not None
+        assert self._spool is not None
+        return PullService(
+            self._state,
+            self._spool,
+            snapshot,
+            data_dir=self.settings.data_dir,
+            counters=self.counters,
+            clock=self._clock,
+            on_stored=self._on_stored,
+        )
+
     async def _refresh_config_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.config_refresh_interval)
@@ -230,6 +261,8 @@ class AgentRuntime:
         if self._upload_loop is not None:
             self._upload_loop.snapshot = snapshot
             self._upload_loop.wake()
+        if self._pull is not None:
+            self._pull.apply(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):
             return
         log.info("agent.listener_restarting", revision=snapshot.revision)

@@ -14,6 +14,10 @@ the reference VM, measured; see docs/intake.md.
 This module owns every deletion of a registered spool file, because only it knows whether
 another row still points at the same content-addressed path.
 
+Schema version 2 adds the tables of the pull ledger (`pull_meta`, `pull_series`): their
+migration lives here with every other schema step, their queries in `agent.pull.ledger`, which
+reaches the database through `AgentState.transaction`.
+
 Must not import pynetdicom, HTTP libraries or control_plane.
 """
 
@@ -47,7 +51,7 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 10_000
 
 # One entry per schema version; entry N upgrades a database from user_version N to N + 1.
@@ -89,6 +93,34 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX instances_spooled ON instances (series_instance_uid, next_attempt_at)
         WHERE state = 'spooled';
     CREATE INDEX instances_by_state ON instances (state);
+    """,
+    # The pull ledger: what each source showed in its query rounds. `ledger_id` names this
+    # database, so a state file replaced by an empty one is noticed (agent.pull.ledger).
+    """
+    CREATE TABLE pull_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO pull_meta (key, value) VALUES ('ledger_id', lower(hex(randomblob(16))));
+    CREATE TABLE pull_series (
+        source              TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL,
+        study_instance_uid  TEXT NOT NULL,
+        remote_count        INTEGER NOT NULL,
+        count_changed_at    REAL NOT NULL,
+        first_seen_at       REAL NOT NULL,
+        last_seen_at        REAL NOT NULL,
+        vanished_at         REAL,
+        state               TEXT NOT NULL CHECK (state IN ('new', 'retrieved', 'short')),
+        retrieved_count     INTEGER NOT NULL DEFAULT 0,
+        retrieved_at        REAL,
+        retrievals          INTEGER NOT NULL DEFAULT 0,
+        missing             INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at     REAL,
+        last_error          TEXT,
+        PRIMARY KEY (source, series_instance_uid)
+    ) STRICT;
+    CREATE INDEX pull_series_by_vanish ON pull_series (source, vanished_at);
     """,
 )
 
@@ -452,6 +484,27 @@ class AgentState:
                 (series_instance_uid,),
             ).fetchone()
         return int(count)
+
+    def series_sop_instance_uids(self, series_instance_uid: str) -> set[str]:
+        """SOP Instance UIDs known in a series, in any state but superseded."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT DISTINCT sop_instance_uid FROM instances "
+                "WHERE series_instance_uid = ? AND state != 'superseded'",
+                (series_instance_uid,),
+            ).fetchall()
+        return {uid for (uid,) in rows}
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction for a module that owns other tables of this database (the pull
+        ledger); committed when the block ends, rolled back if it raises.
+
+        SQLite errors come out as `StateError` (`StateFullError` for a full disk). The spool
+        bookkeeping tables (`series`, `instances`) are written only through the methods above.
+        """
+        with self._transaction(write=write) as db:
+            yield db
 
     def file_keeping_paths(self) -> set[Path]:
         """Paths of every row that still needs its file (spooled or failed), for recovery."""

@@ -172,18 +172,66 @@ class DicomConfig(_Section):
     )
 
 
+def _positive_duration(value: dt.timedelta) -> dt.timedelta:
+    if value <= dt.timedelta(0):
+        raise _invalid("duration", f"'{format_duration(value)}' is too short; use more than 0s")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive_duration)]
+
+
 class PullSource(_Section):
     """A PACS or scanner that a pull connector queries (C-FIND) and retrieves from (C-MOVE)."""
 
     ae_title: AETitle
     host: Host
     port: Port
+    retrieve: Literal["move", "get"] = Field(
+        default="move",
+        description="move: C-MOVE to the connector's own SCP (the source must know its AE "
+        "title, host and port); get: C-GET, the source sends the images back on the "
+        "connector's own association, for sources that cannot connect to the connector.",
+    )
+    timeout: PositiveDuration = Field(
+        default=dt.timedelta(seconds=30),
+        description="Longest wait for the source: to connect, to answer the association "
+        "request, and between two DIMSE messages.",
+        json_schema_extra={"default": "30s"},
+    )
 
 
 class PullConfig(_Section):
-    """Where a pull connector looks for data."""
+    """Where a pull connector looks for data, how far back, and how hard it may pull."""
 
     sources: list[PullSource] = Field(default_factory=list)
+    lookback: PositiveDuration = Field(
+        default=dt.timedelta(days=3),
+        description="Each poll asks for studies dated from this long ago (in the site's "
+        "timezone, whole days) onwards, never for everything on the source.",
+        json_schema_extra={"default": "3d"},
+    )
+    max_concurrent_retrievals: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Series retrieved at the same time, over all sources.",
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_are_distinct(cls, sources: list[PullSource]) -> list[PullSource]:
+        seen: set[tuple[str, str, int]] = set()
+        for source in sources:
+            key = (source.ae_title, source.host, source.port)
+            if key in seen:
+                raise _invalid(
+                    "pull",
+                    f"source {source.ae_title}@{source.host}:{source.port} is listed twice; "
+                    "list each source once",
+                )
+            seen.add(key)
+        return sources
 
 
 class RoutingConfig(_Section):

@@ -346,3 +346,67 @@ def test_json_schema_states_duration_defaults_as_config_text() -> None:
         assert parse_duration(timing[key]["default"]) == getattr(defaults, key)
     for key in ("query_time_threshold", "reap_time_threshold"):
         assert parse_duration(timing[key]["default"]) == getattr(defaults, key)
+
+
+def test_pull_tuning_has_gentle_defaults() -> None:
+    config = SiteConfig()
+    assert config.pull.lookback == dt.timedelta(days=3)
+    assert config.pull.max_concurrent_retrievals == 4
+    source = PullSource(ae_title="PACS", host="pacs.example.org", port=104)
+    assert (source.retrieve, source.timeout) == ("move", dt.timedelta(seconds=30))
+
+
+def test_pull_tuning_loads_per_source_retrieve_mode_and_timeout() -> None:
+    config = load_site_config(
+        """
+        mode: pull
+        pull:
+          lookback: 1d
+          max_concurrent_retrievals: 2
+          sources:
+            - {ae_title: PACS, host: pacs.example.org, port: 104, retrieve: get, timeout: 5s}
+        """
+    )
+    (source,) = config.pull.sources
+    assert (source.retrieve, source.timeout) == ("get", dt.timedelta(seconds=5))
+    assert (config.pull.lookback, config.pull.max_concurrent_retrievals) == (
+        dt.timedelta(days=1),
+        2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        (
+            "pull: {sources: [{ae_title: P, host: h, port: 1, retrieve: send}]}",
+            "pull.sources[0].retrieve",
+            "use 'move' or 'get'",
+        ),
+        (
+            "pull: {sources: [{ae_title: P, host: h, port: 1, timeout: 0s}]}",
+            "pull.sources[0].timeout",
+            "too short",
+        ),
+        ("pull: {lookback: 0s}", "pull.lookback", "too short"),
+        ("pull: {max_concurrent_retrievals: 0}", "pull.max_concurrent_retrievals", "at least 1"),
+        (
+            "pull: {sources: [{ae_title: P, host: h, port: 1}, {ae_title: P, host: h, port: 1}]}",
+            "pull.sources",
+            "P@h:1 is listed twice",
+        ),
+    ],
+)
+def test_a_bad_pull_setting_is_refused_naming_key_value_and_rule(
+    text: str, key: str, fragment: str
+) -> None:
+    problems = problems_of(text)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{key}: ")
+    assert fragment in problems[0]
+
+
+def test_json_schema_states_pull_duration_defaults_as_config_text() -> None:
+    definitions = site_config_json_schema()["$defs"]
+    assert definitions["PullConfig"]["properties"]["lookback"]["default"] == "3d"
+    assert definitions["PullSource"]["properties"]["timeout"]["default"] == "30s"
