@@ -1,10 +1,14 @@
-"""Fetches this agent's site config from the control plane and keeps its last-known-good copy.
+"""The agent's site config at start-up, its validation, and its last-known-good copy.
 
-`GET /api/v1/agent/config` answers `{"site", "revision", "timezone", "config"}`; the config is
-validated with `common.config.validate_site_config` (plus the DICOM keywords it names) before it
-is used. The last config that passed is kept in `DATA/config.json` (temp file, fsync, replace),
-so an agent restarted while the control plane is away runs on it. A config that fails
-validation is refused: the agent keeps the one it has and says why in the log.
+`parse_snapshot` is the one validation of a config, whichever way it came: the `SiteConfig`
+model (`common.config.validate_site_config`) plus the DICOM keywords it names, which only the
+agent can check. The last config that was applied is kept in `DATA/config.json` (temp file,
+fsync, replace), so an agent restarted while the control plane is away runs on it.
+
+Every config after start-up arrives over the link (`agent.link`). Only a fresh agent, with no
+stored config, asks `GET /api/v1/agent/config` (answer `{"site", "revision", "timezone",
+"config"}`) before it can start its listener: HTTP rather than the link, because the link
+needs a running agent to apply to.
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -172,26 +176,23 @@ class ConfigClient:
         return parse_snapshot(document)
 
     async def initial(self) -> SiteSnapshot:
-        """The config to start on: the control plane's, else the last-known-good.
+        """The config to start on: the last-known-good, else the control plane's.
 
-        With neither, waits and retries with backoff (saying so in the log) until the control
-        plane answers with a valid config.
+        A stored config is enough to start: the link hands over any newer revision right
+        after start-up, so an agent whose control plane is away for days starts at once.
+        With none stored, asks the control plane over HTTP, waiting and retrying with backoff
+        (saying so in the log) until it answers with a valid config, which is then stored.
         """
         stored = await asyncio.to_thread(self.load_last_known_good)
+        if stored is not None:
+            log.info("config.last_known_good", revision=stored.revision, site=stored.site)
+            return stored
         attempt = 0
         while True:
             try:
                 fetched = await self.fetch()
             except (ConfigUnavailable, ConfigRefused) as exc:
                 self.last_error = str(exc)
-                if stored is not None:
-                    log.warning(
-                        "config.running_on_last_known_good",
-                        error=str(exc),
-                        revision=stored.revision,
-                        site=stored.site,
-                    )
-                    return stored
                 delay = backoff(attempt, cap=_INITIAL_WAIT_CAP_SECONDS, rng=self._rng)
                 log.warning(
                     "config.waiting_for_control_plane",
@@ -207,29 +208,6 @@ class ConfigClient:
             await asyncio.to_thread(self.save, fetched)
             log.info("config.loaded", revision=fetched.revision, site=fetched.site)
             return fetched
-
-    async def refresh(self, current: SiteSnapshot) -> SiteSnapshot | None:
-        """Fetch again; return the new snapshot if it differs from `current`, else None.
-
-        An unreachable control plane or a refused config leaves `current` in force (logged,
-        and kept in `last_error` for health).
-        """
-        try:
-            fetched = await self.fetch()
-        except ConfigUnavailable as exc:
-            self.last_error = str(exc)
-            log.warning("config.refresh_failed", error=str(exc), revision=current.revision)
-            return None
-        except ConfigRefused as exc:
-            self.last_error = f"refused a new config: {exc}"
-            log.error("config.refused", error=str(exc), revision=current.revision)
-            return None
-        self.last_error = None
-        if fetched == current:
-            return None
-        await asyncio.to_thread(self.save, fetched)
-        log.info("config.changed", revision=fetched.revision, site=fetched.site)
-        return fetched
 
     def load_last_known_good(self) -> SiteSnapshot | None:
         """The stored last-known-good config, or None when there is none that is usable."""

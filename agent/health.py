@@ -12,6 +12,7 @@ Must not import pynetdicom, fastapi or control_plane.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.state import AgentState
+from common.messages import MAX_TEXT_LENGTH, HealthReport
 
-__all__ = ["HealthSnapshot", "PipelineCounters", "PullSourceHealth", "take_snapshot"]
+__all__ = [
+    "HealthSnapshot",
+    "PipelineCounters",
+    "PullSourceHealth",
+    "health_report",
+    "take_snapshot",
+]
 
 
 @dataclass
@@ -96,6 +104,9 @@ class HealthSnapshot:
     reap_over_threshold: bool
     disk_free_bytes: int
     disk_headroom_bytes: int
+    disk_total_bytes: int
+    disk_reserve_bytes: int
+    listener_ok: bool
     last_error: str | None
     last_error_at: float | None
     # Pull mode: the longest of the sources' last query rounds against query_time_threshold.
@@ -118,6 +129,7 @@ def take_snapshot(
     reap_time_threshold: float,
     config_revision: int | None,
     uploads_open: bool,
+    listener_ok: bool,
     now: float,
     pull_sources: Sequence[PullSourceHealth] = (),
     query_time_threshold: float | None = None,
@@ -130,7 +142,8 @@ def take_snapshot(
         if source.last_round_duration is not None
     ]
     last_query = max(durations) if durations else None
-    free = shutil.disk_usage(spool_dir).free
+    disk = shutil.disk_usage(spool_dir)
+    free = disk.free
     oldest = stats.oldest_spooled_at
     return HealthSnapshot(
         at=now,
@@ -149,6 +162,9 @@ def take_snapshot(
         reap_over_threshold=counters.longest_reap_seconds > reap_time_threshold,
         disk_free_bytes=free,
         disk_headroom_bytes=free - reserve_bytes,
+        disk_total_bytes=disk.total,
+        disk_reserve_bytes=reserve_bytes,
+        listener_ok=listener_ok,
         last_error=counters.last_error,
         last_error_at=counters.last_error_at,
         last_query_duration=last_query,
@@ -159,4 +175,28 @@ def take_snapshot(
             and last_query > query_time_threshold
         ),
         pull_sources=tuple(pull_sources),
+    )
+
+
+def health_report(snapshot: HealthSnapshot) -> HealthReport:
+    """The snapshot as the wire `HealthReport` the link sends every heartbeat."""
+    last_error = snapshot.last_error
+    at = snapshot.last_error_at
+    return HealthReport(
+        listener_ok=snapshot.listener_ok,
+        uploads_open=snapshot.uploads_open,
+        last_query_duration_s=snapshot.last_query_duration,
+        longest_reap_s=snapshot.longest_reap,
+        spool_depth=snapshot.spool_depth,
+        spool_bytes=snapshot.spool_bytes,
+        deferred_uploads=snapshot.deferred_instances,
+        failed_instances=snapshot.failed_instances,
+        uploads_succeeded=snapshot.uploads_succeeded,
+        uploads_failed=snapshot.uploads_failed,
+        oldest_unuploaded_age_s=snapshot.oldest_unuploaded_age,
+        disk_free_bytes=snapshot.disk_free_bytes,
+        disk_total_bytes=snapshot.disk_total_bytes,
+        disk_reserve_bytes=snapshot.disk_reserve_bytes,
+        last_error=None if last_error is None else last_error[:MAX_TEXT_LENGTH],
+        last_error_at=None if at is None else dt.datetime.fromtimestamp(at, dt.UTC),
     )

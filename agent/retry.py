@@ -16,8 +16,10 @@ import httpx2
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 
-# 408 and 425 say "too early / too slow, send it again"; 429 asks us to slow down.
-_RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+# 408 and 425 say "too early / too slow, send it again"; 429 asks us to slow down. 401 means the
+# agent token was rotated or revoked: the instances wait, durably, until an admin installs the
+# new token file (read on every request), instead of being failed for good.
+_RETRYABLE_CLIENT_STATUSES = frozenset({401, 408, 425, 429})
 
 # Transport-level failures: the request may not have reached the server, or the answer was
 # lost. Ingest is idempotent on (SOP Instance UID, sha256), so resending is always safe.
@@ -33,7 +35,7 @@ _RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
 def is_retryable(error: BaseException | int) -> bool:
     """Whether an error (an exception or an HTTP status code) is worth retrying.
 
-    Timeouts, connection failures, 5xx, 408, 425 and 429 are transient; every other 4xx is a
+    Timeouts, connection failures, 5xx, 401, 408, 425 and 429 are transient; every other 4xx is a
     permanent refusal of that request. Any other exception is permanent too: retrying a local
     bug or an unreadable file forever would hide it instead of making it a visible failure.
     Exceptions with a `retryable` attribute (such as `UploadError`) decide for themselves.

@@ -1,10 +1,12 @@
-"""The agent process: one `asyncio.TaskGroup` owns the config refresh, the upload loop and
-the pull service (which polls sources only while the site config says `mode: pull`).
+"""The agent process: one `asyncio.TaskGroup` owns the control-plane link, the upload loop
+and the pull service (which polls sources only while the site config says `mode: pull`).
 
-Start-up: config (control plane, else last-known-good, else wait) → state database → spool
-recovery → DICOM listener → `ready(port)`. Shutdown (SIGTERM, `stop()` or cancellation) runs
-the same code path every time, whatever was started: pulling stops first (its associations
-are aborted), then the listener (open associations finish), in-flight uploads get
+Start-up: config (last-known-good, else one fetched over HTTP, waiting for the control plane
+if need be) → state database → spool recovery → DICOM listener → `ready(port)` → the link,
+which brings every newer config (`apply_config`) and reports health. Shutdown (SIGTERM,
+`stop()` or cancellation) runs the same code path every time, whatever was started: the link
+closes first (no config is applied while stopping), pulling stops (its associations are
+aborted), then the listener (open associations finish), in-flight uploads get
 `upload_drain_timeout` to finish, then the destination, config client and state are closed.
 `stop()` may be called any number of times.
 
@@ -28,7 +30,8 @@ from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient, SiteSnapshot
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
-from agent.health import HealthSnapshot, PipelineCounters, take_snapshot
+from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
+from agent.link import ConfigNotApplied, ControlPlaneLink
 from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
 from agent.reaper import Reaper
@@ -40,6 +43,7 @@ from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.uploader import Uploader, UploadLoop
 from common.logging import configure_logging
+from common.messages import HealthReport
 from common.telemetry import configure_tracing
 
 STATE_FILE_NAME = "state.db"
@@ -85,6 +89,17 @@ class AgentRuntime:
         self._upload_loop: UploadLoop | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
+        self.link = ControlPlaneLink(
+            settings.control_plane_url,
+            settings.token_file,
+            self,
+            self._config_client,
+            backoff_base=settings.link_backoff_base,
+            backoff_cap=settings.link_backoff_cap,
+            unauthorized_retry_interval=settings.link_unauthorized_retry_interval,
+            open_timeout=settings.link_open_timeout,
+        )
+        """The websocket to the control plane (up while `link.connected`)."""
 
     @property
     def listening_as(self) -> tuple[str, int] | None:
@@ -116,10 +131,24 @@ class AgentRuntime:
             reap_time_threshold=timing.reap_time_threshold.total_seconds(),
             config_revision=self._snapshot.revision,
             uploads_open=self._upload_loop.uploads_open(now) if self._upload_loop else False,
+            listener_ok=self._listener is not None,
             now=now,
             pull_sources=self._pull.health() if self._pull else (),
             query_time_threshold=timing.query_time_threshold.total_seconds() if pulling else None,
         )
+
+    @property
+    def applied_revision(self) -> int | None:
+        """The config revision the agent runs on; None before it has one."""
+        return None if self._snapshot is None else self._snapshot.revision
+
+    def health_report(self) -> HealthReport:
+        """`health()` as the wire report the link sends (blocking); only while running."""
+        return health_report(self.health())
+
+    def record_error(self, message: str) -> None:
+        """Make `message` (a PHI-free sentence) the latest error shown in health."""
+        self.counters.record_error(message, self._clock())
 
     async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
         """Run until `stop()` or cancellation; call `ready(port)` once DICOM is accepted."""
@@ -151,21 +180,22 @@ class AgentRuntime:
         assert self._pull is not None
         pull = self._pull
         async with asyncio.TaskGroup() as group:
-            config_task = group.create_task(self._refresh_config_forever())
+            link_task = group.create_task(self.link.run())
             upload_task = group.create_task(upload_loop.run())
             pull_task = group.create_task(pull.run())
             try:
                 await self._stop_requested.wait()
             finally:
-                # Same order on a clean stop, a cancellation and a crashed task: no new
-                # retrievals or associations, then the uploads finish briefly, then the rest.
+                # Same order on a clean stop, a cancellation and a crashed task: no config
+                # change, no new retrievals or associations, then the uploads finish briefly.
                 log.info("agent.stopping")
+                link_task.cancel()
+                await asyncio.wait([link_task])
                 pull.stop()
                 await asyncio.wait([pull_task])
                 await self._stop_listener()
                 upload_loop.stop()
                 await asyncio.wait([upload_task])
-                config_task.cancel()
 
     async def _until_stopped(self, work: Coroutine[Any, Any, SiteSnapshot]) -> SiteSnapshot | None:
         """Await `work` unless a stop arrives first (then cancel it and return None)."""
@@ -205,9 +235,14 @@ class AgentRuntime:
         self._upload_loop = None
 
     async def _builtin_destination(self) -> Destination:
-        token = await asyncio.to_thread(self.settings.token_file.read_text, encoding="utf-8")
+        token_file = self.settings.token_file
+        await asyncio.to_thread(token_file.read_text, encoding="utf-8")  # fail early if unreadable
+
+        def current_token() -> str:
+            return token_file.read_text(encoding="utf-8").strip()
+
         return BuiltinStoreDestination(
-            self.settings.control_plane_url, token.strip(), timeout=self.settings.http_timeout
+            self.settings.control_plane_url, current_token, timeout=self.settings.http_timeout
         )
 
     def _build_upload_loop(self, destination: Destination, snapshot: SiteSnapshot) -> UploadLoop:
@@ -245,24 +280,15 @@ class AgentRuntime:
             on_stored=self._on_stored,
         )
 
-    async def _refresh_config_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.config_refresh_interval)
-            assert self._snapshot is not None
-            fresh = await self._config_client.refresh(self._snapshot)
-            if self._config_client.last_error:
-                self.counters.record_error(self._config_client.last_error, self._clock())
-            if fresh is not None:
-                await self.apply_config(fresh)
-
     async def apply_config(self, snapshot: SiteSnapshot) -> None:
-        """Switch to a new config; restart the listener if its AE title, port or peers changed."""
+        """Switch to a new config; restart the listener if its AE title, port or peers changed.
+
+        Associations in flight finish before the listener restarts. Raises `ConfigNotApplied`
+        when the new listener cannot start: the previous config is back in force, listener
+        included.
+        """
         previous, self._snapshot = self._snapshot, snapshot
-        if self._upload_loop is not None:
-            self._upload_loop.snapshot = snapshot
-            self._upload_loop.wake()
-        if self._pull is not None:
-            self._pull.apply(snapshot)
+        self._hand_to_pipeline(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):
             return
         log.info("agent.listener_restarting", revision=snapshot.revision)
@@ -270,13 +296,20 @@ class AgentRuntime:
         try:
             await self._start_listener(snapshot)
         except (OSError, ValueError) as exc:
-            # Keep receiving on the old AE title/port rather than not at all; the error
-            # shows in health until a config that can be applied arrives.
-            message = f"cannot listen as configured in revision {snapshot.revision}: {exc}"
-            self.counters.record_error(message, self._clock())
-            log.error("agent.listener_restart_failed", revision=snapshot.revision, error=message)
             assert previous is not None
+            message = f"cannot listen as configured in revision {snapshot.revision}: {exc}"
+            log.error("agent.listener_restart_failed", revision=snapshot.revision, error=message)
+            self._snapshot = previous
+            self._hand_to_pipeline(previous)
             await self._start_listener(previous)
+            raise ConfigNotApplied(message) from exc
+
+    def _hand_to_pipeline(self, snapshot: SiteSnapshot) -> None:
+        if self._upload_loop is not None:
+            self._upload_loop.snapshot = snapshot
+            self._upload_loop.wake()
+        if self._pull is not None:
+            self._pull.apply(snapshot)
 
     def _key_of(self, snapshot: SiteSnapshot) -> ListenerKey:
         dicom = snapshot.config.dicom

@@ -38,7 +38,23 @@ class AgentSettings(BaseSettings):
     )
     upload_concurrency: int = Field(default=4, ge=1, le=64)
     reap_interval: float = Field(default=0.5, gt=0, description="Seconds between reaper checks")
-    config_refresh_interval: float = Field(default=30.0, gt=0)
+    # Full jitter up to a minute spreads a fleet reconnecting after a control-plane restart
+    # over that minute instead of one burst, and brings a single agent back within it.
+    link_backoff_base: float = Field(
+        default=1.0, gt=0, description="Seconds before the first link reconnect (upper bound)"
+    )
+    link_backoff_cap: float = Field(
+        default=60.0, gt=0, description="Longest wait in seconds between link reconnects"
+    )
+    link_unauthorized_retry_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between link attempts while the control plane refuses the token"
+        " (rotated or revoked): the admin may install a new token file meanwhile",
+    )
+    link_open_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to open the link (TCP, TLS, upgrade)"
+    )
     # Intake answers Out of Resources (0xA700) before free space drops under this reserve. It
     # keeps room for the SQLite WAL, logs and the OS, and for one large enhanced multi-frame
     # object (hundreds of MiB) already being received, while costing little on a spool disk

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import httpx2
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 admin_app = typer.Typer(help="Inspect and change a control plane over its HTTP API.")
@@ -191,13 +192,21 @@ def sites_create(
 
 @agents_app.command("list")
 def agents_list(ctx: typer.Context, site: str) -> None:
-    """List a site's agents."""
+    """List a site's agents with their link state and health."""
     items = _call(ctx, "GET", f"/api/v1/sites/{site}/agents")["items"]
     _table(
         f"agents of {site}",
-        ["id", "name", "deployment", "connected", "config revision"],
+        ["id", "name", "deployment", "connected", "config revision", "version", "status"],
         [
-            (a["id"], a.get("name"), a.get("deployment"), a["connected"], a["config_revision"])
+            (
+                a["id"],
+                a.get("name"),
+                a.get("deployment"),
+                a["connected"],
+                a["config_revision"],
+                escape(a["health"].get("agent_version") or ""),
+                _status(a["health"].get("status", "never connected")),
+            )
             for a in items
         ],
     )
@@ -256,3 +265,81 @@ def config_revisions(ctx: typer.Context, site: str) -> None:
             for r in items
         ],
     )
+
+
+@agents_app.command("token-rotate")
+def agents_token_rotate(ctx: typer.Context, agent_id: str) -> None:
+    """Issue a new token for an agent; the old one stops working and its link is closed."""
+    answer = _call(ctx, "POST", f"/api/v1/agents/{agent_id}/token")
+    console.print(f"new token (shown once, install it on the agent now): {answer['token']}")
+
+
+@agents_app.command("token-revoke")
+def agents_token_revoke(ctx: typer.Context, agent_id: str) -> None:
+    """Revoke an agent's token; its link is closed and it is refused until a token-rotate."""
+    _call(ctx, "DELETE", f"/api/v1/agents/{agent_id}/token")
+    console.print(f"token of agent {agent_id} revoked; its link is closed")
+
+
+@admin_app.command("health")
+def health(ctx: typer.Context, site: str) -> None:
+    """Health of a site: each agent's status and why."""
+    answer = _call(ctx, "GET", f"/api/v1/sites/{site}/health")
+    console.print(
+        f"site {answer['site']}: {_status(answer['status'])}"
+        f" (config revision {answer['config_revision']})"
+    )
+    if not answer["agents"]:
+        for reason in answer["reasons"]:
+            console.print(f"  {escape(reason)}")
+        return
+    _table(
+        f"agents of {site}",
+        ["name", "status", "connected", "config revision", "version", "last seen", "reasons"],
+        [
+            (
+                a["name"],
+                _status(a["status"]),
+                a["connected"],
+                a["config_revision"],
+                escape(a["agent_version"] or ""),
+                a["last_seen_at"],
+                escape("\n".join(a["reasons"])),
+            )
+            for a in answer["agents"]
+        ],
+    )
+
+
+@admin_app.command("fleet")
+def fleet(ctx: typer.Context) -> None:
+    """The whole fleet: sites and agents per status, and the sites that need attention."""
+    answer = _call(ctx, "GET", "/api/v1/fleet/health")
+    statuses = list(answer["sites"])
+    _table(
+        f"fleet: {answer['status']}",
+        ["", *statuses],
+        [
+            ("sites", *(answer["sites"][status] for status in statuses)),
+            ("agents", *(answer["agents"][status] for status in statuses)),
+        ],
+    )
+    if not answer["attention"]:
+        console.print("no site needs attention")
+        return
+    _table(
+        "sites needing attention",
+        ["site", "status", "reasons"],
+        [
+            (entry["site"], _status(entry["status"]), escape("\n".join(entry["reasons"])))
+            for entry in answer["attention"]
+        ],
+    )
+
+
+_STATUS_STYLES = {"ok": "green", "degraded": "yellow", "unhealthy": "red", "missing": "red"}
+
+
+def _status(status: str) -> str:
+    style = _STATUS_STYLES.get(status)
+    return f"[{style}]{status}[/{style}]" if style else status

@@ -1,11 +1,13 @@
 """Request dependencies, declared once as `Annotated` aliases: database session, blob store,
-the calling principal, and the authorization rules (admin-only, agent-only).
+hub of connected agents, the moment health is judged at, the calling principal, and the
+authorization rules (admin-only, agent-only).
 
 Authorization lives here, never pasted into routes: a route (or a router) states what it needs
 with `AdminDep`, `AgentDep` or `PrincipalDep`.
 """
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -13,7 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.fleet.agents import authenticate_agent
+from control_plane.fleet.health import HealthContext
 from control_plane.hierarchy.blobs import BlobStore
+from control_plane.hub import Hub
 from control_plane.resources import Resources
 from control_plane.security import ADMIN, Principal, PrincipalKind, digests_match, token_digest
 
@@ -39,12 +43,40 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+async def get_read_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
+    """A database session for a request that only reads (it must not write)."""
+    async with resources.read_sessionmaker() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+
+
 def get_blobs(resources: ResourcesDep) -> BlobStore:
     """The blob store holding file bytes."""
     return resources.blobs
 
 
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+
+
+def get_hub(resources: ResourcesDep) -> Hub:
+    """The agents connected to this process."""
+    return resources.hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def get_health_context(resources: ResourcesDep) -> HealthContext:
+    """Now (from the app's clock) and the heartbeat interval, to judge health against."""
+    return HealthContext(
+        now=resources.clock(),
+        heartbeat_interval=timedelta(seconds=resources.settings.heartbeat_interval_s),
+    )
+
+
+HealthContextDep = Annotated[HealthContext, Depends(get_health_context)]
 
 
 async def get_principal(
@@ -63,7 +95,7 @@ async def get_principal(
         return ADMIN
     # A session of its own, closed before the route runs: an ingest must not hold a
     # database transaction open while its body streams in.
-    async with resources.sessionmaker() as session:
+    async with resources.read_sessionmaker() as session:
         principal = await authenticate_agent(session, token)
     if principal is None:
         raise HTTPException(

@@ -40,6 +40,18 @@ class BusyError(ControlPlaneError):
     http_status = 503
 
 
+class AgentUnavailableError(ControlPlaneError):
+    """The agent has no live link to this control plane, so it cannot be asked anything now."""
+
+    http_status = 409
+
+
+class NoAnswerError(ControlPlaneError):
+    """The agent is connected but did not answer in time."""
+
+    http_status = 504
+
+
 class InvalidConfigError(ControlPlaneError):
     """A site config that does not validate; `problems` name each key, value and what is allowed."""
 

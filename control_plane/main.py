@@ -1,7 +1,9 @@
-"""The control-plane FastAPI application: `create_app(settings)`.
+"""The control-plane FastAPI application: `create_app(settings, clock)`.
 
 Nothing is built at import time. The lifespan migrates the database (unless told not to),
-opens the engine and the blob store, and disposes of the engine on shutdown.
+opens the engine and the blob store, runs the hub's background work (link state flushes,
+reconciling, history pruning), and on shutdown closes the agent links, writes what they left
+pending and disposes of the engine.
 Must not import `agent` or pynetdicom.
 """
 
@@ -17,9 +19,16 @@ from fastapi.responses import JSONResponse
 from control_plane import migrate
 from control_plane.api.router import api_router
 from control_plane.api.routes import health
-from control_plane.db import create_engine, create_sessionmaker, ensure_database_directory
+from control_plane.clock import Clock, system_clock
+from control_plane.db import (
+    create_engine,
+    create_read_engine,
+    create_sessionmaker,
+    ensure_database_directory,
+)
 from control_plane.errors import ControlPlaneError, InvalidConfigError
 from control_plane.hierarchy.blobs import BlobStore
+from control_plane.hub import Hub
 from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
@@ -54,8 +63,9 @@ async def _check_schema(settings: ControlPlaneSettings) -> None:
         )
 
 
-def create_app(settings: ControlPlaneSettings) -> FastAPI:
-    """A control-plane app for `settings`; its lifespan owns the database and blob store."""
+def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> FastAPI:
+    """A control-plane app for `settings`; its lifespan owns the database, the blob store and
+    the hub. `clock` is what health is judged by (tests pass one they can move)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,17 +73,31 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
         blobs = BlobStore(settings.blob_dir)
         await blobs.prepare()
         engine = create_engine(settings.database_url)
+        read_engine = create_read_engine(settings.database_url)
+        sessionmaker = create_sessionmaker(engine)
+        read_sessionmaker = create_sessionmaker(read_engine or engine)
+        hub = Hub(sessionmaker, read_sessionmaker, settings, clock)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
+            read_sessionmaker=read_sessionmaker,
             blobs=blobs,
             admin_token_digest=token_digest(settings.admin_token.get_secret_value()),
+            hub=hub,
+            clock=clock,
         )
+        hub_work = asyncio.create_task(hub.run(), name="hub")
+        hub_work.add_done_callback(_report_crash)
         logger.info("control plane started", revision=migrate.head_revision())
         try:
             yield
         finally:
+            hub_work.cancel()
+            await asyncio.wait([hub_work])
+            await hub.close()
+            if read_engine is not None:
+                await read_engine.dispose()
             await engine.dispose()
             logger.info("control plane stopped")
 
@@ -87,6 +111,13 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     app.add_exception_handler(Exception, _internal_error)
     return app
+
+
+def _report_crash(task: "asyncio.Task[None]") -> None:
+    # The hub's loops handle database errors themselves; anything else is a bug that leaves
+    # link state unwritten, so it must not wait for shutdown to be seen.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("hub background work stopped", error=type(task.exception()).__name__)
 
 
 async def _control_plane_error(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -31,6 +33,7 @@ LABEL_LENGTH = 255
 UID_LENGTH = 64
 SHA256_HEX_LENGTH = 64
 ROUTING_STRING_LENGTH = 1024
+REASON_LENGTH = 2000
 
 # Deterministic constraint names keep migrations reviewable and let SQLite batch mode
 # recreate tables without inventing names.
@@ -112,7 +115,11 @@ class ConfigRevision(Base):
 
 
 class Agent(Base):
-    """An agent registered for a site; only the sha256 of its bearer token is kept."""
+    """An agent registered for a site, and what its link last told us.
+
+    Only the sha256 of its bearer token is kept; a revoked token is NULL. The link columns
+    (from `agent_version` on) are written by `control_plane.fleet.recorder` in batches.
+    """
 
     __tablename__ = "agents"
     __table_args__ = (UniqueConstraint("site_id", "name"),)
@@ -121,8 +128,39 @@ class Agent(Base):
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id"))
     name: Mapped[str] = mapped_column(String(64))
     deployment: Mapped[str] = mapped_column(String(16))
-    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
+    token_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
     created_at: Mapped[datetime] = _created_at()
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    config_revision: Mapped[int | None] = mapped_column(Integer)
+    config_failed_revision: Mapped[int | None] = mapped_column(Integer)
+    config_failure_reason: Mapped[str | None] = mapped_column(String(REASON_LENGTH))
+    connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    health_report: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    health_reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The latest report's own verdict, judged when it arrived: whole-fleet views then need
+    # not parse and judge a thousand reports per request.
+    health_status: Mapped[str | None] = mapped_column(String(16))
+    health_reasons: Mapped[list[str] | None] = mapped_column(JSONDocument)
+
+
+class AgentHealthReport(Base):
+    """One health report as received, with the status it was given then (a bounded history:
+    `control_plane.fleet.recorder` keeps the newest few hundred per agent)."""
+
+    __tablename__ = "agent_health_reports"
+    __table_args__ = (
+        Index("ix_agent_health_reports_agent_id_received_at", "agent_id", "received_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[str]] = mapped_column(JSONDocument)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
 
 
 class Group(Base):

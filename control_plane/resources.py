@@ -1,4 +1,5 @@
-"""What a running control-plane app holds: settings, database engine, sessions, blob store.
+"""What a running control-plane app holds: settings, database engine, sessions, blob store,
+the hub of connected agents and the clock.
 
 Built by the lifespan in `control_plane.main` and reached by requests through
 `control_plane.deps`; nothing here exists before the app starts. Must not import FastAPI.
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from control_plane.clock import Clock
 from control_plane.hierarchy.blobs import BlobStore
+from control_plane.hub import Hub
 from control_plane.settings import ControlPlaneSettings
 
 
@@ -19,5 +22,9 @@ class Resources:
     settings: ControlPlaneSettings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+    """Sessions for requests that only read (on SQLite they do not wait for writers)."""
     blobs: BlobStore
     admin_token_digest: str
+    hub: Hub
+    clock: Clock

@@ -20,6 +20,7 @@ from common.routing import (
     group_id_problem,
     label_problem,
 )
+from control_plane.fleet_schemas import AgentHealth, NoHealth
 from control_plane.models import LABEL_LENGTH, ROUTING_STRING_LENGTH, UID_LENGTH
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -336,7 +337,8 @@ class AgentPublic(BaseModel):
     """An agent as the API shows it.
 
     `connected`, `config_revision` and `health` are filled by the agent link (websocket);
-    until an agent has connected they are false, null and empty.
+    until an agent has connected they are false, null and `{}`. `connected` turns false when
+    the link closes or stays silent for 3 heartbeat intervals.
     """
 
     id: uuid.UUID
@@ -344,5 +346,7 @@ class AgentPublic(BaseModel):
     name: str
     deployment: Deployment
     connected: bool = False
-    config_revision: int | None = None
-    health: dict[str, Any] = Field(default_factory=dict)
+    config_revision: int | None = Field(
+        default=None, description="The config revision the agent applied and runs on."
+    )
+    health: AgentHealth | NoHealth = Field(default_factory=NoHealth)

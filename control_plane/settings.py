@@ -27,6 +27,28 @@ class ControlPlaneSettings(BaseSettings):
     blob_dir: Path
     admin_token: SecretStr
     migrate_on_start: bool = True
+    heartbeat_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often agents send health; 3 intervals without one is 'missing'.",
+    )
+    fleet_flush_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Link state and health reports are written to the database in batches"
+        " at most this far apart.",
+    )
+    fleet_reconcile_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each control plane re-checks its links against the database:"
+        " tokens rotated or revoked elsewhere, config revisions stored by another replica.",
+    )
+    health_history_per_agent: int = Field(
+        default=360,
+        ge=1,
+        description="Health reports kept per agent (360 is an hour at the 10 s default).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -46,7 +46,7 @@ class BuiltinStoreDestination:
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | Callable[[], str],
         client: httpx2.AsyncClient | None = None,
         *,
         timeout: float = 60.0,
@@ -57,7 +57,9 @@ class BuiltinStoreDestination:
     ) -> None:
         self._url = base_url.rstrip("/") + INGEST_PATH
         self._batch_url = base_url.rstrip("/") + BATCH_PATH
-        self._headers = {"Authorization": f"Bearer {token}"}
+        # A callable is asked on every request, so a rotated token file takes effect without
+        # a restart.
+        self._token = token if callable(token) else lambda: token
         self._owns_client = client is None
         self._client = client or httpx2.AsyncClient(timeout=timeout)
         self._retry_attempts = retry_attempts
@@ -113,6 +115,9 @@ class BuiltinStoreDestination:
         params = ingest_params(instance, target, routing)
         return await self._with_retries(lambda: self._post_once(instance, params))
 
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token()}"}
+
     async def aclose(self) -> None:
         """Close the HTTP client if this destination created it; idempotent."""
         if self._owns_client:
@@ -144,7 +149,7 @@ class BuiltinStoreDestination:
             params=params,
             content=body.chunks(),
             headers={
-                **self._headers,
+                **self._auth_headers(),
                 "Content-Type": body.content_type,
                 "Content-Length": str(body.content_length),
             },
@@ -160,7 +165,7 @@ class BuiltinStoreDestination:
                 params=params,
                 content=_chunks(handle),
                 headers={
-                    **self._headers,
+                    **self._auth_headers(),
                     "Content-Type": "application/dicom",
                     "Content-Length": str(size),
                 },

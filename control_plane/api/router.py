@@ -5,13 +5,25 @@ from fastapi import APIRouter
 from control_plane.api.routes import (
     acquisitions,
     agent_config,
+    agent_link,
     agents,
     files,
+    fleet_health,
     groups,
     ingest,
     sites,
 )
 
 api_router = APIRouter(prefix="/api/v1")
-for _module in (groups, acquisitions, files, sites, agents, agent_config, ingest):
+for _module in (
+    groups,
+    acquisitions,
+    files,
+    sites,
+    agents,
+    fleet_health,
+    agent_config,
+    agent_link,
+    ingest,
+):
     api_router.include_router(_module.router)

@@ -1,15 +1,28 @@
-"""Agents of a site: registration (with a one-time token), lookup, and token authentication.
+"""Agents of a site: registration (with a one-time token), lookup with link state and health,
+and token authentication (for HTTP requests and for the agent link).
 
 Must not import FastAPI.
 """
 
 import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.errors import ConflictError, NotFoundError
+from control_plane.fleet.health import (
+    AgentRecord,
+    HealthContext,
+    agent_health,
+    is_connected,
+    record_of,
+    select_records,
+    stream_records,
+)
+from control_plane.fleet.recorder import LinkState
 from control_plane.models import Agent, Site
 from control_plane.schemas import AgentCreate, AgentCreated, AgentPublic, Deployment
 from control_plane.security import (
@@ -22,12 +35,17 @@ from control_plane.security import (
 )
 
 
-def _agent_public(agent: Agent, site_name: str) -> AgentPublic:
+def _agent_public(agent: AgentRecord, site_name: str, context: HealthContext) -> AgentPublic:
+    if agent.deployment is None:
+        raise ValueError("an agent's public view needs its record read with detail=True")
     return AgentPublic(
         id=agent.id,
         site=site_name,
         name=agent.name,
         deployment=Deployment(agent.deployment),
+        connected=is_connected(agent, context),
+        config_revision=agent.config_revision,
+        health=agent_health(agent, context),
     )
 
 
@@ -50,26 +68,42 @@ async def create_agent(session: AsyncSession, site: Site, body: AgentCreate) -> 
     return AgentCreated(id=agent.id, token=token, site=site_name, name=agent.name)
 
 
-async def get_agent(session: AsyncSession, agent_id: uuid.UUID) -> AgentPublic:
-    """One agent; `NotFoundError` when unknown."""
+async def get_agent(
+    session: AsyncSession, agent_id: uuid.UUID, context: HealthContext
+) -> AgentPublic:
+    """One agent with its link state and health; `NotFoundError` when unknown."""
     row = (
         await session.execute(
-            select(Agent, Site.name)
+            select_records(detail=True)
+            .add_columns(Site.name)
             .join(Site, Agent.site_id == Site.id)
             .where(Agent.id == agent_id)
         )
     ).first()
     if row is None:
         raise NotFoundError(f"agent {agent_id} does not exist")
-    return _agent_public(row[0], row[1])
+    return _agent_public(record_of(row), row[-1], context)
 
 
-async def list_agents(session: AsyncSession, site: Site) -> list[AgentPublic]:
+async def list_agents(
+    session: AsyncSession, site: Site, context: HealthContext
+) -> list[AgentPublic]:
     """The agents of a site, ordered by name."""
-    agents = await session.scalars(
-        select(Agent).where(Agent.site_id == site.id).order_by(Agent.name)
-    )
-    return [_agent_public(agent, site.name) for agent in agents]
+    columns = Agent.__table__.c
+    statement = select_records(detail=True).where(columns.site_id == site.id)
+    return [
+        _agent_public(agent, site.name, context)
+        async for chunk in stream_records(session, statement.order_by(columns.name))
+        for agent in chunk
+    ]
+
+
+async def agent_row(session: AsyncSession, agent_id: uuid.UUID) -> Agent:
+    """The agent's row; `NotFoundError` when unknown."""
+    agent = await session.get(Agent, agent_id)
+    if agent is None:
+        raise NotFoundError(f"agent {agent_id} does not exist")
+    return agent
 
 
 async def authenticate_agent(session: AsyncSession, token: str) -> Principal | None:
@@ -85,7 +119,7 @@ async def authenticate_agent(session: AsyncSession, token: str) -> Principal | N
     if row is None:
         return None
     agent, site_name = row[0], row[1]
-    if not digests_match(digest, agent.token_sha256):
+    if agent.token_sha256 is None or not digests_match(digest, agent.token_sha256):
         return None
     return Principal(
         kind=PrincipalKind.agent,
@@ -93,3 +127,59 @@ async def authenticate_agent(session: AsyncSession, token: str) -> Principal | N
         agent_id=agent.id,
         site_id=agent.site_id,
     )
+
+
+@dataclass(frozen=True)
+class LinkAgent:
+    """An agent that authenticated on the link: who it is, where, and its stored link state."""
+
+    agent_id: uuid.UUID
+    name: str
+    site_id: uuid.UUID
+    site: str
+    timezone: str
+    token_digest: str
+    state: LinkState
+
+
+async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | None:
+    """The agent a link's bearer token belongs to, or None for an unknown or revoked token."""
+    digest = token_digest(token)
+    # Plain columns rather than ORM instances: this runs for every connect of a fleet
+    # reconnecting at once.
+    row = (
+        await session.execute(
+            select(
+                Agent.token_sha256,
+                Agent.id,
+                Agent.name,
+                Site.id,
+                Site.name,
+                Site.timezone,
+                *LinkState.columns_of_agent(),
+            )
+            .join(Site, Agent.site_id == Site.id)
+            .where(Agent.token_sha256 == digest)
+        )
+    ).first()
+    if row is None or row[0] is None or not digests_match(digest, row[0]):
+        return None
+    return LinkAgent(
+        agent_id=row[1],
+        name=row[2],
+        site_id=row[3],
+        site=row[4],
+        timezone=row[5],
+        token_digest=digest,
+        state=LinkState.from_row(row[6:]),
+    )
+
+
+async def token_digests(
+    session: AsyncSession, agent_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str | None]:
+    """The stored token digest of each agent (None when revoked; absent when unknown)."""
+    rows = await session.execute(
+        select(Agent.id, Agent.token_sha256).where(Agent.id.in_(agent_ids))
+    )
+    return {agent_id: digest for agent_id, digest in rows}

@@ -6,9 +6,11 @@ answers the current number, so re-applying the same file is safe. Must not impor
 """
 
 import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +21,17 @@ from control_plane.models import ConfigRevision, Site
 from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
 
 MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class CurrentConfig:
+    """A site's current revision number and config (revision 0: the defaults)."""
+
+    revision: int
+    config: SiteConfig
+
+
+DEFAULT_CONFIG = CurrentConfig(revision=0, config=SiteConfig())
 
 
 def parse_config(document: bytes) -> SiteConfig:
@@ -116,3 +129,43 @@ async def list_revisions(session: AsyncSession, site: Site) -> list[ConfigRevisi
         )
         for revision in revisions
     ]
+
+
+async def latest_revision_numbers(
+    session: AsyncSession, site_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """The current revision number of each of `site_ids` (0 for a site never configured)."""
+    rows = await session.execute(
+        select(ConfigRevision.site_id, func.max(ConfigRevision.revision))
+        .where(ConfigRevision.site_id.in_(site_ids))
+        .group_by(ConfigRevision.site_id)
+    )
+    numbers = {site_id: 0 for site_id in site_ids}
+    numbers.update({site_id: revision for site_id, revision in rows})
+    return numbers
+
+
+async def latest_configs(
+    session: AsyncSession, site_ids: Collection[uuid.UUID] | None = None
+) -> dict[uuid.UUID, CurrentConfig]:
+    """The current config of each of `site_ids` (of every configured site when None); a site
+    never configured is absent, meaning `DEFAULT_CONFIG`."""
+    newest = select(
+        ConfigRevision.site_id, func.max(ConfigRevision.revision).label("revision")
+    ).group_by(ConfigRevision.site_id)
+    if site_ids is not None:
+        newest = newest.where(ConfigRevision.site_id.in_(site_ids))
+    latest = newest.subquery()
+    revisions = await session.scalars(
+        select(ConfigRevision).join(
+            latest,
+            (ConfigRevision.site_id == latest.c.site_id)
+            & (ConfigRevision.revision == latest.c.revision),
+        )
+    )
+    return {
+        revision.site_id: CurrentConfig(
+            revision=revision.revision, config=SiteConfig.model_validate(revision.config)
+        )
+        for revision in revisions
+    }

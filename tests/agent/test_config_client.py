@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.config_client import ConfigClient, SiteSnapshot
+from agent.config_client import ConfigClient, ConfigRefused, ConfigUnavailable, parse_snapshot
 from tests.agent.test_upload_store_double import AGENT_TOKEN, StoreDouble
 from tests.support.environment import free_port
 
@@ -84,7 +84,7 @@ async def test_initial_config_is_validated_and_kept_as_last_known_good(
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["config.json"]
 
 
-async def test_initial_runs_on_last_known_good_when_control_plane_is_unreachable(
+async def test_initial_runs_on_last_known_good_without_asking_the_control_plane(
     store: StoreDouble, client_factory: Any
 ) -> None:
     await client_factory(store.base_url).initial()
@@ -94,9 +94,8 @@ async def test_initial_runs_on_last_known_good_when_control_plane_is_unreachable
         snapshot = await offline.initial()
 
     assert snapshot.revision == 3
-    assert "config.running_on_last_known_good" in [entry["event"] for entry in logs]
-    assert offline.last_error is not None
-    assert "unreachable" in offline.last_error
+    assert "config.last_known_good" in [entry["event"] for entry in logs]
+    assert offline.last_error is None
 
 
 async def test_initial_waits_with_backoff_when_there_is_no_config_anywhere(
@@ -117,61 +116,27 @@ async def test_initial_waits_with_backoff_when_there_is_no_config_anywhere(
     assert "HTTP 503" in waiting[0]["error"]
 
 
-async def test_refresh_refuses_an_invalid_config_and_keeps_the_old_one(
-    store: StoreDouble, client_factory: Any, tmp_path: Path
-) -> None:
-    client = client_factory(store.base_url)
-    current = await client.initial()
-    store.config_answer = _answer(revision=4, timing={"acquisition_delay": "30 parsecs"})
-
-    with capture_logs() as logs:
-        fresh = await client.refresh(current)
-
-    assert fresh is None
-    assert client.last_error is not None
-    assert "timing.acquisition_delay" in client.last_error
-    assert "config.refused" in [entry["event"] for entry in logs]
-    assert json.loads((tmp_path / "data" / "config.json").read_text())["revision"] == 3
+def test_a_config_with_an_invalid_duration_is_refused_with_its_location() -> None:
+    with pytest.raises(ConfigRefused, match=r"timing\.acquisition_delay"):
+        parse_snapshot(_answer(revision=4, timing={"acquisition_delay": "30 parsecs"}))
 
 
-async def test_refresh_refuses_a_field_that_is_no_dicom_keyword(
-    store: StoreDouble, client_factory: Any
-) -> None:
-    client = client_factory(store.base_url)
-    current = await client.initial()
-    store.config_answer = _answer(revision=4, routing={"field": "PatientComentz"})
-
-    assert await client.refresh(current) is None
-    assert client.last_error is not None
-    assert "PatientComentz" in client.last_error
-
-
-async def test_refresh_returns_and_stores_a_changed_config(
-    store: StoreDouble, client_factory: Any, tmp_path: Path
-) -> None:
-    client = client_factory(store.base_url)
-    current = await client.initial()
-    store.config_answer = _answer(revision=5, timing={"working_hours": "18:00-06:00"})
-
-    fresh = await client.refresh(current)
-
-    assert isinstance(fresh, SiteSnapshot)
-    assert str(fresh.config.timing.working_hours) == "18:00-06:00"
-    assert await client.refresh(fresh) is None
-    assert json.loads((tmp_path / "data" / "config.json").read_text())["revision"] == 5
+def test_a_config_naming_a_field_that_is_no_dicom_keyword_is_refused() -> None:
+    with pytest.raises(ConfigRefused, match="PatientComentz"):
+        parse_snapshot(_answer(revision=4, routing={"field": "PatientComentz"}))
 
 
 async def test_a_refused_token_is_reported_with_the_token_file(
     store: StoreDouble, client_factory: Any, token_file: Path
 ) -> None:
-    client = client_factory(store.base_url)
-    current = await client.initial()
     await asyncio.to_thread(token_file.write_text, "not-the-token", encoding="utf-8")
+    client = client_factory(store.base_url)
 
-    assert await client.refresh(current) is None
-    assert client.last_error is not None
-    assert "HTTP 401" in client.last_error
-    assert str(token_file) in client.last_error
+    with pytest.raises(ConfigUnavailable) as refused:
+        await client.fetch()
+
+    assert "HTTP 401" in str(refused.value)
+    assert str(token_file) in str(refused.value)
 
 
 async def test_an_unusable_last_known_good_is_ignored_in_favour_of_the_control_plane(

@@ -15,12 +15,12 @@ from agent.upload.base import UploadError
 _REQUEST = httpx2.Request("POST", "http://store.invalid/api/v1/ingest")
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 425, 429])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 401, 408, 425, 429])
 def test_status_is_retryable_when_transient(status: int) -> None:
     assert is_retryable(status)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 415, 422])
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 413, 415, 422])
 def test_status_is_permanent_for_other_client_errors(status: int) -> None:
     assert not is_retryable(status)
 

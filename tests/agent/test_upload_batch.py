@@ -176,21 +176,24 @@ async def test_sending_a_chunk_again_is_answered_exists_with_the_same_files(
     ]
 
 
-async def test_a_batch_refused_as_a_whole_fails_every_instance_with_the_reason(
+async def test_a_refused_token_keeps_the_batch_spooled_until_the_token_file_is_fixed(
     store: Store, state: AgentState, spool: Spool
 ) -> None:
     rows = _spooled(state, spool, 3)
-    wrong_token = BuiltinStoreDestination(store.url, "not-a-token", retry_wait_initial=0.01)
+    token = ["not-a-token"]
+    destination = BuiltinStoreDestination(store.url, lambda: token[0], retry_wait_initial=0.01)
+    batch = UploadBatch(rows[0].series_instance_uid, TARGET, tuple(rows), T0 + 50)
     try:
-        report = await _uploader(state, wrong_token).upload_batch(
-            UploadBatch(rows[0].series_instance_uid, TARGET, tuple(rows), T0 + 50), ROUTING
-        )
+        refused = await _uploader(state, destination).upload_batch(batch, ROUTING)
+        waiting = [state.instance(row.id) for row in rows]
+        token[0] = store.token  # the admin installs the rotated token; no restart
+        accepted = await _uploader(state, destination).upload_batch(batch, ROUTING)
     finally:
-        await wrong_token.aclose()
+        await destination.aclose()
 
-    assert report.failed == 3
-    for row in rows:
-        failed = state.instance(row.id)
-        assert failed.state is InstanceState.failed
-        assert failed.last_error is not None
-        assert failed.last_error.startswith("store answered HTTP 401")
+    assert (refused.failed, refused.retrying) == (0, 3)
+    for row in waiting:
+        assert row.state is InstanceState.spooled
+        assert row.last_error is not None
+        assert row.last_error.startswith("store answered HTTP 401")
+    assert accepted.uploaded == 3

@@ -1,14 +1,33 @@
-"""Agent registration and status (admin only)."""
+"""Agents (admin only): registration, status and health history, tokens, commands."""
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Query, status
 
-from control_plane.deps import SessionDep, require_admin
-from control_plane.fleet import agents, sites
+from common.messages import CLOSE_UNAUTHORIZED
+from control_plane.deps import (
+    HealthContextDep,
+    HubDep,
+    ReadSessionDep,
+    SessionDep,
+    require_admin,
+)
+from control_plane.errors import AgentUnavailableError, NoAnswerError
+from control_plane.fleet import agents, health, sites, tokens
+from control_plane.fleet_schemas import (
+    AgentToken,
+    CommandAnswer,
+    CommandRequest,
+    HealthHistoryEntry,
+)
+from control_plane.hub import AgentNotConnectedError
 from control_plane.schemas import AgentCreate, AgentCreated, AgentPublic, ItemList
 
 router = APIRouter(tags=["fleet"], dependencies=[Depends(require_admin)])
+
+COMMAND_TIMEOUT_S = 30.0
+MAX_HISTORY = 1000
 
 
 @router.post("/sites/{site}/agents", status_code=status.HTTP_201_CREATED)
@@ -18,14 +37,65 @@ async def create_agent(site: str, body: AgentCreate, session: SessionDep) -> Age
 
 
 @router.get("/sites/{site}/agents")
-async def list_agents(site: str, session: SessionDep) -> ItemList[AgentPublic]:
+async def list_agents(
+    site: str, session: ReadSessionDep, context: HealthContextDep
+) -> ItemList[AgentPublic]:
     """The agents of a site."""
-    return ItemList(
-        items=await agents.list_agents(session, await sites.site_by_name(session, site))
-    )
+    site_row = await sites.site_by_name(session, site)
+    return ItemList(items=await agents.list_agents(session, site_row, context))
 
 
 @router.get("/agents/{agent_id}")
-async def get_agent(agent_id: uuid.UUID, session: SessionDep) -> AgentPublic:
-    """One agent with its connection state and health."""
-    return await agents.get_agent(session, agent_id)
+async def get_agent(
+    agent_id: uuid.UUID, session: ReadSessionDep, context: HealthContextDep
+) -> AgentPublic:
+    """One agent with its connection state, applied config revision and health."""
+    return await agents.get_agent(session, agent_id, context)
+
+
+@router.get("/agents/{agent_id}/health/history")
+async def health_history(
+    agent_id: uuid.UUID,
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 100,
+) -> ItemList[HealthHistoryEntry]:
+    """The agent's newest health reports, newest first, with the status each earned."""
+    await agents.agent_row(session, agent_id)
+    return ItemList(items=await health.health_history(session, agent_id, limit))
+
+
+@router.post("/agents/{agent_id}/token")
+async def rotate_token(agent_id: uuid.UUID, session: SessionDep, hub: HubDep) -> AgentToken:
+    """Issue a new token (shown this once); the old one stops working and its link closes."""
+    answer = await tokens.rotate_token(session, agent_id)
+    await hub.disconnect(agent_id, CLOSE_UNAUTHORIZED, "token rotated")
+    return answer
+
+
+@router.delete("/agents/{agent_id}/token", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_token(agent_id: uuid.UUID, session: SessionDep, hub: HubDep) -> None:
+    """Revoke the agent's token; its link closes and it is refused until a rotation."""
+    await tokens.revoke_token(session, agent_id)
+    await hub.disconnect(agent_id, CLOSE_UNAUTHORIZED, "token revoked")
+
+
+@router.post("/agents/{agent_id}/commands")
+async def send_command(
+    agent_id: uuid.UUID, body: CommandRequest, session: ReadSessionDep, hub: HubDep
+) -> CommandAnswer:
+    """Send a command to a connected agent and wait (up to 30 s) for its answer."""
+    await agents.agent_row(session, agent_id)
+    # The session is not needed while waiting for the agent.
+    await session.close()
+    try:
+        result = await hub.command(agent_id, body.name, body.args, COMMAND_TIMEOUT_S)
+    except AgentNotConnectedError:
+        raise AgentUnavailableError(
+            f"agent {agent_id} has no link to this control plane; it is offline (see its"
+            " health) or connected to another replica"
+        ) from None
+    except TimeoutError:
+        raise NoAnswerError(
+            f"agent {agent_id} did not answer the command within {COMMAND_TIMEOUT_S:.0f} s"
+        ) from None
+    return CommandAnswer(id=result.id, ok=result.ok, detail=result.detail)

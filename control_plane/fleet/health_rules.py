@@ -1,0 +1,231 @@
+"""How an agent's health becomes a status — ok, degraded, unhealthy, missing — with reasons.
+
+Pure functions. A report is judged once, when it arrives, against the thresholds of the
+site's config at that time (`verdict_of_report`; kept with the report and in the history).
+Whenever health is read, that verdict is combined with what only the moment can tell
+(`judge_agent`): silence, a revoked token, a rejected config — so "missing" follows the clock.
+Reasons are sentences for support staff; they hold counts, durations and sizes, never a DICOM
+value. Must not import FastAPI or the database layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from common.config import SiteConfig
+from common.durations import format_duration
+from common.messages import HealthReport
+
+MISSED_HEARTBEATS = 3
+# Below this share of its filesystem free, an agent is about to refuse images.
+DISK_UNHEALTHY_FRACTION = 0.05
+DISK_DEGRADED_FRACTION = 0.10
+_SIZE_UNITS = ("B", "kB", "MB", "GB", "TB")
+
+
+class AgentStatus(StrEnum):
+    """An agent's (or site's) health, from best to worst."""
+
+    ok = "ok"
+    degraded = "degraded"
+    """Working, but something needs a look (slow queries or reaps, a rejected config...)."""
+    unhealthy = "unhealthy"
+    """Not receiving data: listener down or disk full."""
+    missing = "missing"
+    """Not heard from: nothing is known about what happens at the site."""
+
+    @property
+    def severity(self) -> int:
+        """0 for ok up to 3 for missing."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {
+    AgentStatus.ok: 0,
+    AgentStatus.degraded: 1,
+    AgentStatus.unhealthy: 2,
+    AgentStatus.missing: 3,
+}
+
+
+def worst(statuses: Iterable[AgentStatus]) -> AgentStatus:
+    """The most severe of `statuses`; ok when there are none."""
+    return max(statuses, key=lambda status: status.severity, default=AgentStatus.ok)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The site-config values health is judged against."""
+
+    query_time: dt.timedelta
+    reap_time: dt.timedelta
+
+    @classmethod
+    def of(cls, config: SiteConfig) -> Thresholds:
+        """The thresholds of a site config (`timing.*_threshold`)."""
+        return cls(
+            query_time=config.timing.query_time_threshold,
+            reap_time=config.timing.reap_time_threshold,
+        )
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """What the control plane knows about one agent."""
+
+    report_verdict: Verdict | None
+    """What its latest report earned when it arrived (`verdict_of_report`)."""
+    last_seen_at: dt.datetime | None
+    token_active: bool
+    config_failed_revision: int | None
+    config_failure_reason: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A status and every reason that contributed to it (empty when ok)."""
+
+    status: AgentStatus
+    reasons: tuple[str, ...]
+
+
+def missing_after(heartbeat_interval: dt.timedelta) -> dt.timedelta:
+    """How long an agent may stay silent before it is missing."""
+    return MISSED_HEARTBEATS * heartbeat_interval
+
+
+def judge_agent(
+    facts: AgentFacts, *, now: dt.datetime, heartbeat_interval: dt.timedelta
+) -> Verdict:
+    """The agent's status now: silence and token first, then its config, then what its
+    latest report earned."""
+    findings: list[tuple[AgentStatus, str]] = []
+    if facts.last_seen_at is None:
+        findings.append((AgentStatus.missing, "has never connected"))
+    elif now - facts.last_seen_at > missing_after(heartbeat_interval):
+        findings.append(
+            (
+                AgentStatus.missing,
+                f"no heartbeat for {_duration(now - facts.last_seen_at)}"
+                f" (expected every {_duration(heartbeat_interval)})",
+            )
+        )
+    if not facts.token_active:
+        findings.append(
+            (
+                AgentStatus.missing,
+                "its token is revoked; issue a new one (POST /api/v1/agents/{id}/token) and"
+                " install it on the agent",
+            )
+        )
+    if facts.config_failed_revision is not None:
+        findings.append(
+            (
+                AgentStatus.degraded,
+                f"config revision {facts.config_failed_revision} was rejected:"
+                f" {facts.config_failure_reason or 'no reason given'}",
+            )
+        )
+    verdict = _verdict(findings)
+    if facts.report_verdict is None:
+        return verdict
+    return Verdict(
+        status=worst([verdict.status, facts.report_verdict.status]),
+        reasons=verdict.reasons + facts.report_verdict.reasons,
+    )
+
+
+def judge_report(report: HealthReport, thresholds: Thresholds) -> list[tuple[AgentStatus, str]]:
+    """What a single report says, as (status, reason) findings; empty when all is well."""
+    findings: list[tuple[AgentStatus, str]] = []
+    if not report.listener_ok:
+        findings.append(
+            (AgentStatus.unhealthy, "the DICOM listener is down: no images can be received")
+        )
+    findings.extend(_disk_findings(report))
+    if report.last_query_duration_s is not None:
+        took = _seconds(report.last_query_duration_s)
+        if took > thresholds.query_time:
+            findings.append(
+                (
+                    AgentStatus.degraded,
+                    f"the last query took {_duration(took)}, over the query_time_threshold"
+                    f" of {_duration(thresholds.query_time)}",
+                )
+            )
+    if report.longest_reap_s is not None:
+        took = _seconds(report.longest_reap_s)
+        if took > thresholds.reap_time:
+            findings.append(
+                (
+                    AgentStatus.degraded,
+                    f"the longest reap took {_duration(took)}, over the reap_time_threshold"
+                    f" of {_duration(thresholds.reap_time)}",
+                )
+            )
+    if report.failed_instances:
+        findings.append(
+            (
+                AgentStatus.degraded,
+                f"{report.failed_instances} instance(s) failed for good and are kept in the"
+                " spool for support",
+            )
+        )
+    return findings
+
+
+def verdict_of_report(report: HealthReport, thresholds: Thresholds) -> Verdict:
+    """The status a report earns on its own (what the history keeps)."""
+    return _verdict(judge_report(report, thresholds))
+
+
+def _disk_findings(report: HealthReport) -> list[tuple[AgentStatus, str]]:
+    free = report.disk_free_bytes
+    if free <= report.disk_reserve_bytes:
+        return [
+            (
+                AgentStatus.unhealthy,
+                f"the spool disk is full: {_size(free)} free, at or below the"
+                f" {_size(report.disk_reserve_bytes)} reserve, so images are refused",
+            )
+        ]
+    total = report.disk_total_bytes
+    if not total:
+        return []
+    share = free / total
+    if share < DISK_UNHEALTHY_FRACTION:
+        status = AgentStatus.unhealthy
+    elif share < DISK_DEGRADED_FRACTION:
+        status = AgentStatus.degraded
+    else:
+        return []
+    return [(status, f"the spool disk is nearly full: {_size(free)} free of {_size(total)}")]
+
+
+def _verdict(findings: list[tuple[AgentStatus, str]]) -> Verdict:
+    return Verdict(
+        status=worst(status for status, _ in findings),
+        reasons=tuple(reason for _, reason in findings),
+    )
+
+
+def _seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(milliseconds=round(value * 1000))
+
+
+def _duration(value: dt.timedelta) -> str:
+    # Whole seconds read better once there are any; sub-second values keep their milliseconds.
+    if value >= dt.timedelta(seconds=1):
+        value = dt.timedelta(seconds=round(value.total_seconds()))
+    return format_duration(max(value, dt.timedelta(0)))
+
+
+def _size(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    exponent = min(int(math.log10(count)) // 3, len(_SIZE_UNITS) - 1)
+    return f"{count / 1000**exponent:.1f} {_SIZE_UNITS[exponent]}"

@@ -1,0 +1,184 @@
+"""Batched writes of what agent links say: link state onto `agents`, reports into the history.
+
+A thousand agents heartbeating every 10 s are a hundred messages a second; writing each in
+its own transaction would keep the database (SQLite above all) busy with commits. Links
+hand their latest state and each health report to the `LinkRecorder`, which writes whatever
+accumulated in one transaction per flush — an executemany UPDATE of the agents that changed
+and an executemany INSERT of the reports — so the cost is two statements per flush, not per
+message. A flush that fails keeps its data for the next one (the newest state of an agent
+wins; the history buffer is capped), and says so in the log.
+
+Must not import FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from control_plane.fleet.health_rules import Verdict
+from control_plane.models import Agent, AgentHealthReport
+
+logger = structlog.get_logger(__name__)
+
+# Reports waiting while the database is unreachable: about 10 minutes of a 1,000-agent fleet.
+MAX_PENDING_REPORTS = 60_000
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What an agent's link last said, column for column as written to its `agents` row."""
+
+    agent_version: str | None
+    config_revision: int | None
+    config_failed_revision: int | None
+    config_failure_reason: str | None
+    connected: bool
+    connected_at: datetime | None
+    disconnected_at: datetime | None
+    last_seen_at: datetime | None
+    health_report: dict[str, Any] | None
+    health_reported_at: datetime | None
+    health_status: str | None
+    health_reasons: list[str] | None
+
+    @classmethod
+    def columns_of_agent(cls) -> list[Any]:
+        """The `agents` columns a `LinkState` is read from, in `from_row` order."""
+        return [getattr(Agent, name) for name in _COLUMNS]
+
+    @classmethod
+    def from_row(cls, values: Sequence[Any]) -> LinkState:
+        """The state from the values of `columns_of_agent()`, in that order."""
+        return cls(*values)
+
+    def columns(self) -> dict[str, Any]:
+        """Column name → value (shallow: `dataclasses.asdict` would deep-copy every report)."""
+        return {name: getattr(self, name) for name in _COLUMNS}
+
+
+_COLUMNS = tuple(field.name for field in dataclasses.fields(LinkState))
+
+
+class LinkRecorder:
+    """Collects link states and health reports; `flush()` writes them in one transaction."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], history_per_agent: int
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._history_per_agent = history_per_agent
+        self._states: dict[uuid.UUID, LinkState] = {}
+        self._reports: list[dict[str, Any]] = []
+        self._dropped_reports = 0
+        self._lock = asyncio.Lock()
+        self.urgent = asyncio.Event()
+        """Set when something was recorded that readers should see soon (a connect, a
+        disconnect, a config result); the flush loop wakes early for it."""
+
+    @property
+    def pending(self) -> int:
+        """States and reports not yet written."""
+        return len(self._states) + len(self._reports)
+
+    def record_state(self, agent_id: uuid.UUID, state: LinkState, *, urgent: bool = False) -> None:
+        """Write `state` as the agent's link state at the next flush (replacing any older)."""
+        self._states[agent_id] = state
+        if urgent:
+            self.urgent.set()
+
+    def record_report(
+        self, agent_id: uuid.UUID, received_at: datetime, verdict: Verdict, report: dict[str, Any]
+    ) -> None:
+        """Add a health report, with the status it earned, to the history at the next flush."""
+        if len(self._reports) >= MAX_PENDING_REPORTS:
+            self._reports.pop(0)
+            self._dropped_reports += 1
+        self._reports.append(
+            {
+                "id": uuid.uuid4(),
+                "agent_id": agent_id,
+                "received_at": received_at,
+                "status": verdict.status.value,
+                "reasons": list(verdict.reasons),
+                "report": report,
+            }
+        )
+
+    async def flush(self) -> None:
+        """Write everything recorded so far; on a database error keep it for the next flush.
+
+        Once this returns without error, everything recorded before the call is stored.
+
+        Raises:
+            SQLAlchemyError, OSError: when the database could not be written (nothing is lost).
+        """
+        async with self._lock:
+            states, self._states = self._states, {}
+            reports, self._reports = self._reports, []
+            if not states and not reports:
+                return
+            try:
+                await self._write(states, reports)
+            except (SQLAlchemyError, OSError):
+                self._restore(states, reports)
+                raise
+        if self._dropped_reports:
+            logger.warning(
+                "health reports dropped while the database was unreachable",
+                count=self._dropped_reports,
+            )
+            self._dropped_reports = 0
+
+    async def prune_history(self) -> None:
+        """Delete each agent's reports beyond the newest `history_per_agent`."""
+        ranked = select(
+            AgentHealthReport.id,
+            func.row_number()
+            .over(
+                partition_by=AgentHealthReport.agent_id,
+                order_by=AgentHealthReport.received_at.desc(),
+            )
+            .label("rank"),
+        ).subquery()
+        async with self._sessionmaker() as session:
+            await session.execute(
+                delete(AgentHealthReport).where(
+                    AgentHealthReport.id.in_(
+                        select(ranked.c.id).where(ranked.c.rank > self._history_per_agent)
+                    )
+                )
+            )
+            await session.commit()
+
+    async def _write(
+        self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]
+    ) -> None:
+        async with self._sessionmaker() as session:
+            if states:
+                await session.execute(
+                    update(Agent),
+                    [{"id": agent_id, **state.columns()} for agent_id, state in states.items()],
+                )
+            if reports:
+                await session.execute(insert(AgentHealthReport), reports)
+            await session.commit()
+
+    def _restore(self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]) -> None:
+        # States recorded while the write was failing are newer than the ones given back.
+        for agent_id, state in states.items():
+            self._states.setdefault(agent_id, state)
+        room = MAX_PENDING_REPORTS - len(self._reports)
+        kept = reports[-room:] if room > 0 else []
+        self._dropped_reports += len(reports) - len(kept)
+        self._reports[:0] = kept

@@ -1,0 +1,120 @@
+"""`dicom-connector admin` fleet commands against a real control plane (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from cli.main import app
+from control_plane.main import create_app
+from control_plane.settings import ControlPlaneSettings
+from tests.control_plane.harness import ADMIN_TOKEN, bearer
+
+
+@pytest.fixture
+def base_url(tmp_path: Path) -> Iterator[str]:
+    """A control plane on SQLite, served on a free port until the test ends."""
+    settings = ControlPlaneSettings(
+        database_url=f"sqlite:///{tmp_path / 'cp.db'}",
+        blob_dir=tmp_path / "blobs",
+        admin_token=ADMIN_TOKEN,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="control-plane")
+    thread.start()
+    try:
+        started = threading.Event()
+        while not started.wait(0.01):
+            if server.started:
+                started.set()
+            elif not thread.is_alive():
+                pytest.fail("the control plane did not start")
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def _admin(base_url: str, *args: str) -> str:
+    result = CliRunner().invoke(
+        app, ["admin", "--url", base_url, "--token", ADMIN_TOKEN, *args], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _register(base_url: str) -> tuple[str, str]:
+    with httpx2.Client(base_url=base_url, headers=bearer(ADMIN_TOKEN)) as client:
+        client.post("/api/v1/sites", json={"name": "hospital-a", "timezone": "UTC"})
+        created = client.post(
+            "/api/v1/sites/hospital-a/agents", json={"name": "edge-1", "deployment": "edge"}
+        ).json()
+    return created["id"], created["token"]
+
+
+def test_health_lists_each_agent_with_its_status_and_reasons(base_url: str) -> None:
+    _register(base_url)
+
+    output = _admin(base_url, "health", "hospital-a")
+
+    assert "site hospital-a: missing" in output
+    assert "edge-1" in output
+    assert "has never connected" in output
+
+
+def test_fleet_shows_counts_and_the_sites_needing_attention(base_url: str) -> None:
+    _register(base_url)
+
+    output = _admin(base_url, "fleet")
+
+    assert "fleet: missing" in output
+    assert "sites needing attention" in output
+    assert "hospital-a" in output
+
+
+def test_token_rotate_prints_a_new_token_that_replaces_the_old_one(base_url: str) -> None:
+    agent_id, old_token = _register(base_url)
+
+    output = _admin(base_url, "agents", "token-rotate", agent_id)
+
+    new_token = output.rsplit(":", 1)[1].strip()
+    with httpx2.Client(base_url=base_url) as client:
+        assert client.get("/api/v1/agent/config", headers=bearer(old_token)).status_code == 401
+        assert client.get("/api/v1/agent/config", headers=bearer(new_token)).status_code == 200
+
+
+def test_token_revoke_locks_the_agent_out(base_url: str) -> None:
+    agent_id, token = _register(base_url)
+
+    output = _admin(base_url, "agents", "token-revoke", agent_id)
+
+    assert "revoked" in output
+    with httpx2.Client(base_url=base_url) as client:
+        assert client.get("/api/v1/agent/config", headers=bearer(token)).status_code == 401
+
+
+def test_token_rotate_of_an_unknown_agent_fails_naming_the_problem(base_url: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "admin",
+            "--url",
+            base_url,
+            "--token",
+            ADMIN_TOKEN,
+            "agents",
+            "token-rotate",
+            "00000000-0000-0000-0000-000000000000",
+        ],
+    )
+
+    assert result.exit_code == 1
+    assert "does not exist" in result.output

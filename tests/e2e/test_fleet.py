@@ -1,0 +1,262 @@
+"""Fleet control end to end: a real `dicom-connector control-plane` process and real
+`dicom-connector agent` processes over a real websocket, on SQLite and on PostgreSQL.
+
+Every process runs on free loopback ports and is stopped by the test that started it (SIGTERM,
+SIGKILL as the last resort). The control plane's heartbeat interval is made short through its
+settings (`DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S`) so "missing" arrives in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from tests.support.dicom_factory import make_instance
+from tests.support.environment import free_port
+from tests.support.postgres import reset_schema, temporary_database
+from tests.support.scu import send_datasets
+
+ADMIN_TOKEN = "e2e-fleet-admin-token-0123456789"
+SITE = "default"
+FAST = {"timing": {"acquisition_delay": "0.5s"}}
+START_TIMEOUT_S = 60.0
+CONTROL_PLANE_ENV = {
+    "DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S": "0.5",
+    "DICOM_CONNECTOR_FLEET_FLUSH_INTERVAL_S": "0.1",
+    "DICOM_CONNECTOR_FLEET_RECONCILE_INTERVAL_S": "0.5",
+}
+AGENT_ENV = {
+    "DICOM_CONNECTOR_AGENT_DICOM_HOST": "127.0.0.1",
+    "DICOM_CONNECTOR_AGENT_SPOOL_RESERVE_BYTES": "0",
+    "DICOM_CONNECTOR_AGENT_REAP_INTERVAL": "0.1",
+    "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_BASE": "0.1",
+    "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_CAP": "1",
+    "DICOM_CONNECTOR_AGENT_LINK_UNAUTHORIZED_RETRY_INTERVAL": "0.5",
+}
+
+
+class Process:
+    """One `python -m cli ...` process whose output is collected; `stop()` always ends it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], ready: Callable[[str], bool]):
+        self.output: list[str] = []
+        self._ready_line = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+
+    def _pump(self, ready: Callable[[str], bool]) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if ready(line):
+                self._ready_line.set()
+
+    def wait_ready(self, probe: Callable[[], bool] | None = None) -> None:
+        """Wait for the ready line (or `probe()`); fail with the output if it never comes."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (self._ready_line.is_set() or (probe is not None and probe())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("process did not become ready:\n" + "".join(self.output))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Fleet:
+    """A control plane on a fixed port (so it can be restarted there) and its agents."""
+
+    def __init__(self, database_url: str, root: Path, stack: ExitStack) -> None:
+        self.database_url = database_url
+        self.root = root
+        self.http_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self._stack = stack
+        self.admin = httpx2.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        )
+        stack.callback(self.admin.close)
+        self.control_plane: Process | None = None
+
+    def start_control_plane(self) -> None:
+        args = ["control-plane", "--db", self.database_url, "--http-port", str(self.http_port)]
+        args += ["--blob-dir", str(self.root / "blobs"), "--admin-token", ADMIN_TOKEN]
+        args += ["--host", "127.0.0.1"]
+        process = Process(args, CONTROL_PLANE_ENV, lambda _line: False)
+        self._stack.callback(process.stop)
+        process.wait_ready(self._healthy)
+        self.control_plane = process
+
+    def stop_control_plane(self) -> None:
+        assert self.control_plane is not None
+        self.control_plane.stop()
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx2.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def register_agent(self, name: str) -> tuple[str, Path]:
+        """Register an agent of the site; return its id and its token file."""
+        created = self.call(
+            "POST", f"/api/v1/sites/{SITE}/agents", json={"name": name, "deployment": "edge"}
+        )
+        token_file = self.root / f"{name}.token"
+        token_file.write_text(created["token"], encoding="utf-8")
+        return created["id"], token_file
+
+    def start_agent(self, name: str, token_file: Path) -> tuple[Process, int]:
+        """Start an agent process; return it and its DICOM port once it accepts DICOM."""
+        port = free_port()
+        args = ["agent", "--control-plane", self.url, "--token-file", str(token_file)]
+        args += ["--data-dir", str(self.root / name)]
+        env = AGENT_ENV | {"DICOM_CONNECTOR_AGENT_DICOM_PORT_OVERRIDE": str(port)}
+        process = Process(args, env, lambda line: line.startswith("agent-ready"))
+        self._stack.callback(process.stop)
+        process.wait_ready()
+        return process, port
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.admin.request(method, path, **kwargs)
+        assert response.status_code < 300, (path, response.status_code, response.text)
+        return response.json() if response.content else None
+
+    def eventually(self, path: str, holds: Callable[[Any], bool], within: float = 60) -> Any:
+        """Poll GET `path` until `holds(answer)`; return that answer."""
+        deadline = time.monotonic() + within
+        while True:
+            answer = self.call("GET", path)
+            if holds(answer):
+                return answer
+            if time.monotonic() > deadline:
+                raise AssertionError(f"GET {path} still does not hold after {within} s: {answer}")
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'control-plane.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+        reset_schema(url)
+    with ExitStack() as stack:
+        fleet = Fleet(url, tmp_path, stack)
+        fleet.start_control_plane()
+        fleet.call("POST", "/api/v1/sites", json={"name": SITE, "timezone": "UTC"})
+        fleet.call("PUT", f"/api/v1/sites/{SITE}/config", json=FAST)
+        yield fleet
+
+
+def _series(n: int, comments: str | None) -> list[Dataset]:
+    study, series = generate_uid(), generate_uid()
+    return [
+        make_instance(
+            patient_id="SYNTH-FLEET",
+            study_uid=study,
+            series_uid=series,
+            series_description="T1",
+            study_description="Synthetic",
+            patient_comments=comments,
+            instance_number=number,
+        )
+        for number in range(1, n + 1)
+    ]
+
+
+def test_a_config_put_reaches_the_agent_process_which_applies_it(fleet: Fleet) -> None:
+    agent_id, token_file = fleet.register_agent("edge-1")
+    _, port = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(
+        f"/api/v1/agents/{agent_id}", lambda a: a["connected"] and a["config_revision"] == 1
+    )
+
+    revision = fleet.call(
+        "PUT", f"/api/v1/sites/{SITE}/config", json=FAST | {"dicom": {"ae_title": "RENAMED"}}
+    )["revision"]
+
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["config_revision"] == revision)
+    assert send_datasets(port, _series(1, None), called_ae="RENAMED") == [0]
+
+
+def test_a_series_received_while_the_control_plane_is_down_lands_after_it_returns(
+    fleet: Fleet,
+) -> None:
+    fleet.call("POST", "/api/v1/groups", json={"id": "neuro", "label": "Neuro"})
+    fleet.call("POST", "/api/v1/groups/neuro/projects", json={"label": "study-a"})
+    agent_id, token_file = fleet.register_agent("edge-1")
+    _, port = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
+
+    fleet.stop_control_plane()
+    series = _series(3, "fw://neuro/study-a")
+    assert send_datasets(port, series) == [0, 0, 0]
+    fleet.start_control_plane()
+
+    landed = fleet.eventually(
+        "/api/v1/acquisitions?group=neuro&project=study-a",
+        lambda answer: sum(len(item["files"]) for item in answer["items"]) == 3,
+    )
+    assert landed["items"][0]["series_instance_uid"] == series[0].SeriesInstanceUID
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
+
+
+def test_a_rotated_token_closes_the_old_link_and_the_new_token_reconnects(fleet: Fleet) -> None:
+    agent_id, token_file = fleet.register_agent("edge-1")
+    agent, _ = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
+
+    rotated = fleet.call("POST", f"/api/v1/agents/{agent_id}/token")
+
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: not a["connected"], within=10)
+    token_file.write_text(rotated["token"], encoding="utf-8")
+    agent.stop()
+    fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
+
+
+def test_an_agent_that_stops_turns_its_site_missing(fleet: Fleet) -> None:
+    agent_id, token_file = fleet.register_agent("edge-1")
+    agent, _ = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/sites/{SITE}/health", lambda site: site["status"] == "ok")
+
+    agent.stop()
+
+    site = fleet.eventually(f"/api/v1/sites/{SITE}/health", lambda s: s["status"] == "missing")
+    assert site["reasons"]
+    assert not fleet.call("GET", f"/api/v1/agents/{agent_id}")["connected"]
