@@ -114,7 +114,8 @@ def require_admin(principal: PrincipalDep) -> Principal:
     if principal.kind is not PrincipalKind.admin:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            "agent tokens may only call GET /api/v1/agent/config and POST /api/v1/ingest;"
+            "agent tokens may only call GET /api/v1/agent/config, GET /api/v1/agent/link"
+            " (the websocket), POST /api/v1/ingest and POST /api/v1/ingest/batch;"
             " use the admin token for this route",
         )
     return principal

@@ -34,6 +34,18 @@ class RejectedUploadError(ControlPlaneError):
     http_status = 400
 
 
+class UnsupportedMediaTypeError(ControlPlaneError):
+    """A batch body that is not `multipart/related; type="application/dicom"`."""
+
+    http_status = 415
+
+
+class BatchTooLargeError(ControlPlaneError):
+    """A batch over the instance or byte cap; split it and send the parts again."""
+
+    http_status = 413
+
+
 class BusyError(ControlPlaneError):
     """Concurrent writers kept colliding; the caller should retry later."""
 

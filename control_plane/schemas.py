@@ -183,8 +183,9 @@ class IngestStatus(StrEnum):
     replaced = "replaced"
 
 
-class IngestParams(BaseModel):
-    """Query of `POST /api/v1/ingest` (see docs/architecture.md); the body is the Part-10 file."""
+class IngestTarget(BaseModel):
+    """Where instances go: the query of `POST /api/v1/ingest/batch`, which every instance of
+    the batch shares (see docs/architecture.md)."""
 
     group: GroupId | None = None
     project: ProjectLabel | None = None
@@ -194,15 +195,13 @@ class IngestParams(BaseModel):
     acquisition_key: StorableLabel | None = None
     series_instance_uid: Uid
     study_instance_uid: Uid | None = None
-    sop_instance_uid: Uid
-    sha256: Sha256Hex
     routing_reason: RoutingReason | None = None
     routing_string: str | None = Field(default=None, max_length=ROUTING_STRING_LENGTH)
     unknown_group: GroupId = _ROUTING_DEFAULTS.unknown_group
     unsorted_project: ProjectLabel = _ROUTING_DEFAULTS.unsorted_project
 
     @model_validator(mode="after")
-    def _routing_is_consistent(self) -> "IngestParams":
+    def _routing_is_consistent(self) -> "IngestTarget":
         if (self.group is None) != (self.project is None):
             raise ValueError("group and project go together: send both or neither")
         routed = self.group is not None
@@ -225,6 +224,16 @@ class IngestParams(BaseModel):
     def grouping_key(self) -> str:
         """What groups instances into one acquisition (the series UID unless told otherwise)."""
         return self.acquisition_key or self.series_instance_uid
+
+
+class IngestParams(IngestTarget):
+    """Query of `POST /api/v1/ingest` (see docs/architecture.md); the body is the Part-10 file.
+
+    The target of one instance plus what a batch part carries in its headers instead.
+    """
+
+    sop_instance_uid: Uid
+    sha256: Sha256Hex
 
 
 class IngestResult(BaseModel):

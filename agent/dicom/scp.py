@@ -26,8 +26,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
     StoragePresentationContexts,
     evt,
@@ -38,10 +36,9 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from agent.dicom.dataset_scan import DatasetSummary, MalformedDatasetError, scan_dataset
-from agent.dicom.file_meta import part10_header
+from agent.dicom.intake import StoreRefused, status_dataset, store_received
 from agent.dicom.status import Status
-from agent.spool import Spool, SpoolFull
+from agent.spool import Spool
 from agent.state import AddOutcome
 from common.logging import series_key
 
@@ -56,7 +53,6 @@ _log = structlog.get_logger(__name__)
 DEFAULT_DUL_LOOP_DELAY = 0.0002
 # Larger receive PDUs mean fewer PDU decodes per instance; peers send up to what we announce.
 _MAXIMUM_PDU_SIZE = 1 << 20
-_ERROR_COMMENT_LIMIT = 64  # (0000,0902) Error Comment is an LO
 _LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 _REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 _ABORT_JOIN_SECONDS = 5.0
@@ -75,19 +71,6 @@ class _AssociationTally:
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
-
-
-class _StoreRefused(Exception):
-    """A C-STORE that gets a failure status.
-
-    The message goes to the peer as the error comment; `detail` (default: the message) goes
-    to the log. Both are free of DICOM values.
-    """
-
-    def __init__(self, status: Status, message: str, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail or message
 
 
 class DicomListener:
@@ -252,8 +235,13 @@ class DicomListener:
         received_at = time.time()
         tally = self._tally(event.assoc)
         try:
-            outcome, summary, size = self._store(event, received_at)
-        except _StoreRefused as refusal:
+            stored = store_received(
+                event,
+                self._spool,
+                source_ae_title=_calling_ae_title(event.assoc),
+                received_at=received_at,
+            )
+        except StoreRefused as refusal:
             return self._refuse(event, tally, refusal)
         except Exception as exc:
             _log.exception(
@@ -265,70 +253,27 @@ class DicomListener:
             return self._refuse(
                 event,
                 tally,
-                _StoreRefused(
-                    Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
-                ),
+                StoreRefused(Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"),
             )
+        duplicate = stored.outcome is AddOutcome.duplicate
         if tally is not None:
-            tally.bytes += size
-            if outcome is AddOutcome.duplicate:
+            tally.bytes += stored.size
+            if duplicate:
                 tally.duplicates += 1
             else:
                 tally.stored += 1
-        series_uid = summary.series_instance_uid
-        if self._on_stored is not None and outcome is not AddOutcome.duplicate and series_uid:
+        series_uid = stored.series_instance_uid
+        if self._on_stored is not None and not duplicate and series_uid:
             try:
                 self._on_stored(series_uid)
             except Exception:
                 # The instance is durable and the reaper polls the state anyway: a lost wake-up
                 # only delays it, so the peer still gets Success.
                 _log.exception("on_stored callback failed", series_key=series_key(series_uid))
-        return _status(Status.SUCCESS)
-
-    def _store(self, event: Event, received_at: float) -> tuple[AddOutcome, DatasetSummary, int]:
-        request = cast(C_STORE, event.request)
-        if request.DataSet is None:
-            raise _StoreRefused(Status.CANNOT_UNDERSTAND, "the C-STORE request has no data set")
-        syntax = str(event.context.transfer_syntax)
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
-        # getbuffer() is a view of pynetdicom's receive buffer: the only copy made of the data
-        # set is the one into the Part-10 bytes below.
-        with request.DataSet.getbuffer() as encoded:
-            try:
-                summary = scan_dataset(encoded, syntax)
-            except MalformedDatasetError as exc:
-                raise _StoreRefused(Status.CANNOT_UNDERSTAND, str(exc)) from None
-            study_uid, series_uid = _check_identity(summary, sop_class, sop_instance)
-            part10 = bytearray(
-                part10_header(
-                    sop_class_uid=sop_class,
-                    sop_instance_uid=sop_instance,
-                    transfer_syntax_uid=syntax,
-                    implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                    implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
-                    source_ae_title=_calling_ae_title(event.assoc),
-                )
-            )
-            part10 += encoded
-        try:
-            outcome = self._spool.store(
-                part10,
-                sop_instance_uid=sop_instance,
-                sop_class_uid=sop_class,
-                series_instance_uid=series_uid,
-                study_instance_uid=study_uid,
-                transfer_syntax_uid=syntax,
-                received_at=received_at,
-            )
-        except SpoolFull as exc:
-            raise _StoreRefused(
-                Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
-            ) from None
-        return outcome, summary, len(part10)
+        return status_dataset(Status.SUCCESS)
 
     def _refuse(
-        self, event: Event, tally: _AssociationTally | None, refusal: _StoreRefused
+        self, event: Event, tally: _AssociationTally | None, refusal: StoreRefused
     ) -> Dataset:
         if tally is not None:
             tally.failed += 1
@@ -340,7 +285,7 @@ class DicomListener:
                 reason=refusal.detail,
                 **_peer_fields(tally),
             )
-        return _status(refusal.status, str(refusal))
+        return status_dataset(refusal.status, str(refusal))
 
     def _handle_connection_close(self, event: Event) -> None:
         try:
@@ -403,35 +348,9 @@ def _peer_address(host: str, ae_title: str) -> tuple[str, IPAddress] | None:
         return None
 
 
-def _check_identity(summary: DatasetSummary, sop_class: str, sop_instance: str) -> tuple[str, str]:
-    """Return (study UID, series UID) or refuse when the data set cannot be filed."""
-    if summary.study_instance_uid is None:
-        raise _StoreRefused(Status.CANNOT_UNDERSTAND, "data set lacks (0020,000D) Study UID")
-    if summary.series_instance_uid is None:
-        raise _StoreRefused(Status.CANNOT_UNDERSTAND, "data set lacks (0020,000E) Series UID")
-    if summary.sop_class_uid is not None and summary.sop_class_uid != sop_class:
-        raise _StoreRefused(
-            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            "data set (0008,0016) differs from the request's SOP Class",
-        )
-    if summary.sop_instance_uid is not None and summary.sop_instance_uid != sop_instance:
-        raise _StoreRefused(
-            Status.CANNOT_UNDERSTAND, "data set (0008,0018) differs from the request's SOP UID"
-        )
-    return summary.study_instance_uid, summary.series_instance_uid
-
-
 def _calling_ae_title(assoc: Association) -> str | None:
     request = assoc.requestor.primitive
     return None if request is None else str(request.calling_ae_title).strip() or None
-
-
-def _status(status: Status, comment: str | None = None) -> Dataset:
-    response = Dataset()
-    response.Status = int(status)
-    if comment is not None:
-        response.ErrorComment = comment[:_ERROR_COMMENT_LIMIT]
-    return response
 
 
 def _sop_class_name(event: Event) -> str:

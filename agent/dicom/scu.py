@@ -44,15 +44,12 @@ from pydicom.uid import (
 )
 from pynetdicom import (
     AE,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     StoragePresentationContexts,
     build_role,
     evt,
 )
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, InterventionEvent
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -62,11 +59,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from agent.dicom.dataset_scan import MalformedDatasetError, scan_dataset
-from agent.dicom.file_meta import part10_header
+from agent.dicom.intake import StoreRefused, status_dataset, store_received
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY
 from agent.dicom.status import Status
-from agent.spool import Spool, SpoolFull
+from agent.spool import Spool
 from agent.state import AddOutcome
 
 __all__ = [
@@ -91,7 +87,6 @@ UIDS_PER_REQUEST = 200
 _PENDING = frozenset({0xFF00, 0xFF01})
 _LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 _SUCCESS = 0x0000
-_ERROR_COMMENT_LIMIT = 64
 # A C-MOVE association only carries status messages while the images arrive elsewhere: its
 # DUL thread may sleep longer when idle (pynetdicom's 1 ms default costs ~10% of a core).
 _MOVE_DUL_LOOP_DELAY = 0.005
@@ -205,68 +200,26 @@ class SpoolSink:
         """The EVT_C_STORE handler: make the instance durable, return the status to send."""
         received_at = time.time()
         try:
-            status, comment, series_uid = self._store(event, received_at)
-        except SpoolFull as exc:
-            full = Status.OUT_OF_RESOURCES
-            _log.warning("c-get store refused", status=f"0x{full:04X}", reason=str(exc))
-            return _status(full, "agent spool is full; send again later")
+            stored = store_received(
+                event, self._spool, source_ae_title=None, received_at=received_at
+            )
+        except StoreRefused as refusal:
+            _log.warning(
+                "c-get store refused", status=f"0x{refusal.status:04X}", reason=refusal.detail
+            )
+            return status_dataset(refusal.status, str(refusal))
         except Exception as exc:
             _log.exception("c-get store failed", error=type(exc).__name__)
-            return _status(Status.PROCESSING_FAILURE, "storage failed on the agent; see its log")
-        if status is not Status.SUCCESS:
-            _log.warning("c-get store refused", status=f"0x{status:04X}", reason=comment)
-        if series_uid is not None and self._on_stored is not None:
+            return status_dataset(
+                Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
+            )
+        if stored.outcome is not AddOutcome.duplicate and self._on_stored is not None:
             try:
-                self._on_stored(series_uid)
+                self._on_stored(stored.series_instance_uid)
             except Exception:
                 # The instance is durable and the upload loop polls the state anyway.
                 _log.exception("on_stored callback failed")
-        return _status(status, comment)
-
-    def _store(self, event: Event, received_at: float) -> tuple[Status, str | None, str | None]:
-        request = cast(C_STORE, event.request)
-        if request.DataSet is None:
-            return Status.CANNOT_UNDERSTAND, "the C-STORE request has no data set", None
-        syntax = str(event.context.transfer_syntax)
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
-        with request.DataSet.getbuffer() as encoded:
-            try:
-                summary = scan_dataset(encoded, syntax)
-            except MalformedDatasetError as exc:
-                return Status.CANNOT_UNDERSTAND, str(exc), None
-            if summary.study_instance_uid is None or summary.series_instance_uid is None:
-                return Status.CANNOT_UNDERSTAND, "data set lacks its study or series UID", None
-            if summary.sop_instance_uid not in (None, sop_instance):
-                return Status.CANNOT_UNDERSTAND, "data set SOP UID differs from the request", None
-            if summary.sop_class_uid not in (None, sop_class):
-                return (
-                    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                    "data set SOP Class differs from the request",
-                    None,
-                )
-            part10 = bytearray(
-                part10_header(
-                    sop_class_uid=sop_class,
-                    sop_instance_uid=sop_instance,
-                    transfer_syntax_uid=syntax,
-                    implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                    implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
-                    source_ae_title=None,
-                )
-            )
-            part10 += encoded
-        outcome = self._spool.store(
-            part10,
-            sop_instance_uid=sop_instance,
-            sop_class_uid=sop_class,
-            series_instance_uid=summary.series_instance_uid,
-            study_instance_uid=summary.study_instance_uid,
-            transfer_syntax_uid=syntax,
-            received_at=received_at,
-        )
-        stored = None if outcome is AddOutcome.duplicate else summary.series_instance_uid
-        return Status.SUCCESS, None, stored
+        return status_dataset(Status.SUCCESS)
 
 
 class Scu:
@@ -645,11 +598,3 @@ def _describe(code: int) -> str:
     if hint is None and 0xC000 <= code <= 0xCFFF:
         hint = "unable to process"
     return f"status 0x{code:04X}" + (f" ({hint})" if hint else "")
-
-
-def _status(status: Status, comment: str | None = None) -> Dataset:
-    response = Dataset()
-    response.Status = int(status)
-    if comment is not None:
-        response.ErrorComment = comment[:_ERROR_COMMENT_LIMIT]
-    return response

@@ -21,10 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.errors import BusyError, RejectedUploadError
 from control_plane.hierarchy.blobs import BlobStore, ReceivedBlob
-from control_plane.hierarchy.ingest_schemas import IngestTarget
 from control_plane.hierarchy.placement import Destination, Placement, destination_of, place
 from control_plane.models import File, utc_now
-from control_plane.schemas import IngestParams, IngestResult, IngestStatus
+from control_plane.schemas import IngestParams, IngestResult, IngestStatus, IngestTarget
 
 # Enough for every realistic pile-up of agents on one new session; each attempt after the
 # first sees the rows that made the previous one collide.
@@ -93,7 +92,7 @@ async def ingest(
     """
     size = await receive_instance(blobs, body, params.sha256)
     instance = ReceivedInstance(params.sop_instance_uid, params.sha256, size)
-    recorded = await record(session, IngestTarget.of_instance(params), [instance], site_id)
+    recorded = await record(session, params, [instance], site_id)
     [file] = recorded.files
     return IngestResult(
         file_id=file.file_id,

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.errors import ControlPlaneError, RejectedUploadError
+from control_plane.errors import BatchTooLargeError, RejectedUploadError
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hierarchy.ingest import ReceivedInstance, receive_instance, record
 from control_plane.hierarchy.ingest_schemas import (
     BatchItemRefused,
     BatchItemStored,
     BatchResult,
-    IngestTarget,
 )
 from control_plane.hierarchy.multipart import DICOM_TYPE, Part, read_parts, related_boundary
-from control_plane.schemas import Sha256Hex, Uid
+from control_plane.schemas import IngestTarget, Sha256Hex, Uid
 
 SOP_INSTANCE_UID_HEADER = "X-Sop-Instance-Uid"
 SHA256_HEADER = "X-Sha256"
@@ -35,12 +34,6 @@ MIB = 1024 * 1024
 
 _UID = TypeAdapter(Uid)
 _SHA256 = TypeAdapter(Sha256Hex)
-
-
-class BatchTooLargeError(ControlPlaneError):
-    """A batch over the instance or byte cap; split it and send the parts again."""
-
-    http_status = 413
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from email.message import Message
 
-from control_plane.errors import ControlPlaneError, RejectedUploadError
+from control_plane.errors import RejectedUploadError, UnsupportedMediaTypeError
 
 RELATED_TYPE = "multipart/related"
 DICOM_TYPE = "application/dicom"
@@ -22,12 +22,6 @@ MAX_BOUNDARY_LENGTH = 70
 
 _CRLF = b"\r\n"
 _HEADER_END = b"\r\n\r\n"
-
-
-class UnsupportedMediaTypeError(ControlPlaneError):
-    """A batch body that is not `multipart/related; type="application/dicom"`."""
-
-    http_status = 415
 
 
 @dataclass

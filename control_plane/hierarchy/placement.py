@@ -17,8 +17,8 @@ from sqlalchemy import Select, exists, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.routing import RoutingReason
-from control_plane.hierarchy.ingest_schemas import IngestTarget
 from control_plane.models import Acquisition, Base, Group, Project, Session, Subject
+from control_plane.schemas import IngestTarget
 
 _RowT = TypeVar("_RowT", bound=Base)
 

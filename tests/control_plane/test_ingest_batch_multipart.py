@@ -9,13 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.errors import RejectedUploadError
-from control_plane.hierarchy.multipart import (
-    MAX_HEADER_BYTES,
-    UnsupportedMediaTypeError,
-    read_parts,
-    related_boundary,
-)
+from control_plane.errors import RejectedUploadError, UnsupportedMediaTypeError
+from control_plane.hierarchy.multipart import MAX_HEADER_BYTES, read_parts, related_boundary
 
 BOUNDARY = b"b0undary"
 

@@ -13,8 +13,8 @@ from control_plane.hierarchy.ingest_batch import (
     BatchLimits,
     ingest_batch,
 )
-from control_plane.hierarchy.ingest_schemas import BatchResult, IngestTarget
-from control_plane.schemas import IngestParams, IngestResult
+from control_plane.hierarchy.ingest_schemas import BatchResult
+from control_plane.schemas import IngestParams, IngestResult, IngestTarget
 
 router = APIRouter(tags=["agent"])
 
