@@ -1,0 +1,118 @@
+"""The agent's durable intake path on its own: DicomListener + Spool + AgentState, nothing else.
+
+Run as its own process by bench/intake.py: prints ``ready PORT`` once the listener accepts
+associations on 127.0.0.1 and stops on SIGTERM (waiting for in-flight associations). This is
+exactly what the agent runtime wires together for PUSH intake, minus the reaper and uploader, so
+the benchmark measures intake alone. ``--count-only`` prints how many instances a data
+directory's state records, so the harness never imports the agent itself. The ``prototype``
+options measure changes the agent does not have (see docs/benchmarks.md).
+
+Must not import the control plane or the agent runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from _pynetdicom_prototypes import bind_every_server_with_reuse_port, cap_association_reactor_sleep
+from _spool_prototypes import SlotSpool
+
+from agent.dicom.scp import DicomListener
+from agent.spool import Spool
+from agent.state import AgentState
+
+AE_TITLE = "CONNECTOR"
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+def main() -> None:
+    """Serve until SIGTERM, or count with --count-only."""
+    args = _parse_args()
+    if args.count_only:
+        print(count_instances(args.data_dir / "state.db"))
+        return
+    if args.reuse_port:
+        bind_every_server_with_reuse_port()
+    if args.assoc_loop_delay is not None:
+        cap_association_reactor_sleep(args.assoc_loop_delay)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    state = AgentState.open(args.data_dir / "state.db")
+    try:
+        if args.state_synchronous is not None:
+            # Prototype only: measures what an add_instance commit without a WAL fsync would
+            # gain; docs/benchmarks.md says what else that change needs to stay power-cut safe.
+            state._connection.execute(f"PRAGMA synchronous = {args.state_synchronous.upper()}")
+        spool_dir = args.data_dir / "spool"
+        spool = (
+            Spool(spool_dir, state)
+            if args.slots is None
+            else SlotSpool(spool_dir, state, args.slots)
+        )
+        spool.recover()
+        options: dict[str, Any] = {}
+        if args.dul_loop_delay is not None:
+            options["dul_loop_delay"] = args.dul_loop_delay
+        listener = DicomListener(
+            ae_title=AE_TITLE, host="127.0.0.1", port=args.port, peers=(), spool=spool, **options
+        )
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        port = listener.start()
+        try:
+            print(f"ready {port}", flush=True)
+            stopping.wait()
+        finally:
+            listener.stop(STOP_TIMEOUT_SECONDS)
+    finally:
+        state.close()
+
+
+def count_instances(state_db: Path) -> int:
+    """Instances the state records in any state: spooled, uploaded, skipped or failed."""
+    state = AgentState.open(state_db)
+    try:
+        stats = state.stats()
+    finally:
+        state.close()
+    return stats.spooled_count + stats.uploaded_count + stats.skipped_count + stats.failed_count
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--count-only", action="store_true")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--dul-loop-delay", type=float, default=None)
+    prototypes = parser.add_argument_group("prototype")
+    prototypes.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT so several processes share the port",
+    )
+    prototypes.add_argument(
+        "--state-synchronous",
+        choices=("full", "normal"),
+        default=None,
+        help="SQLite synchronous mode of the state connection (the agent uses full)",
+    )
+    prototypes.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="store into this many files created ahead of time (bench/_spool_prototypes.py)",
+    )
+    prototypes.add_argument(
+        "--assoc-loop-delay",
+        type=float,
+        default=None,
+        help="cap pynetdicom's fixed 1 ms association reactor sleep",
+    )
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()
