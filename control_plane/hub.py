@@ -81,11 +81,6 @@ class Hub:
         # reads. Kept current by pushes from this process and by `reconcile` for the others.
         self._offers: dict[uuid.UUID, ConfigOffer] = {}
 
-    @property
-    def connections(self) -> int:
-        """Number of agents with a link to this process."""
-        return len(self._links)
-
     def is_connected(self, agent_id: uuid.UUID) -> bool:
         """Whether the agent has a link to this process."""
         return agent_id in self._links

@@ -8,6 +8,7 @@ Must not import `agent` or pynetdicom.
 """
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -89,6 +90,8 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         )
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
+        if settings.tune_garbage_collector:
+            _tune_garbage_collector()
         logger.info("control plane started", revision=migrate.head_revision())
         try:
             yield
@@ -111,6 +114,24 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     app.add_exception_handler(Exception, _internal_error)
     return app
+
+
+# Young-generation size before a collection (CPython's default is 700). Request-scoped objects
+# then mostly die before a collection sees them, instead of being promoted and triggering
+# full collections; with a thousand agent links (each holding ~180 objects in the ASGI stack)
+# those paused the event loop for 300-650 ms (bench/fleet.py, docs/benchmarks.md).
+GC_YOUNG_THRESHOLD = 50_000
+GC_OLDER_THRESHOLDS = (20, 100)
+
+
+def _tune_garbage_collector() -> None:
+    # What exists once the first app has started (modules, schemas, compiled queries) lives as
+    # long as the process: freezing it keeps full collections from walking it again and again.
+    # Only once: a later freeze (another app in the same process, as in tests) would also pin
+    # whatever garbage is alive at that moment.
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
 
 def _report_crash(task: "asyncio.Task[None]") -> None:

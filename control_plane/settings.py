@@ -44,6 +44,11 @@ class ControlPlaneSettings(BaseSettings):
         description="How often each control plane re-checks its links against the database:"
         " tokens rotated or revoked elsewhere, config revisions stored by another replica.",
     )
+    tune_garbage_collector: bool = Field(
+        default=True,
+        description="Freeze what exists at start-up and collect the young generation less"
+        " often (process-wide; see control_plane.main). Off leaves the collector alone.",
+    )
     health_history_per_agent: int = Field(
         default=360,
         ge=1,

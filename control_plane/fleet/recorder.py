@@ -6,7 +6,8 @@ hand their latest state and each health report to the `LinkRecorder`, which writ
 accumulated in one transaction per flush — an executemany UPDATE of the agents that changed
 and an executemany INSERT of the reports — so the cost is two statements per flush, not per
 message. A flush that fails keeps its data for the next one (the newest state of an agent
-wins; the history buffer is capped), and says so in the log.
+wins; the history buffer is capped), and says so in the log; a batch the database refuses for
+good (a constraint violation) is dropped, so that it cannot block every later flush.
 
 Must not import FastAPI.
 """
@@ -16,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control_plane.fleet.health_rules import Verdict
@@ -68,6 +70,13 @@ class LinkState:
 
 
 _COLUMNS = tuple(field.name for field in dataclasses.fields(LinkState))
+_AGENTS = Agent.metadata.tables[Agent.__tablename__]
+_REPORTS = AgentHealthReport.metadata.tables[AgentHealthReport.__tablename__]
+_UPDATE_LINK_STATE = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("agent_id"))
+    .values({name: bindparam(name) for name in _COLUMNS})
+)
 
 
 class LinkRecorder:
@@ -79,7 +88,7 @@ class LinkRecorder:
         self._sessionmaker = sessionmaker
         self._history_per_agent = history_per_agent
         self._states: dict[uuid.UUID, LinkState] = {}
-        self._reports: list[dict[str, Any]] = []
+        self._reports: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_REPORTS)
         self._dropped_reports = 0
         self._lock = asyncio.Lock()
         self.urgent = asyncio.Event()
@@ -101,8 +110,7 @@ class LinkRecorder:
         self, agent_id: uuid.UUID, received_at: datetime, verdict: Verdict, report: dict[str, Any]
     ) -> None:
         """Add a health report, with the status it earned, to the history at the next flush."""
-        if len(self._reports) >= MAX_PENDING_REPORTS:
-            self._reports.pop(0)
+        if len(self._reports) == MAX_PENDING_REPORTS:
             self._dropped_reports += 1
         self._reports.append(
             {
@@ -116,23 +124,33 @@ class LinkRecorder:
         )
 
     async def flush(self) -> None:
-        """Write everything recorded so far; on a database error keep it for the next flush.
+        """Write everything recorded so far, in one transaction.
 
-        Once this returns without error, everything recorded before the call is stored.
+        Once this returns, everything recorded before the call is stored — or was refused by
+        the database for good (a constraint, not an outage) and dropped, so that one bad row
+        cannot stop all recording; that is logged.
 
         Raises:
-            SQLAlchemyError, OSError: when the database could not be written (nothing is lost).
+            OperationalError, InterfaceError, OSError: the database could not be reached or
+                was busy; everything is kept for the next flush.
         """
         async with self._lock:
             states, self._states = self._states, {}
-            reports, self._reports = self._reports, []
+            reports = list(self._reports)
+            self._reports.clear()
             if not states and not reports:
                 return
             try:
                 await self._write(states, reports)
-            except (SQLAlchemyError, OSError):
+            except (OperationalError, InterfaceError, OSError):
                 self._restore(states, reports)
                 raise
+            except SQLAlchemyError as exc:
+                logger.error(
+                    "the database refused a batch of agent link records; dropped",
+                    error=type(exc).__name__,
+                    count=len(states) + len(reports),
+                )
         if self._dropped_reports:
             logger.warning(
                 "health reports dropped while the database was unreachable",
@@ -164,21 +182,26 @@ class LinkRecorder:
     async def _write(
         self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]
     ) -> None:
+        # Core statements on the tables: the ORM's bulk paths do per-row bookkeeping that a
+        # flush of a thousand agents pays for on the event loop.
         async with self._sessionmaker() as session:
             if states:
                 await session.execute(
-                    update(Agent),
-                    [{"id": agent_id, **state.columns()} for agent_id, state in states.items()],
+                    _UPDATE_LINK_STATE,
+                    [
+                        {"agent_id": agent_id, **state.columns()}
+                        for agent_id, state in states.items()
+                    ],
                 )
             if reports:
-                await session.execute(insert(AgentHealthReport), reports)
+                await session.execute(insert(_REPORTS), reports)
             await session.commit()
 
     def _restore(self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]) -> None:
-        # States recorded while the write was failing are newer than the ones given back.
+        # States recorded while the write was failing are newer than the ones given back;
+        # reports go back in front of the newer ones, the oldest falling off a full buffer.
         for agent_id, state in states.items():
             self._states.setdefault(agent_id, state)
-        room = MAX_PENDING_REPORTS - len(self._reports)
-        kept = reports[-room:] if room > 0 else []
-        self._dropped_reports += len(reports) - len(kept)
-        self._reports[:0] = kept
+        combined = [*reports, *self._reports]
+        self._dropped_reports += max(0, len(combined) - MAX_PENDING_REPORTS)
+        self._reports = deque(combined, maxlen=MAX_PENDING_REPORTS)

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.control_plane.harness import ControlPlane
+from common.messages import HealthReport
+from control_plane.fleet.health_rules import AgentStatus, Verdict
+from control_plane.settings import ControlPlaneSettings
+from tests.control_plane.harness import ADMIN_TOKEN, ControlPlane
+
+HISTORY_PER_AGENT = 3
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> ControlPlaneSettings:
+    """The control plane under test, keeping a short health history."""
+    return ControlPlaneSettings(
+        database_url=database_url,
+        blob_dir=tmp_path / "blobs",
+        admin_token=ADMIN_TOKEN,
+        health_history_per_agent=HISTORY_PER_AGENT,
+    )
 
 
 async def _agent(control_plane: ControlPlane, site: str = "hospital-a") -> tuple[str, str]:
@@ -151,3 +169,44 @@ async def test_command_with_a_malformed_name_is_422(control_plane: ControlPlane)
     )
 
     assert response.status_code == 422
+
+
+async def test_history_is_pruned_to_the_newest_reports_of_each_agent(
+    control_plane: ControlPlane,
+) -> None:
+    agent_id, _ = await _agent(control_plane)
+    recorder = control_plane.resources.hub.recorder
+    start = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    for depth in range(6):
+        report = HealthReport.model_validate(
+            {
+                "listener_ok": True,
+                "uploads_open": True,
+                "last_query_duration_s": None,
+                "longest_reap_s": None,
+                "spool_depth": depth,
+                "spool_bytes": 0,
+                "deferred_uploads": 0,
+                "failed_instances": 0,
+                "uploads_succeeded": 0,
+                "uploads_failed": 0,
+                "oldest_unuploaded_age_s": None,
+                "disk_free_bytes": 10**12,
+                "disk_total_bytes": None,
+                "disk_reserve_bytes": 0,
+                "last_error": None,
+                "last_error_at": None,
+            }
+        )
+        recorder.record_report(
+            uuid.UUID(agent_id),
+            start + dt.timedelta(seconds=10 * depth),
+            Verdict(status=AgentStatus.ok, reasons=()),
+            report.model_dump(mode="json"),
+        )
+    await recorder.flush()
+
+    await recorder.prune_history()
+
+    history = await control_plane.admin.get(f"/api/v1/agents/{agent_id}/health/history")
+    assert [entry["report"]["spool_depth"] for entry in history.json()["items"]] == [5, 4, 3]
