@@ -46,24 +46,32 @@ def describe(workdir: Path, files: Sequence[Path]) -> list[str]:
     ]
 
 
-def busy_fraction(interval: float = 1.0) -> float:
-    """Fraction of all CPU time that was not idle over the next interval seconds."""
+def busy_fraction(exclude_pids: Sequence[int] = (), interval: float = 1.0) -> float:
+    """Fraction of all CPU time used over the next interval seconds, except by exclude_pids.
+
+    The excluded processes (and their descendants) are the receiver under test: its own idle
+    polling or background work is not someone else's load.
+    """
     idle_before, total_before = _cpu_times()
+    excluded_before = process_cpu_seconds(exclude_pids)
     time.sleep(interval)
     idle_after, total_after = _cpu_times()
+    excluded = (process_cpu_seconds(exclude_pids) - excluded_before) * os.sysconf("SC_CLK_TCK")
     total = total_after - total_before
-    return 1.0 - (idle_after - idle_before) / total if total else 0.0
+    if not total:
+        return 0.0
+    return max(0.0, (total - (idle_after - idle_before) - excluded) / total)
 
 
-def wait_until_quiet(max_busy: float, timeout: float) -> float:
-    """Wait until the machine's busy fraction is at most max_busy; return the last reading.
+def wait_until_quiet(max_busy: float, timeout: float, exclude_pids: Sequence[int] = ()) -> float:
+    """Wait until others keep the CPU at most max_busy busy; return the last reading.
 
     Gives up after timeout seconds and returns the reading anyway: the caller records it.
     """
     deadline = time.monotonic() + timeout
-    busy = busy_fraction()
+    busy = busy_fraction(exclude_pids)
     while busy > max_busy and time.monotonic() < deadline:
-        busy = busy_fraction()
+        busy = busy_fraction(exclude_pids)
     return busy
 
 

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from _instances import write_instances
 from _processes import LineReader, ProcessFailed, free_port, running, spawn, wait_for_port
-from _sender import send
 
 BENCH_DIR = Path(__file__).resolve().parent
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -194,13 +192,10 @@ class AllInOne:
     name: str = "all-in-one"
     description: str = "dicom-connector all-in-one, acquisition_delay 1h (no uploads during intake)"
     acquisition_delay_seconds: int = 3600
-    # Instances of another series sent (untimed) first and left to upload while the timed
-    # series arrives: one series alone never uploads during its own intake, it is not quiet.
-    backlog: int = 0
 
     @contextlib.contextmanager
     def serve(self, workdir: Path) -> Iterator[Session]:
-        """Start the CLI on free ports, wait for ``ready``, and start the backlog's upload."""
+        """Start the CLI on free ports and wait for its ``ready`` line."""
         data_dir = workdir / "all-in-one"
         config_path = workdir / "site-config.json"
         timing = {"acquisition_delay": f"{self.acquisition_delay_seconds}s"}
@@ -221,18 +216,12 @@ class AllInOne:
         proc = spawn(argv, log=workdir / "all-in-one.log", capture_stdout=True)
         with running(proc, SHUTDOWN_TIMEOUT_SECONDS):
             LineReader(proc).wait_for("ready", STARTUP_TIMEOUT_SECONDS)
-            if self.backlog:
-                backlog = write_instances(self.backlog, workdir / "backlog")
-                log = workdir / "backlog-storescu.log"
-                send(backlog, port=dicom_port, called_ae="CONNECTOR", associations=1, log=log)
-                # Past acquisition_delay the reaper hands the backlog series to the uploader.
-                time.sleep(self.acquisition_delay_seconds + 0.5)
             session = Session(port=dicom_port, ae_title="CONNECTOR", pids=[proc.pid])
             yield session
         state_dbs = sorted(data_dir.rglob("state.db"))
         if len(state_dbs) != 1:
             raise ProcessFailed(f"expected one agent state.db under {data_dir}, found {state_dbs}")
-        session.received = _count_agent_instances(state_dbs[0].parent) - self.backlog
+        session.received = _count_agent_instances(state_dbs[0].parent)
 
     @staticmethod
     def executable() -> str:

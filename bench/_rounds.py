@@ -75,7 +75,7 @@ def run_rounds(receivers: Sequence[Receiver], plan: Plan, workdir: Path) -> Outc
 
 def _measure(receiver: Receiver, plan: Plan, associations: int, run_dir: Path) -> Measurement:
     with receiver.serve(run_dir) as session:
-        busy = wait_until_quiet(plan.max_busy, plan.quiet_timeout)
+        busy = wait_until_quiet(plan.max_busy, plan.quiet_timeout, session.pids)
         cpu_before = process_cpu_seconds(session.pids)
         seconds = send(
             plan.files,

@@ -149,10 +149,9 @@ def _select_receivers(args: argparse.Namespace) -> list[Receiver]:
         available["all-in-one"] = AllInOne()
         available["all-in-one-uploading"] = AllInOne(
             name="all-in-one-uploading",
-            description=f"all-in-one, acquisition_delay 1s, while a {args.instances}-instance "
-            "series uploads",
+            description="all-in-one, acquisition_delay 1s: each series uploads while later "
+            "ones arrive",
             acquisition_delay_seconds=1,
-            backlog=args.instances,
         )
     else:
         missing["all-in-one"] = missing["all-in-one-uploading"] = (
