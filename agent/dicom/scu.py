@@ -258,7 +258,8 @@ class Scu:
         """C-ECHO the source; raise `SourceError` unless it answers Success."""
         with self._association([(Verification, None)], "C-ECHO") as assoc:
             _park_reactor(assoc)
-            status = assoc.send_c_echo()
+            with _association_still_open(assoc, self.source, "C-ECHO"):
+                status = assoc.send_c_echo()
             code = _status_code(status)
             if code is None:
                 raise SourceError(f"{self.source} did not answer the C-ECHO {self._within}")
@@ -431,22 +432,23 @@ class QuerySession:
         source = self._scu.source
         model = StudyRootQueryRetrieveInformationModelFind
         _park_reactor(self._assoc)
-        for status, found in self._assoc.send_c_find(query, model):
-            code = _status_code(status)
-            if code is None:
-                raise SourceError(
-                    f"{source} did not answer a {level}-level C-FIND {self._scu._within} "
-                    "(or the association was aborted)"
-                )
-            if code in _PENDING:
-                if found is not None:
-                    yield found
-            elif code == _SUCCESS:
-                return
-            else:
-                raise SourceError(
-                    f"{source} answered a {level}-level C-FIND with {_describe(code)}"
-                )
+        with _association_still_open(self._assoc, source, f"{level}-level C-FIND"):
+            for status, found in self._assoc.send_c_find(query, model):
+                code = _status_code(status)
+                if code is None:
+                    raise SourceError(
+                        f"{source} did not answer a {level}-level C-FIND {self._scu._within} "
+                        "(or the association was aborted)"
+                    )
+                if code in _PENDING:
+                    if found is not None:
+                        yield found
+                elif code == _SUCCESS:
+                    return
+                else:
+                    raise SourceError(
+                        f"{source} answered a {level}-level C-FIND with {_describe(code)}"
+                    )
 
 
 class RetrieveSession:
@@ -496,35 +498,53 @@ class RetrieveSession:
     def _retrieve(self, identifier: Dataset, level: str) -> RetrieveOutcome:
         source = self._scu.source
         _park_reactor(self._assoc)
-        if self._destination is None:
-            operation = "C-GET"
-            responses = self._assoc.send_c_get(
-                identifier, StudyRootQueryRetrieveInformationModelGet
-            )
-        else:
-            operation = "C-MOVE"
-            responses = self._assoc.send_c_move(
-                identifier, self._destination, StudyRootQueryRetrieveInformationModelMove
-            )
-        for status, _ in responses:
-            code = _status_code(status)
-            if code is None:
-                raise SourceError(
-                    f"{source} did not answer a {level}-level {operation} {self._scu._within} "
-                    "(or the association was aborted)"
+        with _association_still_open(self._assoc, source, f"{level}-level retrieval"):
+            if self._destination is None:
+                operation = "C-GET"
+                responses = self._assoc.send_c_get(
+                    identifier, StudyRootQueryRetrieveInformationModelGet
                 )
-            if code in _PENDING:
-                continue
-            problem = None
-            if code != _SUCCESS:
-                problem = f"{source} answered a {level}-level {operation} with {_describe(code)}"
-            return RetrieveOutcome(
-                completed=_count(status.get("NumberOfCompletedSuboperations")) or 0,
-                failed=_count(status.get("NumberOfFailedSuboperations")) or 0,
-                warning=_count(status.get("NumberOfWarningSuboperations")) or 0,
-                problem=problem,
-            )
-        raise SourceError(f"{source} ended a {level}-level {operation} without a final status")
+            else:
+                operation = "C-MOVE"
+                responses = self._assoc.send_c_move(
+                    identifier, self._destination, StudyRootQueryRetrieveInformationModelMove
+                )
+            for status, _ in responses:
+                code = _status_code(status)
+                if code is None:
+                    raise SourceError(
+                        f"{source} did not answer a {level}-level {operation} {self._scu._within} "
+                        "(or the association was aborted)"
+                    )
+                if code in _PENDING:
+                    continue
+                problem = None
+                if code != _SUCCESS:
+                    problem = (
+                        f"{source} answered a {level}-level {operation} with {_describe(code)}"
+                    )
+                return RetrieveOutcome(
+                    completed=_count(status.get("NumberOfCompletedSuboperations")) or 0,
+                    failed=_count(status.get("NumberOfFailedSuboperations")) or 0,
+                    warning=_count(status.get("NumberOfWarningSuboperations")) or 0,
+                    problem=problem,
+                )
+            raise SourceError(f"{source} ended a {level}-level {operation} without a final status")
+
+
+@contextmanager
+def _association_still_open(assoc: Association, source: object, request: str) -> Iterator[None]:
+    """Turn pynetdicom's RuntimeError for a request on an association that is no longer
+    established into a `SourceError`: the peer aborted between two requests, or `Scu.abort`
+    (shutdown) did from another thread; neither is a bug of ours."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if assoc.is_established:
+            raise
+        raise SourceError(
+            f"the association with {source} ended before the {request} could be sent"
+        ) from exc
 
 
 def _park_reactor(assoc: Association) -> None:

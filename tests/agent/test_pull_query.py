@@ -189,3 +189,15 @@ def test_c_echo_of_a_source_that_is_down_is_an_error(countless: FindScp) -> None
 
     with pytest.raises(SourceError, match="the source is down, unreachable, or refused"):
         scu_for(countless.address, timeout=1).echo()
+
+
+def test_a_query_on_an_association_aborted_between_requests_is_a_source_error(
+    countless: FindScp,
+) -> None:
+    scu = scu_for(countless.address)
+    with scu.query() as session:
+        assert [study.study_instance_uid for study in session.studies(SINCE)] == [STUDY]
+        scu.abort()  # what shutdown does from another thread while a round is under way
+
+        with pytest.raises(SourceError, match="ended before the series-level C-FIND"):
+            session.series(STUDY)
