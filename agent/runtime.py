@@ -29,6 +29,7 @@ import structlog
 from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient, SiteSnapshot
+from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
 from agent.link import ConfigNotApplied, ControlPlaneLink
@@ -227,7 +228,7 @@ class AgentRuntime:
         spool = await asyncio.to_thread(
             Spool, data_dir / SPOOL_DIR_NAME, state, self.settings.spool_reserve_bytes
         )
-        await asyncio.to_thread(spool.recover)
+        await asyncio.to_thread(spool.recover, identify_spooled)
         self._spool = spool
 
     def _forget_state(self) -> None:

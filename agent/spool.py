@@ -1,17 +1,24 @@
-"""The spool: received Part-10 files made durable on local disk, content-addressed.
+"""The spool: received Part-10 files made durable on local disk.
 
 Layout under the spool root::
 
-    tmp/<random>.part              being written; never referenced by the state
-    files/<sha[:2]>/<sha>.dcm      durable, named by the sha256 of the bytes
+    slots/<random>.dcm    every spooled file; an empty one that no state row names is free
 
-`Spool.store` writes the temp file, fsyncs it, renames it into place, fsyncs the directory
-and only then records it in `AgentState`; the caller answers Success after that. A crash at
-any step leaves either a temp file or an unreferenced file, and `Spool.recover` removes both
-at the next start (the peer never got Success for them, so it sends them again).
+Making a new name durable costs a journal commit of directory metadata: a temp file, its
+rename and a directory fsync took 2.6 ms per store on the reference VM, a write into a file
+whose name already was durable 0.9 ms (bench/durable_write.py, docs/benchmarks.md). So names
+are made ahead of time: `_SlotPool` creates empty slots in batches and fsyncs the directory
+once per batch, and `Spool.store` writes an instance into a free slot, fsyncs it and records it
+in `AgentState`; the caller answers Success after that. A store changes no directory.
+
+The file is the record of truth, its state row the bookkeeping: `AgentState.add_instance`
+commits without waiting for the disk, and after a power cut took such a commit back,
+`Spool.recover` finds the complete slot no row names and records it again (`identify` reads
+its UIDs). A slot cut short by a crash before its fsync was never acknowledged; recovery
+deletes it and the peer sends it again.
 
 Must not import pynetdicom or HTTP libraries: the SCP hands bytes in, the uploader reads paths
-out of the state.
+out of the state; `identify` comes from the caller.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import errno
 import hashlib
 import os
 import secrets
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +38,14 @@ import structlog
 
 from agent.state import AddOutcome, AgentState, SpooledInstance, StateFullError
 
-__all__ = ["RecoveryReport", "Spool", "SpoolFull"]
+__all__ = ["RecoveryReport", "Spool", "SpoolFull", "SpoolIdentity"]
 
 _log = structlog.get_logger(__name__)
 
 _OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-_SHARDS = tuple(f"{n:02x}" for n in range(256))
+_SLOT_SUFFIX = ".dcm"
+# Slots made per directory fsync: the batch's one flush spread over this many stores.
+SLOT_BATCH = 64
 
 
 class SpoolFull(Exception):
@@ -41,18 +53,42 @@ class SpoolFull(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    """What `Spool.recover` cleaned up or found missing."""
+class SpoolIdentity:
+    """What recovery needs to record a spooled file again: its UIDs."""
 
-    temp_files_removed: int
-    orphans_removed: int
-    missing_files: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+
+
+Identify = Callable[[memoryview], SpoolIdentity | None]
+"""Reads the UIDs of a whole Part-10 file; None when the bytes are not one (cut short)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What `Spool.recover` found in the spool at start-up."""
+
+    free_slots: int  # empty slots adopted by the pool
+    recorded_again: int  # complete files whose state row a power cut took back
+    partial_removed: int  # files cut short before their fsync: never acknowledged
+    leftovers_removed: int  # files of rows already uploaded, skipped, superseded or duplicate
+    missing_files: int  # rows that need a file that is gone
 
 
 class Spool:
-    """Durable, content-addressed storage of received instances, recorded in `AgentState`."""
+    """Durable storage of received instances in pre-made slot files, recorded in `AgentState`."""
 
-    def __init__(self, root: Path, state: AgentState, reserve_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        state: AgentState,
+        reserve_bytes: int = 0,
+        *,
+        slot_batch: int = SLOT_BATCH,
+    ) -> None:
         """Create the spool directories under `root` (made durable) if they are missing.
 
         `reserve_bytes` is the free space to keep on the spool's filesystem: a store that would
@@ -60,12 +96,14 @@ class Spool:
         """
         if reserve_bytes < 0:
             raise ValueError(f"reserve_bytes must be >= 0, got {reserve_bytes}")
+        if slot_batch < 1:
+            raise ValueError(f"slot_batch must be >= 1, got {slot_batch}")
         self._root = Path(root).resolve()
-        self._tmp = self._root / "tmp"
-        self._files = self._root / "files"
+        self._slots = self._root / "slots"
         self._state = state
         self._reserve_bytes = reserve_bytes
         self._make_layout()
+        self._pool = _SlotPool(self._slots, slot_batch)
 
     @property
     def root(self) -> Path:
@@ -91,17 +129,11 @@ class Spool:
         data = memoryview(part10).cast("B")
         sha256 = hashlib.sha256(data).hexdigest()
         self._check_free_space(len(data))
-        final = self._files / sha256[:2] / f"{sha256}.dcm"
-        tmp = self._tmp / f"{secrets.token_hex(16)}.part"
+        slot = self._take_slot()
         try:
-            _write_durably(tmp, data)
-            # Same name means same bytes, so replacing an existing file changes no content.
-            os.replace(tmp, final)
-            # The rename is durable only once its directory entry is; the state row must never
-            # point at a name a power cut could take back.
-            _fsync_directory(final.parent)
+            _write_durably(slot, data)
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
+            self._give_back(slot)
             if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE:
                 raise SpoolFull(
                     f"spool {self._root} ran out of disk space writing {len(data)} bytes: free "
@@ -116,36 +148,50 @@ class Spool:
             transfer_syntax_uid=transfer_syntax_uid,
             sha256=sha256,
             size=len(data),
-            path=final,
+            path=slot,
             received_at=received_at,
             spooled_at=time.time(),
         )
         try:
             return self._state.add_instance(instance)
         except StateFullError as exc:
-            # The file stays unreferenced (it may share its name with a referenced duplicate,
-            # so it is not ours to delete here); recover() removes it at the next start.
+            # Rolled back: no row names the slot, so it is ours to empty.
+            self._give_back(slot)
             raise SpoolFull(str(exc)) from exc
 
-    def recover(self) -> RecoveryReport:
-        """Clean up after a crash; call at start-up, before anything stores.
+    def recover(self, identify: Identify) -> RecoveryReport:
+        """Put the spool in order after a stop or a crash; call at start-up, before any store.
 
-        Removes every temp file and every file no spooled/failed state row points at, and
-        counts state rows whose file is gone (those fail loudly when uploaded).
+        Empty unreferenced slots become free. A non-empty slot no spooled or failed row names
+        is recorded again when `identify` reads it whole and no row knows its content (its
+        row was lost after Success), else deleted. Oldest first, so of two lost versions of
+        one instance the newer wins. Rows whose file is gone are counted and logged.
         """
-        temp_removed = 0
-        for leftover in self._tmp.iterdir():
-            leftover.unlink(missing_ok=True)
-            temp_removed += 1
         needed = self._state.file_keeping_paths()
-        orphans = 0
-        for shard in _SHARDS:
-            for candidate in (self._files / shard).iterdir():
-                if candidate not in needed:
-                    candidate.unlink(missing_ok=True)
-                    orphans += 1
-        missing = sum(1 for path in needed if not path.exists())
-        report = RecoveryReport(temp_removed, orphans, missing)
+        free: list[Path] = []
+        unreferenced: list[tuple[float, Path]] = []
+        with os.scandir(self._slots) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if path in needed:
+                    continue
+                stat = entry.stat()
+                if stat.st_size == 0:
+                    free.append(path)
+                else:
+                    unreferenced.append((stat.st_mtime, path))
+        recorded = partial = leftovers = 0
+        for mtime, path in sorted(unreferenced):
+            outcome = self._record_again(path, mtime, identify)
+            if outcome is None:
+                partial += 1
+            elif outcome:
+                recorded += 1
+            else:
+                leftovers += 1
+        self._pool.adopt(free)
+        missing = sum(1 for path in self._state.file_keeping_paths() if not path.exists())
+        report = RecoveryReport(len(free), recorded, partial, leftovers, missing)
         if missing:
             _log.error(
                 "spooled files missing at start-up",
@@ -153,13 +199,68 @@ class Spool:
                 path=str(self._root),
                 reason="files deleted outside the agent, or a different data directory",
             )
+        if recorded:
+            _log.warning(
+                "spooled files recorded again",
+                count=recorded,
+                path=str(self._root),
+                reason="their state rows were lost, as after a power cut",
+            )
         _log.info(
             "spool recovered",
-            count=temp_removed + orphans,
-            instance_count=len(needed),
+            count=partial + leftovers,
+            instance_count=len(needed) + recorded,
             path=str(self._root),
         )
         return report
+
+    def _record_again(self, path: Path, mtime: float, identify: Identify) -> bool | None:
+        """True: recorded again; False: content already known, deleted; None: partial, deleted."""
+        data = path.read_bytes()
+        identity = identify(memoryview(data))
+        if identity is None:
+            path.unlink(missing_ok=True)
+            return None
+        instance = SpooledInstance(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            series_instance_uid=identity.series_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            transfer_syntax_uid=identity.transfer_syntax_uid,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            path=path,
+            received_at=mtime,
+            spooled_at=mtime,
+        )
+        if self._state.add_recovered(instance):
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+    def _take_slot(self) -> Path:
+        try:
+            return self._pool.take()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_SPACE:
+                raise SpoolFull(
+                    f"spool {self._root} ran out of disk space creating spool files: free "
+                    "space on that filesystem or move the data directory to a larger one"
+                ) from exc
+            raise
+
+    def _give_back(self, slot: Path) -> None:
+        """Empty a slot whose store failed and return it to the pool; a slot that cannot be
+        emptied is deleted, and one that cannot be deleted either is left to `recover`."""
+        try:
+            os.truncate(slot, 0)
+        except OSError:
+            try:
+                slot.unlink(missing_ok=True)
+            except OSError as exc:
+                _log.warning("spool slot not cleaned", path=str(slot), error=str(exc))
+            return
+        self._pool.adopt([slot])
 
     def _check_free_space(self, size: int) -> None:
         if not self._reserve_bytes:
@@ -174,18 +275,61 @@ class Spool:
 
     def _make_layout(self) -> None:
         created = _make_directory(self._root)
-        for directory in (self._tmp, self._files):
-            created = _make_directory(directory) or created
-        # All shards exist from the start, so a store never creates a directory and never has
-        # to make a parent directory durable on the hot path.
-        shards_created = False
-        for shard in _SHARDS:
-            shards_created = _make_directory(self._files / shard) or shards_created
-        if shards_created:
-            _fsync_directory(self._files)
+        created = _make_directory(self._slots) or created
         if created:
             _fsync_directory(self._root)
             _fsync_directory(self._root.parent)
+
+
+class _SlotPool:
+    """Free slots: empty files whose names are durable. Thread-safe.
+
+    `take` makes a batch when the pool runs dry: the thread that finds it empty creates
+    `batch` files and fsyncs the directory once, and nobody gets a slot before that fsync.
+    """
+
+    def __init__(self, directory: Path, batch: int) -> None:
+        self._directory = directory
+        self._batch = batch
+        self._free: deque[Path] = deque()
+        self._lock = threading.Lock()
+        self._refill_lock = threading.Lock()
+
+    def adopt(self, slots: list[Path]) -> None:
+        """Add slots known to be empty and durable."""
+        with self._lock:
+            self._free.extend(slots)
+
+    def take(self) -> Path:
+        """A free slot; raises `OSError` when none can be created (ENOSPC: disk full)."""
+        while True:
+            with self._lock:
+                if self._free:
+                    return self._free.popleft()
+            with self._refill_lock:
+                with self._lock:
+                    if self._free:
+                        continue
+                made = self._make_batch()
+                with self._lock:
+                    self._free.extend(made)
+
+    def _make_batch(self) -> list[Path]:
+        made: list[Path] = []
+        failure: OSError | None = None
+        for _ in range(self._batch):
+            path = self._directory / f"{secrets.token_hex(16)}{_SLOT_SUFFIX}"
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except OSError as exc:
+                failure = exc
+                break
+            made.append(path)
+        if made:
+            _fsync_directory(self._directory)
+        elif failure is not None:
+            raise failure
+        return made
 
 
 def _make_directory(path: Path) -> bool:
@@ -197,7 +341,7 @@ def _make_directory(path: Path) -> bool:
 
 
 def _write_durably(path: Path, data: memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         written = 0
         while written < len(data):

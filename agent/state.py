@@ -6,13 +6,16 @@ transaction on one connection guarded by a lock, so SCP threads and the asyncio 
 an `AgentState`; a write blocks for about one fsync of the WAL, so asyncio code should call
 them through `asyncio.to_thread`.
 
-Durability: ``synchronous=FULL``. In WAL mode NORMAL would survive a process crash (kill -9)
-but not a power cut, and a commit lost to a power cut after the peer got Success is an image
-lost for good (recovery would delete its file as an orphan). FULL costs ~0.5 ms per commit on
-the reference VM, measured; see docs/intake.md.
+Durability: every commit that allows a spool file to be deleted (uploaded, skipped,
+superseded) is synced (``synchronous=FULL``) before the file goes. The commit of a new
+instance is not (NORMAL, ~0.4 ms less per instance and no WAL fsync under the lock): its file
+was fsynced before, the file is the record of truth, and `Spool.recover` records it again if a
+power cut takes the row back. In WAL mode each synced commit also makes every earlier one
+durable, so a deletion is never on disk before the row change that allows it. See
+docs/intake.md.
 
-This module owns every deletion of a registered spool file, because only it knows whether
-another row still points at the same content-addressed path.
+This module owns every deletion of a registered spool file, after the commit that makes it
+unreferenced.
 
 Schema version 2 adds the tables of the pull ledger (`pull_meta`, `pull_series`): their
 migration lives here with every other schema step, their queries in `agent.pull.ledger`, which
@@ -294,6 +297,7 @@ class AgentState:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
+        self._synced_commits = True  # _prepare sets synchronous = FULL
 
     @classmethod
     def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> AgentState:
@@ -330,15 +334,25 @@ class AgentState:
                 self._connection.close()
 
     def add_instance(self, inst: SpooledInstance) -> AddOutcome:
-        """Record a durable spool file; committed before it returns. Thread-safe.
+        """Record a durable spool file; committed (not yet synced) before it returns.
 
         Same SOP Instance UID and sha256 as a spooled/uploaded/skipped row → `duplicate` (the
         just-written file is removed unless a row still needs it). Same SOP Instance UID with
         other content → the spooled older version becomes `superseded` and the new row is
         added → `replaced`. Raises `StateError` if the file is not at `inst.path`.
+
+        The commit of a new instance does not wait for the disk: its file was fsynced first,
+        and `Spool.recover` records it again should a power cut take the row back. One that
+        deletes an older version's file waits, so that deletion is never durable before the
+        row change that allows it. Thread-safe.
         """
         path = self._stored(inst.path)
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
+            known_before = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
+        # A version that arrives between these two transactions (two peers sending the same
+        # instance at once) is superseded by a commit that is not synced: after a power cut
+        # recovery records the newer file again and supersedes the older row then.
+        with self._transaction(durable=bool(known_before)) as db:
             known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
             if any(sha == inst.sha256 for _, sha, _, _ in known):
                 outcome, obsolete = AddOutcome.duplicate, [path]
@@ -349,44 +363,64 @@ class AgentState:
                     raise StateError(f"spool file {inst.path} does not exist; it was not recorded")
                 obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
                 outcome = AddOutcome.replaced if known else AddOutcome.new
-                now = self._clock()
-                db.execute(
-                    "UPDATE instances SET state = 'superseded', finished_at = ? "
-                    "WHERE sop_instance_uid = ? AND state = 'spooled'",
-                    (now, inst.sop_instance_uid),
-                )
-                db.execute(
-                    "INSERT INTO series (series_instance_uid, study_instance_uid, "
-                    "first_received_at, last_received_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (series_instance_uid) DO UPDATE SET "
-                    "first_received_at = min(first_received_at, excluded.first_received_at), "
-                    "last_received_at = max(last_received_at, excluded.last_received_at)",
-                    (
-                        inst.series_instance_uid,
-                        inst.study_instance_uid,
-                        inst.received_at,
-                        inst.received_at,
-                    ),
-                )
-                db.execute(
-                    "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_instance_uid, "
-                    "study_instance_uid, transfer_syntax_uid, sha256, size, path, received_at, "
-                    "spooled_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'spooled')",
-                    (
-                        inst.sop_instance_uid,
-                        inst.sop_class_uid,
-                        inst.series_instance_uid,
-                        inst.study_instance_uid,
-                        inst.transfer_syntax_uid,
-                        inst.sha256,
-                        inst.size,
-                        path,
-                        inst.received_at,
-                        inst.spooled_at,
-                    ),
-                )
+                self._insert(db, inst, path)
             self._commit_then_remove_unreferenced(db, obsolete)
         return outcome
+
+    def add_recovered(self, inst: SpooledInstance) -> bool:
+        """Record a spool file found without a row at start-up (see `Spool.recover`).
+
+        False, recording nothing, when a row of any state already has its SOP Instance UID and
+        sha256: the file is a leftover of an instance handled before. Otherwise it is recorded
+        as `add_instance` would (an older spooled version becomes superseded) and the commit is
+        synced before it returns.
+        """
+        path = self._stored(inst.path)
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND sha256 = ? LIMIT 1",
+                (inst.sop_instance_uid, inst.sha256),
+            ).fetchone()
+            if found is not None:
+                return False
+            known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
+            self._insert(db, inst, path)
+            obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
+            self._commit_then_remove_unreferenced(db, obsolete)
+        return True
+
+    def _insert(self, db: sqlite3.Connection, inst: SpooledInstance, path: str) -> None:
+        """Supersede the spooled versions of the instance, upsert its series, add its row."""
+        db.execute(
+            "UPDATE instances SET state = 'superseded', finished_at = ? "
+            "WHERE sop_instance_uid = ? AND state = 'spooled'",
+            (self._clock(), inst.sop_instance_uid),
+        )
+        db.execute(
+            "INSERT INTO series (series_instance_uid, study_instance_uid, "
+            "first_received_at, last_received_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (series_instance_uid) DO UPDATE SET "
+            "first_received_at = min(first_received_at, excluded.first_received_at), "
+            "last_received_at = max(last_received_at, excluded.last_received_at)",
+            (inst.series_instance_uid, inst.study_instance_uid, inst.received_at, inst.received_at),
+        )
+        db.execute(
+            "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_instance_uid, "
+            "study_instance_uid, transfer_syntax_uid, sha256, size, path, received_at, "
+            "spooled_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'spooled')",
+            (
+                inst.sop_instance_uid,
+                inst.sop_class_uid,
+                inst.series_instance_uid,
+                inst.study_instance_uid,
+                inst.transfer_syntax_uid,
+                inst.sha256,
+                inst.size,
+                path,
+                inst.received_at,
+                inst.spooled_at,
+            ),
+        )
 
     def due_series(self, now: float, quiet_seconds: float) -> list[SeriesRow]:
         """Series quiet for `quiet_seconds` with at least one spooled instance due at `now`.
@@ -560,17 +594,25 @@ class AgentState:
         return self._base / stored  # an absolute stored path stays as it is
 
     @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, *, write: bool = True, durable: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         """Hold the lock for one transaction; commit at exit unless already done.
 
         Writes take SQLite's write lock up front (IMMEDIATE) so they never fail half-way on a
         busy database; reads stay DEFERRED and do not block another process reading the file.
+        A `durable` write's commit returns once it is on disk (`synchronous=FULL`); in WAL
+        mode that also syncs every earlier commit that did not wait (NORMAL).
         """
         with self._lock:
             if self._closed:
                 raise StateError(f"the state database {self._path} is closed")
             db = self._connection
             try:
+                if write and durable != self._synced_commits:
+                    # SQLite refuses to change this inside a transaction.
+                    db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    self._synced_commits = durable
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield db
                 if db.in_transaction:

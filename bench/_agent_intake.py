@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from _pynetdicom_prototypes import bind_every_server_with_reuse_port, cap_association_reactor_sleep
-from _spool_prototypes import SlotSpool
 
+from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DicomListener
 from agent.spool import Spool
 from agent.state import AgentState
@@ -42,17 +42,11 @@ def main() -> None:
     args.data_dir.mkdir(parents=True, exist_ok=True)
     state = AgentState.open(args.data_dir / "state.db")
     try:
-        if args.state_synchronous is not None:
-            # Prototype only: measures what an add_instance commit without a WAL fsync would
-            # gain; docs/benchmarks.md says what else that change needs to stay power-cut safe.
-            state._connection.execute(f"PRAGMA synchronous = {args.state_synchronous.upper()}")
-        spool_dir = args.data_dir / "spool"
-        spool = (
-            Spool(spool_dir, state)
-            if args.slots is None
-            else SlotSpool(spool_dir, state, args.slots)
-        )
-        spool.recover()
+        spool = Spool(args.data_dir / "spool", state)
+        if not args.reuse_port:
+            # Siblings sharing the port start together on an empty directory; recovery of a
+            # spool others already write into would take their slots for leftovers.
+            spool.recover(identify_spooled)
         options: dict[str, Any] = {}
         if args.dul_loop_delay is not None:
             options["dul_loop_delay"] = args.dul_loop_delay
@@ -92,18 +86,6 @@ def _parse_args() -> argparse.Namespace:
         "--reuse-port",
         action="store_true",
         help="bind with SO_REUSEPORT so several processes share the port",
-    )
-    prototypes.add_argument(
-        "--state-synchronous",
-        choices=("full", "normal"),
-        default=None,
-        help="SQLite synchronous mode of the state connection (the agent uses full)",
-    )
-    prototypes.add_argument(
-        "--slots",
-        type=int,
-        default=None,
-        help="store into this many files created ahead of time (bench/_spool_prototypes.py)",
     )
     prototypes.add_argument(
         "--assoc-loop-delay",

@@ -157,9 +157,7 @@ class AgentIntake:
     )
     dul_loop_delay: float | None = None
     processes: int = 1
-    state_synchronous: str | None = None
     assoc_loop_delay: float | None = None
-    slots: int | None = None  # prototype: preallocated spool files per process
 
     @contextlib.contextmanager
     def serve(self, workdir: Path) -> Iterator[Session]:
@@ -173,12 +171,8 @@ class AgentIntake:
         ]
         if self.dul_loop_delay is not None:
             argv += ["--dul-loop-delay", str(self.dul_loop_delay)]
-        if self.state_synchronous is not None:
-            argv += ["--state-synchronous", self.state_synchronous]
         if self.assoc_loop_delay is not None:
             argv += ["--assoc-loop-delay", str(self.assoc_loop_delay)]
-        if self.slots is not None:
-            argv += ["--slots", str(self.slots)]
         with _ready_processes(argv, self.processes, workdir / "agent-intake.log") as group:
             session = Session(port=group.port, ae_title="CONNECTOR", pids=group.pids())
             yield session

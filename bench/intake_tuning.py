@@ -25,8 +25,6 @@ from _receivers import AgentIntake, Orthanc, PynetdicomFloor, Receiver
 from _report import report
 from _rounds import Plan, run_rounds
 
-# Enough preallocated files for every instance one process could get (--instances at most).
-SLOTS = 2000
 VARIANTS: dict[str, Receiver] = {
     "orthanc": Orthanc(),
     "floor": PynetdicomFloor(name="floor", description="bare pynetdicom SCP, its defaults"),
@@ -48,40 +46,15 @@ VARIANTS: dict[str, Receiver] = {
         description="agent, pynetdicom association reactor sleeping 0.1 ms instead of 1 ms",
         assoc_loop_delay=0.0001,
     ),
-    "agent-sync-normal": AgentIntake(
-        name="agent-sync-normal",
-        description="agent, state commit without WAL fsync (synchronous=NORMAL)",
-        state_synchronous="normal",
-    ),
-    "agent-slots": AgentIntake(
-        name="agent-slots",
-        description="agent, spool files preallocated (no rename, no directory fsync)",
-        slots=SLOTS,
-    ),
-    "agent-slots-sync-normal": AgentIntake(
-        name="agent-slots-sync-normal",
-        description="agent, preallocated spool files + synchronous=NORMAL",
-        slots=SLOTS,
-        state_synchronous="normal",
-    ),
     "agent-2proc": AgentIntake(
         name="agent-2proc",
         description="agent, 2 processes sharing the port (SO_REUSEPORT), one state DB",
         processes=2,
     ),
-    "agent-2proc-slots-sync-normal": AgentIntake(
-        name="agent-2proc-slots-sync-normal",
-        description="agent, 2 processes (SO_REUSEPORT) + preallocated files + NORMAL",
-        processes=2,
-        slots=SLOTS,
-        state_synchronous="normal",
-    ),
-    "agent-4proc-slots-sync-normal": AgentIntake(
-        name="agent-4proc-slots-sync-normal",
-        description="agent, 4 processes (SO_REUSEPORT) + preallocated files + NORMAL",
+    "agent-4proc": AgentIntake(
+        name="agent-4proc",
+        description="agent, 4 processes sharing the port (SO_REUSEPORT), one state DB",
         processes=4,
-        slots=SLOTS,
-        state_synchronous="normal",
     ),
 }
 
@@ -92,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    if args.instances > SLOTS:
-        raise SystemExit(f"--instances must be at most {SLOTS} (the slot variants' pool)")
     receivers = [VARIANTS[name] for name in args.variants]
     workdir = Path(tempfile.mkdtemp(prefix="intake-tuning-", dir=args.workdir))
     try:

@@ -19,12 +19,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from agent.dicom.dataset_scan import DatasetSummary, MalformedDatasetError, scan_dataset
-from agent.dicom.file_meta import part10_header
+from agent.dicom.file_meta import part10_header, read_file_meta
 from agent.dicom.status import Status
-from agent.spool import Spool, SpoolFull
+from agent.spool import Spool, SpoolFull, SpoolIdentity
 from agent.state import AddOutcome
 
-__all__ = ["StoreRefused", "Stored", "status_dataset", "store_received"]
+__all__ = ["StoreRefused", "Stored", "identify_spooled", "status_dataset", "store_received"]
 
 _ERROR_COMMENT_LIMIT = 64  # (0000,0902) Error Comment is an LO
 
@@ -100,6 +100,27 @@ def store_received(
             Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
         ) from None
     return Stored(outcome, series_uid, len(part10))
+
+
+def identify_spooled(part10: memoryview) -> SpoolIdentity | None:
+    """The UIDs of a spooled Part-10 file, for `Spool.recover`; None unless its meta group and
+    data set parse to the last byte (a file cut short by a crash) and name every UID."""
+    meta = read_file_meta(part10)
+    if meta is None:
+        return None
+    try:
+        summary = scan_dataset(part10[meta.dataset_offset :], meta.transfer_syntax_uid)
+    except MalformedDatasetError:
+        return None
+    if summary.study_instance_uid is None or summary.series_instance_uid is None:
+        return None
+    return SpoolIdentity(
+        sop_instance_uid=meta.sop_instance_uid,
+        sop_class_uid=meta.sop_class_uid,
+        series_instance_uid=summary.series_instance_uid,
+        study_instance_uid=summary.study_instance_uid,
+        transfer_syntax_uid=meta.transfer_syntax_uid,
+    )
 
 
 def status_dataset(status: Status, comment: str | None = None) -> Dataset:

@@ -15,6 +15,7 @@ from agent.state import AgentState, InstanceState, SeriesRow
 from common.config import SiteConfig, validate_site_config
 from common.routing import RoutingReason
 from tests.support.dicom_factory import encode_part10, make_series
+from tests.support.spool_files import filled_slots
 
 T0 = 1_700_000_000.0
 
@@ -72,7 +73,7 @@ async def test_reap_skips_a_series_whose_policy_field_holds_an_opt_out_string(
     assert outcome.skipped == 3
     assert state.stats().skipped_count == 3
     assert state.spooled_instances(uid) == []
-    assert list((spool.root / "files").rglob("*.dcm")) == []
+    assert filled_slots(spool.root) == []
 
 
 async def test_reap_skips_a_series_without_the_opt_in_string_under_opt_in(

@@ -19,6 +19,7 @@ from tests.agent.test_upload_loop import wait_until
 from tests.agent.test_upload_store_double import AGENT_TOKEN, StoreDouble
 from tests.support.environment import free_port
 from tests.support.scu import send_datasets
+from tests.support.spool_files import filled_slots
 
 
 def config_answer(revision: int = 1, ae_title: str = "CONNECTOR") -> dict[str, Any]:
@@ -115,8 +116,7 @@ async def test_a_series_received_over_dicom_ends_up_in_the_store(
     assert len(store.files) == 5
     assert {stored.group for stored in store.files.values()} == {"neuro"}
     assert (health.config_revision, health.uploads_succeeded, health.spool_depth) == (1, 5, 0)
-    spooled = settings.data_dir / "spool" / "files"
-    assert list(spooled.rglob("*.dcm")) == []
+    assert filled_slots(settings.data_dir / "spool") == []
 
 
 async def test_stop_is_idempotent_before_during_and_after_run(

@@ -31,6 +31,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from agent.dicom.file_meta import part10_header
+from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DicomListener
 from agent.dicom.status import Status
 from agent.spool import Spool
@@ -42,6 +43,7 @@ from tests.support.dicom_factory import (
     make_instance,
     make_series,
 )
+from tests.support.spool_files import filled_slots
 
 StartListener = Callable[..., DicomListener]
 
@@ -102,7 +104,7 @@ def raw_send(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., D
 
 
 def stored_files(spool: Spool) -> list[Path]:
-    return sorted(p for p in (spool.root / "files").rglob("*.dcm"))
+    return filled_slots(spool.root)
 
 
 def test_echo_succeeds(
@@ -157,7 +159,7 @@ def test_store_is_durable_and_recorded_before_success_arrives(
         ExplicitVRLittleEndian,
     )
     assert meta.SourceApplicationEntityTitle == "SCANNER"
-    assert list((spool.root / "tmp").iterdir()) == []
+    assert stored_files(spool) == [row.path]
 
 
 def test_a_series_on_one_association_is_stored_completely(
@@ -345,7 +347,6 @@ def test_a_spool_below_its_reserve_gets_out_of_resources_and_no_file(
 
     assert response.Status == Status.OUT_OF_RESOURCES
     assert stored_files(full) == []
-    assert list((full.root / "tmp").iterdir()) == []
     assert state.stats().spooled_count == 0
 
 
@@ -371,7 +372,6 @@ def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file(
 
     assert Status.SUCCESS in statuses
     assert statuses[-1] == Status.OUT_OF_RESOURCES
-    assert list((small.root / "tmp").iterdir()) == []
     rows = state.spooled_instances(series[0].SeriesInstanceUID)
     assert len(rows) == statuses.count(Status.SUCCESS)
     assert stored_files(small) == sorted(row.path for row in rows)
@@ -466,11 +466,12 @@ def test_a_restart_keeps_what_was_acknowledged_and_recognises_a_resend(tmp_path:
     assoc.release()
     listener.stop(timeout=5)
     state.close()
-    (spool.root / "tmp" / "interrupted.part").write_bytes(b"half an instance")
+    # A slot cut short by a crash: its instance was never acknowledged.
+    (spool.root / "slots" / "interrupted.dcm").write_bytes(b"half an instance")
 
     state = AgentState.open(tmp_path / "data" / "state.db")
     spool = Spool(tmp_path / "data" / "spool", state)
-    report = spool.recover()
+    report = spool.recover(identify_spooled)
     listener = DicomListener(ae_title="CONNECTOR", host="127.0.0.1", port=0, peers=(), spool=spool)
     assoc = associate(listener.start())
     try:
@@ -481,7 +482,7 @@ def test_a_restart_keeps_what_was_acknowledged_and_recognises_a_resend(tmp_path:
     (row,) = state.spooled_instances(ds.SeriesInstanceUID)
     state.close()
 
-    assert (report.temp_files_removed, report.orphans_removed, report.missing_files) == (1, 0, 0)
+    assert (report.partial_removed, report.recorded_again, report.missing_files) == (1, 0, 0)
     assert row.path.read_bytes().endswith(encoded_dataset(ds))
 
 

@@ -1,4 +1,4 @@
-"""Spool: durable content-addressed writes, out-of-space handling and start-up recovery."""
+"""Spool: durable writes into pre-made slots, out-of-space handling and start-up recovery."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.dicom.intake import identify_spooled
 from agent.spool import Spool, SpoolFull
 from agent.state import AddOutcome, AgentState
 from tests.support.dicom_factory import encode_part10, make_instance
+from tests.support.spool_files import filled_slots
 
 SERIES = "1.2.826.0.1.3680043.8.498.11"
 STUDY = "1.2.826.0.1.3680043.8.498.10"
@@ -41,22 +43,39 @@ def store(spool: Spool, data: bytes, sop: str = "1.2.826.0.1.3680043.8.498.12") 
 
 
 def spool_files(spool: Spool) -> list[Path]:
-    return sorted(path for path in (spool.root / "files").rglob("*") if path.is_file())
+    return filled_slots(spool.root)
 
 
-def test_store_writes_the_bytes_content_addressed_and_records_them(
+def test_store_writes_the_bytes_into_a_slot_and_records_them(
     spool: Spool, state: AgentState
 ) -> None:
     data = part10()
 
     assert store(spool, data) is AddOutcome.new
 
-    sha = hashlib.sha256(data).hexdigest()
     (row,) = state.spooled_instances(SERIES)
-    assert row.path == spool.root / "files" / sha[:2] / f"{sha}.dcm"
-    assert (row.sha256, row.size, row.received_at) == (sha, len(data), 100.0)
+    assert row.path.parent == spool.root / "slots"
+    assert (row.sha256, row.size, row.received_at) == (
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        100.0,
+    )
     assert row.path.read_bytes() == data
-    assert list((spool.root / "tmp").iterdir()) == []
+    assert spool_files(spool) == [row.path]
+
+
+def test_slots_are_made_in_batches_and_each_holds_one_instance(
+    tmp_path: Path, state: AgentState
+) -> None:
+    spool = Spool(tmp_path / "spool", state, slot_batch=4)
+
+    for number in range(10):
+        store(spool, part10(f"1.2.3.{number}"), f"1.2.3.{number}")
+
+    slots = list((spool.root / "slots").iterdir())
+    assert len(slots) == 12  # three batches of four
+    assert len(spool_files(spool)) == 10
+    assert {row.path for row in state.spooled_instances(SERIES)} == set(spool_files(spool))
 
 
 def test_storing_the_same_bytes_twice_keeps_one_file_and_one_row(
@@ -80,7 +99,6 @@ def test_store_raises_spool_full_below_the_reserve_and_leaves_nothing(
         store(spool, part10())
 
     assert spool_files(spool) == []
-    assert list((spool.root / "tmp").iterdir()) == []
     assert state.stats().spooled_count == 0
 
 
@@ -99,43 +117,100 @@ def test_store_raises_spool_full_on_a_full_disk_and_leaves_no_partial_file(
 
     assert outcomes[0] is AddOutcome.new
     assert "ran out of disk space" in str(outcomes[-1])
-    assert list((spool.root / "tmp").iterdir()) == []
     recorded = {row.path for row in state.spooled_instances(SERIES)}
     assert set(spool_files(spool)) == recorded
     for row in state.spooled_instances(SERIES):
         assert hashlib.sha256(row.path.read_bytes()).hexdigest() == row.sha256
 
 
-def test_recover_removes_temp_files_and_unreferenced_files(spool: Spool, state: AgentState) -> None:
+def test_recover_frees_empty_slots_and_deletes_slots_cut_short(
+    spool: Spool, state: AgentState
+) -> None:
     store(spool, part10("1.1"), "1.1")
     (kept,) = state.spooled_instances(SERIES)
-    (spool.root / "tmp" / "crashed-mid-write.part").write_bytes(b"partial")
-    # A crash between rename and commit leaves a complete file that no row references.
-    orphan = spool.root / "files" / "ab" / ("ab" + "0" * 62 + ".dcm")
-    orphan.write_bytes(b"never acknowledged")
+    whole = part10("1.2")
+    # Crashes before the fsync: the instance was never acknowledged, its peer sends it again.
+    (spool.root / "slots" / "cut-in-the-data-set.dcm").write_bytes(whole[: len(whole) // 2])
+    (spool.root / "slots" / "cut-in-the-preamble.dcm").write_bytes(whole[:100])
+    (spool.root / "slots" / "garbage.dcm").write_bytes(b"never acknowledged")
+    free_before = _empty_slots(spool)
 
-    report = spool.recover()
+    report = spool.recover(identify_spooled)
 
-    assert (report.temp_files_removed, report.orphans_removed, report.missing_files) == (1, 1, 0)
+    assert (report.partial_removed, report.recorded_again, report.missing_files) == (3, 0, 0)
+    assert report.free_slots == len(free_before)
     assert spool_files(spool) == [kept.path]
-    assert list((spool.root / "tmp").iterdir()) == []
+    assert state.stats().spooled_count == 1
 
 
-def test_recover_keeps_files_of_failed_rows_and_removes_those_of_finished_rows(
+def test_recover_records_again_a_whole_slot_whose_row_a_power_cut_took_back(
+    tmp_path: Path,
+) -> None:
+    data = part10("1.1")
+    state = AgentState.open(tmp_path / "data" / "state.db")
+    spool = Spool(tmp_path / "data" / "spool", state)
+    store(spool, data, "1.1")
+    (row,) = state.spooled_instances(SERIES)
+    state.close()
+    # The commit did not wait for the disk; simulate losing it with a state that never had it.
+    (tmp_path / "data" / "state.db").unlink()
+    for leftover in (tmp_path / "data").glob("state.db-*"):
+        leftover.unlink()
+
+    state = AgentState.open(tmp_path / "data" / "state.db")
+    try:
+        report = Spool(tmp_path / "data" / "spool", state).recover(identify_spooled)
+        (again,) = state.spooled_instances(SERIES)
+    finally:
+        state.close()
+
+    assert (report.recorded_again, report.partial_removed, report.leftovers_removed) == (1, 0, 0)
+    assert (again.path, again.sha256, again.size) == (row.path, row.sha256, row.size)
+    assert again.sop_instance_uid == "1.1"
+    assert again.study_instance_uid == STUDY
+
+
+def test_recover_deletes_files_of_finished_rows_and_keeps_those_of_failed_rows(
     spool: Spool, state: AgentState
 ) -> None:
     store(spool, part10("1.1"), "1.1")
     store(spool, part10("1.2"), "1.2")
     failed, uploaded = state.spooled_instances(SERIES)
     state.mark_failed(failed.id, "permanent")
-    state.mark_uploaded(uploaded.id, "file-1")
     # As if the process died after the commit but before the file was deleted.
-    uploaded.path.write_bytes(b"leftover")
+    leftover = uploaded.path.read_bytes()
+    state.mark_uploaded(uploaded.id, "file-1")
+    uploaded.path.write_bytes(leftover)
 
-    report = spool.recover()
+    report = spool.recover(identify_spooled)
 
-    assert report.orphans_removed == 1
+    assert (report.leftovers_removed, report.recorded_again) == (1, 0)
     assert spool_files(spool) == [failed.path]
+    assert state.stats().uploaded_count == 1
+
+
+def test_recover_never_brings_back_a_superseded_version(spool: Spool, state: AgentState) -> None:
+    older = part10("1.1")
+    store(spool, older, "1.1")
+    (first,) = state.spooled_instances(SERIES)
+    newer = encode_part10(
+        make_instance(
+            patient_id="SPOOLTEST",
+            study_uid=STUDY,
+            series_uid=SERIES,
+            sop_uid="1.1",
+            series_description="a corrected version",
+            study_description="spool study",
+        )
+    )
+    assert store(spool, newer, "1.1") is AddOutcome.replaced
+    first.path.write_bytes(older)  # the older file survived its deletion
+
+    report = spool.recover(identify_spooled)
+
+    assert report.leftovers_removed == 1
+    (current,) = state.spooled_instances(SERIES)
+    assert current.path.read_bytes() == newer
 
 
 def test_recover_counts_rows_whose_file_is_gone(spool: Spool, state: AgentState) -> None:
@@ -143,18 +218,26 @@ def test_recover_counts_rows_whose_file_is_gone(spool: Spool, state: AgentState)
     (row,) = state.spooled_instances(SERIES)
     row.path.unlink()
 
-    assert spool.recover().missing_files == 1
+    assert spool.recover(identify_spooled).missing_files == 1
 
 
-def test_a_new_spool_on_existing_directories_keeps_their_files(
+def test_a_recovered_pool_is_used_before_new_slots_are_made(
     tmp_path: Path, spool: Spool, state: AgentState
 ) -> None:
-    store(spool, part10())
+    store(spool, part10("1.1"), "1.1")
+    slots_before = set((spool.root / "slots").iterdir())
 
     reopened = Spool(tmp_path / "spool", state)
+    report = reopened.recover(identify_spooled)
+    store(reopened, part10("1.2"), "1.2")
 
-    assert reopened.recover().orphans_removed == 0
-    assert len(spool_files(reopened)) == 1
+    assert (report.free_slots, report.partial_removed, report.leftovers_removed) == (
+        len(slots_before) - 1,
+        0,
+        0,
+    )
+    assert set((spool.root / "slots").iterdir()) == slots_before
+    assert len(spool_files(reopened)) == 2
 
 
 def test_a_negative_reserve_is_refused(tmp_path: Path, state: AgentState) -> None:
@@ -170,11 +253,15 @@ def test_a_data_directory_moved_as_a_whole_keeps_its_spooled_files(tmp_path: Pat
 
     moved_state = AgentState.open(tmp_path / "moved" / "state.db")
     try:
-        report = Spool(tmp_path / "moved" / "spool", moved_state).recover()
+        report = Spool(tmp_path / "moved" / "spool", moved_state).recover(identify_spooled)
         (row,) = moved_state.spooled_instances(SERIES)
     finally:
         moved_state.close()
 
-    assert (report.orphans_removed, report.missing_files) == (0, 0)
+    assert (report.partial_removed, report.leftovers_removed, report.missing_files) == (0, 0, 0)
     assert row.path.is_relative_to(tmp_path / "moved")
     assert row.path.exists()
+
+
+def _empty_slots(spool: Spool) -> list[Path]:
+    return [path for path in (spool.root / "slots").iterdir() if not path.stat().st_size]

@@ -398,3 +398,36 @@ def test_add_instance_from_many_threads_records_every_instance(
 
     assert state.series_instance_count(SERIES) == 200
     assert state.stats().spooled_count == 200
+
+
+def test_only_commits_that_let_a_file_be_deleted_wait_for_the_disk(
+    state: AgentState, files: Path
+) -> None:
+    def synchronous() -> int:
+        # 1 = NORMAL (the commit does not fsync the WAL), 2 = FULL
+        return int(state._connection.execute("PRAGMA synchronous").fetchone()[0])
+
+    state.add_instance(spooled(files, "1.1", b"first"))
+    assert synchronous() == 1
+    (row,) = state.spooled_instances(SERIES)
+
+    state.add_instance(spooled(files, "1.1", b"a second version"))  # supersedes: deletes a file
+    assert synchronous() == 2
+
+    state.add_instance(spooled(files, "1.2", b"other"))
+    assert synchronous() == 1
+    state.mark_uploaded(row.id + 2, "file-1")
+    assert synchronous() == 2
+    assert not (files / f"{hashlib.sha256(b'other').hexdigest()}.dcm").exists()
+
+
+def test_add_recovered_refuses_content_a_row_already_knows_in_any_state(
+    state: AgentState, files: Path
+) -> None:
+    state.add_instance(spooled(files, "1.1", b"first"))
+    (row,) = state.spooled_instances(SERIES)
+    state.mark_uploaded(row.id, "file-1")
+
+    assert state.add_recovered(spooled(files, "1.1", b"first")) is False
+    assert state.add_recovered(spooled(files, "1.2", b"lost row")) is True
+    assert [r.sop_instance_uid for r in state.spooled_instances(SERIES)] == ["1.2"]
