@@ -2,7 +2,8 @@
 and the pull service (which polls sources only while the site config says `mode: pull`).
 
 Start-up: config (last-known-good, else one fetched over HTTP, waiting for the control plane
-if need be) → state database → spool recovery → DICOM listener → `ready(port)` → the link,
+if need be) → the data directory's lock → state database → spool recovery → DICOM listener
+and its sibling intake processes (`agent.intake_workers`) → `ready(port)` → the link,
 which brings every newer config (`apply_config`) and reports health. Shutdown (SIGTERM,
 `stop()` or cancellation) runs the same code path every time, whatever was started: the link
 closes first (no config is applied while stopping), pulling stops (its associations are
@@ -19,6 +20,7 @@ Must not import fastapi or control_plane; pynetdicom only through `agent.dicom`.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -29,9 +31,11 @@ import structlog
 from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient, SiteSnapshot
+from agent.data_dir_lock import DataDirLock
 from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
+from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.link import ConfigNotApplied, ControlPlaneLink
 from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
@@ -48,6 +52,7 @@ from common.messages import HealthReport
 from common.telemetry import configure_tracing
 
 STATE_FILE_NAME = "state.db"
+_LOCK_GRACE_SECONDS = 10.0
 SPOOL_DIR_NAME = "spool"
 SERVICE_NAME = "dicom-connector-agent"
 
@@ -87,6 +92,8 @@ class AgentRuntime:
         self._spool: Spool | None = None
         self._listener: DicomListener | None = None
         self._listener_key: ListenerKey | None = None
+        self._workers: IntakeWorkers | None = None
+        self._data_dir_lock = DataDirLock(settings.data_dir)
         self._upload_loop: UploadLoop | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
@@ -122,6 +129,9 @@ class AgentRuntime:
         if self._state is None or self._snapshot is None:
             raise RuntimeError("the agent is not running; health is available once it started")
         now = self._clock()
+        if self._workers is not None:
+            for message in self._workers.exited():
+                self.counters.record_error(message, now)
         timing = self._snapshot.config.timing
         pulling = self._snapshot.config.mode == "pull"
         return take_snapshot(
@@ -215,6 +225,11 @@ class AgentRuntime:
     async def _open_storage(self, resources: AsyncExitStack) -> None:
         data_dir = self.settings.data_dir
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        # The intake workers of an agent killed with -9 abort at once but hold the lock until
+        # they are gone; a live agent keeps it (and the error says so) after this wait.
+        lock_timeout = self.settings.association_drain_timeout + _LOCK_GRACE_SECONDS
+        await asyncio.to_thread(self._data_dir_lock.acquire, lock_timeout)
+        resources.callback(self._data_dir_lock.release)
         state = await asyncio.to_thread(
             AgentState.open, data_dir / STATE_FILE_NAME, clock=self._clock
         )
@@ -323,6 +338,7 @@ class AgentRuntime:
         key = self._key_of(snapshot)
         ae_title, port, peers = key
         delay = self.settings.dul_loop_delay
+        processes = self.settings.intake_processes or len(os.sched_getaffinity(0))
         listener = DicomListener(
             ae_title=ae_title,
             host=self.settings.dicom_host,
@@ -331,15 +347,48 @@ class AgentRuntime:
             spool=self._spool,
             on_stored=self._on_stored,
             dul_loop_delay=DEFAULT_DUL_LOOP_DELAY if delay is None else delay,
+            share_port=processes > 1,
         )
         self.dicom_port = await asyncio.to_thread(listener.start)
         self._listener, self._listener_key = listener, key
         log.info("agent.listening", ae_title=ae_title, port=self.dicom_port)
+        if processes > 1:
+            await self._start_workers(processes - 1, key, self.dicom_port)
+
+    async def _start_workers(self, count: int, key: ListenerKey, port: int) -> None:
+        """Start the extra intake processes; without them intake goes on in this one."""
+        ae_title, _, peers = key
+        delay = self.settings.dul_loop_delay
+        spec = IntakeWorkerSpec(
+            state_path=self.settings.data_dir / STATE_FILE_NAME,
+            spool_dir=self.settings.data_dir / SPOOL_DIR_NAME,
+            spool_reserve_bytes=self.settings.spool_reserve_bytes,
+            ae_title=ae_title,
+            host=self.settings.dicom_host,
+            port=port,
+            peers=peers,
+            dul_loop_delay=DEFAULT_DUL_LOOP_DELAY if delay is None else delay,
+            drain_timeout=self.settings.association_drain_timeout,
+        )
+        workers = IntakeWorkers(count, spec, self._data_dir_lock.fd)
+        try:
+            await workers.start()
+        except WorkerFailed as exc:
+            log.error("intake.workers_failed", error=str(exc))
+            self.record_error(f"{exc}; intake continues in one process")
+            return
+        self._workers = workers
 
     async def _stop_listener(self) -> None:
         listener, self._listener = self._listener, None
+        workers, self._workers = self._workers, None
+        stopping = [] if workers is None else [workers.stop()]
         if listener is not None:
-            await asyncio.to_thread(listener.stop, self.settings.association_drain_timeout)
+            stopping.append(
+                asyncio.to_thread(listener.stop, self.settings.association_drain_timeout)
+            )
+        await asyncio.gather(*stopping)
+        if listener is not None:
             log.info("agent.listener_stopped", port=self.dicom_port)
 
     def _on_stored(self, series_instance_uid: str) -> None:

@@ -60,6 +60,11 @@ class AgentSettings(BaseSettings):
     # object (hundreds of MiB) already being received, while costing little on a spool disk
     # of tens of GiB.
     spool_reserve_bytes: int = Field(default=512 * MIB, ge=0)
+    # pynetdicom's per-message work keeps one process to one core (docs/benchmarks.md): more
+    # processes share the DICOM port (agent.intake_workers). 0 means one per CPU core.
+    intake_processes: int = Field(
+        default=0, ge=0, le=16, description="DICOM intake processes on the port (0 = per core)"
+    )
     # None keeps the listener's tuned default (agent.dicom.scp, measured in docs/intake.md).
     dul_loop_delay: float | None = Field(default=None, ge=0, le=1)
     http_timeout: float = Field(default=60.0, gt=0, description="Seconds per HTTP request")

@@ -26,7 +26,9 @@ Must not import pynetdicom, HTTP libraries or control_plane.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -296,6 +298,12 @@ class AgentState:
         self._base = path.parent
         self._clock = clock
         self._lock = threading.Lock()
+        # Writers in other processes (the intake workers) queue on this file's flock: SQLite's
+        # own busy handler sleeps 1, 2, 5, 10… ms between tries, which cost the shared-port
+        # intake a third of its rate when its processes met at the write lock (measured).
+        self._writers = os.open(
+            path.parent / f"{path.name}-writers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         self._closed = False
         self._synced_commits = True  # _prepare sets synchronous = FULL
 
@@ -332,6 +340,7 @@ class AgentState:
             if not self._closed:
                 self._closed = True
                 self._connection.close()
+                os.close(self._writers)
 
     def add_instance(self, inst: SpooledInstance) -> AddOutcome:
         """Record a durable spool file; committed (not yet synced) before it returns.
@@ -608,6 +617,8 @@ class AgentState:
             if self._closed:
                 raise StateError(f"the state database {self._path} is closed")
             db = self._connection
+            if write:
+                fcntl.flock(self._writers, fcntl.LOCK_EX)
             try:
                 if write and durable != self._synced_commits:
                     # SQLite refuses to change this inside a transaction.
@@ -623,6 +634,9 @@ class AgentState:
                 if isinstance(exc, sqlite3.Error):
                     raise _translate(self._path, exc) from exc
                 raise
+            finally:
+                if write:
+                    fcntl.flock(self._writers, fcntl.LOCK_UN)
 
 
 def _prepare(connection: sqlite3.Connection, path: Path) -> None:

@@ -5,7 +5,9 @@ associations on 127.0.0.1 and stops on SIGTERM (waiting for in-flight associatio
 exactly what the agent runtime wires together for PUSH intake, minus the reaper and uploader, so
 the benchmark measures intake alone. ``--count-only`` prints how many instances a data
 directory's state records, so the harness never imports the agent itself. The ``prototype``
-options measure changes the agent does not have (see docs/benchmarks.md).
+option measures a change the agent does not have (see docs/benchmarks.md). Several copies with
+``--reuse-port`` on one data directory are what the agent runs with its intake workers
+(agent/intake_workers.py), minus the agent's start-up recovery.
 
 Must not import the control plane or the agent runtime.
 """
@@ -18,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from _pynetdicom_prototypes import bind_every_server_with_reuse_port, cap_association_reactor_sleep
+from _pynetdicom_prototypes import cap_association_reactor_sleep
 
 from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DicomListener
@@ -35,8 +37,6 @@ def main() -> None:
     if args.count_only:
         print(count_instances(args.data_dir / "state.db"))
         return
-    if args.reuse_port:
-        bind_every_server_with_reuse_port()
     if args.assoc_loop_delay is not None:
         cap_association_reactor_sleep(args.assoc_loop_delay)
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,13 @@ def main() -> None:
         if args.dul_loop_delay is not None:
             options["dul_loop_delay"] = args.dul_loop_delay
         listener = DicomListener(
-            ae_title=AE_TITLE, host="127.0.0.1", port=args.port, peers=(), spool=spool, **options
+            ae_title=AE_TITLE,
+            host="127.0.0.1",
+            port=args.port,
+            peers=(),
+            spool=spool,
+            share_port=args.reuse_port,
+            **options,
         )
         stopping = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -81,12 +87,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--count-only", action="store_true")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dul-loop-delay", type=float, default=None)
-    prototypes = parser.add_argument_group("prototype")
-    prototypes.add_argument(
+    parser.add_argument(
         "--reuse-port",
         action="store_true",
-        help="bind with SO_REUSEPORT so several processes share the port",
+        help="bind with SO_REUSEPORT so several processes share the port, as the agent's do",
     )
+    prototypes = parser.add_argument_group("prototype")
     prototypes.add_argument(
         "--assoc-loop-delay",
         type=float,

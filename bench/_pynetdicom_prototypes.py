@@ -1,8 +1,8 @@
 """Prototypes of pynetdicom changes, measured by the benchmark before anyone builds them for real.
 
-Only bench/_floor_scp.py and bench/_agent_intake.py (receiver processes) import this. Two of
-these patch pynetdicom classes or modules for the whole process, which production code must
-never do; docs/benchmarks.md gives the proper change for each.
+Only bench/_floor_scp.py and bench/_agent_intake.py (receiver processes) import this.
+`cap_association_reactor_sleep` patches a pynetdicom module for the whole process, which
+production code must never do; docs/benchmarks.md says what the proper change would be.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pynetdicom.association
-from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -27,22 +27,6 @@ class ReusePortServer(ThreadedAssociationServer):
         assert self.socket is not None  # TCPServer creates it before binding
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
-
-
-def bind_every_server_with_reuse_port() -> None:
-    """Make every association server of this process bind with SO_REUSEPORT.
-
-    For receivers that call ``AE.start_server`` themselves (the agent's DicomListener), which
-    has no server_class parameter.
-    """
-    original = AssociationServer.server_bind
-
-    def server_bind(self: AssociationServer) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        original(self)
-
-    AssociationServer.server_bind = server_bind  # type: ignore[method-assign]
 
 
 def cap_association_reactor_sleep(seconds: float) -> None:

@@ -32,7 +32,7 @@ from pynetdicom import (
 )
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -88,6 +88,7 @@ class DicomListener:
         dul_loop_delay: float = DEFAULT_DUL_LOOP_DELAY,
         maximum_associations: int = 32,
         require_called_aet: bool = False,
+        share_port: bool = False,
     ) -> None:
         """Configure the listener; nothing is bound until `start`.
 
@@ -98,7 +99,9 @@ class DicomListener:
         `require_called_aet` rejects associations addressed to another AE title; off by
         default, as in dcmtk's storescp and Orthanc: the allowlist (calling AE title and host)
         is the access control, and refusing on the called AE title would turn a harmless typo
-        on a scanner into a support call.
+        on a scanner into a support call. `share_port` binds with SO_REUSEPORT, so the
+        agent's intake processes listen on one port and the kernel spreads associations over
+        them (`agent.intake_workers`); only processes of the same user can join.
         """
         if dul_loop_delay < 0:
             raise ValueError(f"dul_loop_delay must be >= 0 seconds, got {dul_loop_delay}")
@@ -111,6 +114,7 @@ class DicomListener:
         self._dul_loop_delay = dul_loop_delay
         self._maximum_associations = maximum_associations
         self._require_called_aet = require_called_aet
+        self._share_port = share_port
         self._allowed: frozenset[tuple[str, IPAddress]] = frozenset()
         self._server: ThreadedAssociationServer | None = None
         self._started = False
@@ -147,17 +151,18 @@ class DicomListener:
             for syntax in _storage_sop_classes():
                 ae.add_supported_context(syntax, ALL_TRANSFER_SYNTAXES)
             ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-            self._server = ae.start_server(
-                (self._host, self._requested_port),
-                block=False,
-                evt_handlers=[
-                    (evt.EVT_CONN_OPEN, self._handle_connection_open),
-                    (evt.EVT_REQUESTED, self._handle_association_request),
-                    (evt.EVT_C_ECHO, self._handle_echo),
-                    (evt.EVT_C_STORE, self._handle_store),
-                    (evt.EVT_CONN_CLOSE, self._handle_connection_close),
-                ],
-            )
+            handlers: list[EventHandlerType] = [
+                (evt.EVT_CONN_OPEN, self._handle_connection_open),
+                (evt.EVT_REQUESTED, self._handle_association_request),
+                (evt.EVT_C_ECHO, self._handle_echo),
+                (evt.EVT_C_STORE, self._handle_store),
+                (evt.EVT_CONN_CLOSE, self._handle_connection_close),
+            ]
+            address = (self._host, self._requested_port)
+            if self._share_port:
+                self._server = _start_shared_port_server(ae, address, handlers)
+            else:
+                self._server = ae.start_server(address, block=False, evt_handlers=handlers)
             self._started = True
             port = self.port
         _log.info("dicom listener started", ae_title=self._ae_title, port=port)
@@ -307,6 +312,31 @@ class DicomListener:
     def _tally(self, assoc: Association) -> _AssociationTally | None:
         with self._tallies_lock:
             return self._tallies.get(assoc)
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, bound with SO_REUSEPORT as well."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def _start_shared_port_server(
+    ae: AE, address: tuple[str, int], handlers: list[EventHandlerType]
+) -> ThreadedAssociationServer:
+    """What `AE.start_server(block=False)` does, with `_SharedPortServer`: pynetdicom has no
+    option for the socket, only for the server class of `make_server`."""
+    server = cast(
+        ThreadedAssociationServer,
+        ae.make_server(address, evt_handlers=handlers, server_class=_SharedPortServer),
+    )
+    thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
+    thread.start()
+    # AssociationServer.shutdown() removes the server from this list, as start_server's are.
+    ae._servers.append(server)
+    return server
 
 
 def _established(server: ThreadedAssociationServer) -> list[Association]:
