@@ -155,13 +155,14 @@ def worker_main() -> int:
     configure_logging()
     spec = IntakeWorkerSpec.model_validate_json(sys.stdin.readline())
     state = AgentState.open(spec.state_path)
+    spool = Spool(spec.spool_dir, state, spec.spool_reserve_bytes)
     try:
         listener = DicomListener(
             ae_title=spec.ae_title,
             host=spec.host,
             port=spec.port,
             peers=spec.peers,
-            spool=Spool(spec.spool_dir, state, spec.spool_reserve_bytes),
+            spool=spool,
             dul_loop_delay=spec.dul_loop_delay,
             share_port=True,
         )
@@ -182,6 +183,7 @@ def worker_main() -> int:
         # An orphan aborts at once: a restarted agent waits for the data directory's lock.
         listener.stop(0.0 if orphaned.is_set() else spec.drain_timeout)
     finally:
+        spool.close()
         state.close()
     return 0
 

@@ -243,6 +243,7 @@ class AgentRuntime:
         spool = await asyncio.to_thread(
             Spool, data_dir / SPOOL_DIR_NAME, state, self.settings.spool_reserve_bytes
         )
+        resources.push_async_callback(asyncio.to_thread, spool.close)
         await asyncio.to_thread(spool.recover, identify_spooled)
         self._spool = spool
 

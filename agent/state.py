@@ -356,13 +356,15 @@ class AgentState:
         row change that allows it. Thread-safe.
         """
         path = self._stored(inst.path)
-        with self._transaction(write=False) as db:
-            known_before = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
-        # A version that arrives between these two transactions (two peers sending the same
-        # instance at once) is superseded by a commit that is not synced: after a power cut
-        # recovery records the newer file again and supersedes the older row then.
-        with self._transaction(durable=bool(known_before)) as db:
-            known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
+        known: list[tuple[int, str, str, str]] = []
+
+        def deletes_an_older_version(db: sqlite3.Connection) -> bool:
+            known.extend(db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)))
+            if any(sha == inst.sha256 for _, sha, _, _ in known):
+                return False
+            return any(state == "spooled" for _, _, state, _ in known)
+
+        with self._transaction(durable=deletes_an_older_version) as db:
             if any(sha == inst.sha256 for _, sha, _, _ in known):
                 outcome, obsolete = AddOutcome.duplicate, [path]
             else:
@@ -372,7 +374,7 @@ class AgentState:
                     raise StateError(f"spool file {inst.path} does not exist; it was not recorded")
                 obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
                 outcome = AddOutcome.replaced if known else AddOutcome.new
-                self._insert(db, inst, path)
+                self._insert(db, inst, path, supersede=bool(obsolete))
             self._commit_then_remove_unreferenced(db, obsolete)
         return outcome
 
@@ -393,18 +395,22 @@ class AgentState:
             if found is not None:
                 return False
             known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
-            self._insert(db, inst, path)
             obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
+            self._insert(db, inst, path, supersede=bool(obsolete))
             self._commit_then_remove_unreferenced(db, obsolete)
         return True
 
-    def _insert(self, db: sqlite3.Connection, inst: SpooledInstance, path: str) -> None:
-        """Supersede the spooled versions of the instance, upsert its series, add its row."""
-        db.execute(
-            "UPDATE instances SET state = 'superseded', finished_at = ? "
-            "WHERE sop_instance_uid = ? AND state = 'spooled'",
-            (self._clock(), inst.sop_instance_uid),
-        )
+    def _insert(
+        self, db: sqlite3.Connection, inst: SpooledInstance, path: str, *, supersede: bool
+    ) -> None:
+        """Upsert the instance's series and add its row; first, when `supersede`, mark its
+        spooled versions superseded."""
+        if supersede:
+            db.execute(
+                "UPDATE instances SET state = 'superseded', finished_at = ? "
+                "WHERE sop_instance_uid = ? AND state = 'spooled'",
+                (self._clock(), inst.sop_instance_uid),
+            )
         db.execute(
             "INSERT INTO series (series_instance_uid, study_instance_uid, "
             "first_received_at, last_received_at) VALUES (?, ?, ?, ?) "
@@ -604,14 +610,16 @@ class AgentState:
 
     @contextmanager
     def _transaction(
-        self, *, write: bool = True, durable: bool = True
+        self, *, write: bool = True, durable: bool | Callable[[sqlite3.Connection], bool] = True
     ) -> Iterator[sqlite3.Connection]:
         """Hold the lock for one transaction; commit at exit unless already done.
 
         Writes take SQLite's write lock up front (IMMEDIATE) so they never fail half-way on a
         busy database; reads stay DEFERRED and do not block another process reading the file.
         A `durable` write's commit returns once it is on disk (`synchronous=FULL`); in WAL
-        mode that also syncs every earlier commit that did not wait (NORMAL).
+        mode that also syncs every earlier commit that did not wait (NORMAL). A callable
+        decides from what it reads: it runs before BEGIN (SQLite refuses to change the mode
+        inside a transaction) but under the writers' lock, so nobody commits in between.
         """
         with self._lock:
             if self._closed:
@@ -620,10 +628,10 @@ class AgentState:
             if write:
                 fcntl.flock(self._writers, fcntl.LOCK_EX)
             try:
-                if write and durable != self._synced_commits:
-                    # SQLite refuses to change this inside a transaction.
-                    db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                    self._synced_commits = durable
+                synced = durable(db) if callable(durable) else durable
+                if write and synced != self._synced_commits:
+                    db.execute(f"PRAGMA synchronous = {'FULL' if synced else 'NORMAL'}")
+                    self._synced_commits = synced
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield db
                 if db.in_transaction:

@@ -26,9 +26,11 @@ def state(tmp_path: Path) -> Iterator[AgentState]:
 
 
 @pytest.fixture
-def spool(tmp_path: Path, state: AgentState) -> Spool:
+def spool(tmp_path: Path, state: AgentState) -> Iterator[Spool]:
     """A spool without a free-space reserve, recording into `state`."""
-    return Spool(tmp_path / "spool", state)
+    opened = Spool(tmp_path / "spool", state)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

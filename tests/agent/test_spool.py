@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_store_writes_the_bytes_into_a_slot_and_records_them(
     assert spool_files(spool) == [row.path]
 
 
-def test_slots_are_made_in_batches_and_each_holds_one_instance(
+def test_each_instance_gets_a_slot_of_its_own_as_the_pool_is_refilled(
     tmp_path: Path, state: AgentState
 ) -> None:
     spool = Spool(tmp_path / "spool", state, slot_batch=4)
@@ -72,8 +73,6 @@ def test_slots_are_made_in_batches_and_each_holds_one_instance(
     for number in range(10):
         store(spool, part10(f"1.2.3.{number}"), f"1.2.3.{number}")
 
-    slots = list((spool.root / "slots").iterdir())
-    assert len(slots) == 12  # three batches of four
     assert len(spool_files(spool)) == 10
     assert {row.path for row in state.spooled_instances(SERIES)} == set(spool_files(spool))
 
@@ -133,6 +132,7 @@ def test_recover_frees_empty_slots_and_deletes_slots_cut_short(
     (spool.root / "slots" / "cut-in-the-data-set.dcm").write_bytes(whole[: len(whole) // 2])
     (spool.root / "slots" / "cut-in-the-preamble.dcm").write_bytes(whole[:100])
     (spool.root / "slots" / "garbage.dcm").write_bytes(b"never acknowledged")
+    spool.close()  # no refill under way while the free slots are counted
     free_before = _empty_slots(spool)
 
     report = spool.recover(identify_spooled)
@@ -221,10 +221,11 @@ def test_recover_counts_rows_whose_file_is_gone(spool: Spool, state: AgentState)
     assert spool.recover(identify_spooled).missing_files == 1
 
 
-def test_a_recovered_pool_is_used_before_new_slots_are_made(
+def test_a_recovered_pool_hands_out_the_free_slots_it_found(
     tmp_path: Path, spool: Spool, state: AgentState
 ) -> None:
     store(spool, part10("1.1"), "1.1")
+    spool.close()
     slots_before = set((spool.root / "slots").iterdir())
 
     reopened = Spool(tmp_path / "spool", state)
@@ -236,7 +237,8 @@ def test_a_recovered_pool_is_used_before_new_slots_are_made(
         0,
         0,
     )
-    assert set((spool.root / "slots").iterdir()) == slots_before
+    (first, second) = sorted(state.spooled_instances(SERIES), key=lambda row: row.id)
+    assert second.path in slots_before - {first.path}
     assert len(spool_files(reopened)) == 2
 
 
@@ -265,3 +267,18 @@ def test_a_data_directory_moved_as_a_whole_keeps_its_spooled_files(tmp_path: Pat
 
 def _empty_slots(spool: Spool) -> list[Path]:
     return [path for path in (spool.root / "slots").iterdir() if not path.stat().st_size]
+
+
+def test_threads_storing_at_once_never_share_a_slot(tmp_path: Path, state: AgentState) -> None:
+    spool = Spool(tmp_path / "spool", state, slot_batch=2)
+    sops = [f"1.2.3.{number}" for number in range(24)]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(lambda sop: store(spool, part10(sop), sop), sops))
+    spool.close()
+
+    assert outcomes == [AddOutcome.new] * len(sops)
+    rows = state.spooled_instances(SERIES)
+    assert len({row.path for row in rows}) == len(sops)
+    for row in rows:
+        assert hashlib.sha256(row.path.read_bytes()).hexdigest() == row.sha256
