@@ -107,6 +107,11 @@ class IntakeWorkers:
                 process.stdin.close()
         self._processes = []
 
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers started (for CPU accounting)."""
+        return [process.pid for process in self._processes]
+
     def exited(self) -> list[str]:
         """A sentence for each worker that exited on its own since the last call (health)."""
         if self._stopping:

@@ -92,12 +92,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="processes sharing the port with SO_REUSEPORT (floor, agent-intake)",
     )
     tuning.add_argument(
-        "--state-synchronous",
-        choices=("full", "normal"),
-        default=None,
-        help="prototype: SQLite synchronous mode of the agent's state (agent-intake only)",
-    )
-    tuning.add_argument(
         "--max-pdu", type=int, default=None, help="bytes, 0 = unlimited (floor only)"
     )
     tuning.add_argument(
@@ -117,7 +111,6 @@ def _tuning(args: argparse.Namespace) -> str:
             ("dul_loop_delay", args.dul_loop_delay),
             ("max_pdu", args.max_pdu),
             ("no_log_handlers", args.no_log_handlers or None),
-            ("state_synchronous", args.state_synchronous),
             ("processes", args.processes if args.processes > 1 else None),
         )
         if value is not None
@@ -141,7 +134,6 @@ def _select_receivers(args: argparse.Namespace) -> list[Receiver]:
         available["agent-intake"] = AgentIntake(
             dul_loop_delay=args.dul_loop_delay,
             processes=args.processes,
-            state_synchronous=args.state_synchronous,
         )
     else:
         missing["agent-intake"] = "agent.dicom.scp, agent.spool or agent.state is missing"

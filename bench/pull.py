@@ -6,9 +6,11 @@
 Retrieval: Orthanc holds `--series` series of `--instances` synthetic ~130 KB MR images. Round
 after round, each receiver gets all of them with C-MOVE from the same Orthanc, `concurrency`
 series at a time: the agent (a `SourcePoller` whose series are due at once, retrieving into its
-real intake: `DicomListener`, durable spool, state database) against dcmtk `movescu` processes
-moving into `storescp --fork` (which writes files without fsync). Every run starts from an empty
-receiver and checks it got every instance.
+real intake: `DicomListener`, durable spool, state database), once with one intake process and
+once with `--intake-processes` sharing the port as the agent runs them (`IntakeWorkers`), against
+dcmtk `movescu` processes moving into `storescp --fork` (which writes files without fsync). Every
+run starts from an empty receiver and checks it got every instance. The agent's CPU counts the
+workers' too.
 
 C-FIND round: another Orthanc holds `--find-series` one-instance series (10 per study, dated
 today); the agent's query round (study level, then series level per study, one association) is
@@ -44,12 +46,15 @@ if str(REPO_ROOT) not in sys.path:
     # bench/ scripts run by path, so the repository root is not importable otherwise.
     sys.path.insert(0, str(REPO_ROOT))
 
+from _machine import process_cpu_seconds  # noqa: E402  (bench/, the script's directory)
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from agent.config_client import SiteSnapshot  # noqa: E402
-from agent.dicom.scp import DicomListener  # noqa: E402
+from agent.data_dir_lock import DataDirLock  # noqa: E402
+from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener  # noqa: E402
 from agent.dicom.scu import Scu, SourceAddress, SpoolSink  # noqa: E402
 from agent.health import PipelineCounters  # noqa: E402
+from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec  # noqa: E402
 from agent.pull.ledger import PullLedger  # noqa: E402
 from agent.pull.poller import SourcePoller  # noqa: E402
 from agent.pull.query import FULL_ROUND_EVERY, QueryRounds  # noqa: E402
@@ -100,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
     total = args.series * args.instances
     results: list[Retrieval] = []
+    receivers = ["movescu+storescp", "agent-1"]
+    if args.intake_processes > 1:
+        receivers.append(f"agent-{args.intake_processes}")
     with _orthanc(workdir / "orthanc") as pacs:
         started = time.monotonic()
         series = _fill(pacs, args.series, args.instances, rows=256)
@@ -109,11 +117,14 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
         )
         for round_number in range(1, args.rounds + 1):
             for concurrency in args.concurrency:
-                for receiver in ("movescu+storescp", "agent"):
+                for receiver in receivers:
                     run_dir = workdir / f"r{round_number}-{receiver}-{concurrency}"
                     run_dir.mkdir(parents=True)
-                    if receiver == "agent":
-                        result = asyncio.run(_agent_retrieval(pacs, run_dir, concurrency, total))
+                    if receiver.startswith("agent"):
+                        processes = int(receiver.removeprefix("agent-"))
+                        result = asyncio.run(
+                            _agent_retrieval(pacs, run_dir, concurrency, total, processes)
+                        )
                     else:
                         result = _dcmtk_retrieval(pacs, series, run_dir, concurrency, total)
                     results.append(result)
@@ -174,11 +185,25 @@ def _movescu(pacs: Orthanc, chunk: list[tuple[str, str]]) -> list[str]:
     ]
 
 
-async def _agent_retrieval(pacs: Orthanc, run_dir: Path, concurrency: int, total: int) -> Retrieval:
+async def _agent_retrieval(
+    pacs: Orthanc, run_dir: Path, concurrency: int, total: int, processes: int
+) -> Retrieval:
+    lock = DataDirLock(run_dir)
+    lock.acquire(timeout=5)
     state = AgentState.open(run_dir / "state.db")
     spool = Spool(run_dir / "spool", state)
-    listener = DicomListener(ae_title=AGENT_AE, host="127.0.0.1", port=0, peers=(), spool=spool)
+    listener = DicomListener(
+        ae_title=AGENT_AE,
+        host="127.0.0.1",
+        port=0,
+        peers=(),
+        spool=spool,
+        share_port=processes > 1,
+    )
     port = listener.start()
+    # As the agent runs: its own listener and intake_processes - 1 workers on the same port.
+    workers = IntakeWorkers(processes - 1, _worker_spec(run_dir, port), lock.fd)
+    await workers.start()
     pacs.register_modality("bench-agent", AGENT_AE, "127.0.0.1", port)
     try:
         snapshot = _snapshot(pacs, concurrency)
@@ -192,16 +217,35 @@ async def _agent_retrieval(pacs: Orthanc, run_dir: Path, concurrency: int, total
             slots=asyncio.Semaphore(concurrency),
             counters=PipelineCounters(),
         )
+        worker_cpu = process_cpu_seconds(workers.pids)
         cpu, started = time.process_time(), time.perf_counter()
         report = await poller.poll_once()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        cpu += process_cpu_seconds(workers.pids) - worker_cpu
     finally:
+        await workers.stop()
         listener.stop(timeout=30)
+        spool.close()
+        lock.release()
     got = state.stats().spooled_count
     state.close()
     if not report.ok or got != total:
         raise RuntimeError(f"the agent got {got} of {total} instances ({report.error})")
-    return Retrieval("agent", concurrency, seconds, total, cpu)
+    return Retrieval(f"agent ({processes} proc)", concurrency, seconds, total, cpu)
+
+
+def _worker_spec(run_dir: Path, port: int) -> IntakeWorkerSpec:
+    return IntakeWorkerSpec(
+        state_path=run_dir / "state.db",
+        spool_dir=run_dir / "spool",
+        spool_reserve_bytes=0,
+        ae_title=AGENT_AE,
+        host="127.0.0.1",
+        port=port,
+        peers=(),
+        dul_loop_delay=DEFAULT_DUL_LOOP_DELAY,
+        drain_timeout=30,
+    )
 
 
 def _find_part(args: argparse.Namespace, workdir: Path) -> str:
@@ -282,16 +326,18 @@ def _retrieval_report(results: list[Retrieval], args: argparse.Namespace) -> str
             f"| {receiver} | {concurrency} | {rate:.0f} | {rate * megabytes:.1f} | {cpu} | {each} |"
         )
     lines.append("")
+    agents = sorted({receiver for receiver, _ in grouped if receiver.startswith("agent")})
     for concurrency in args.concurrency:
-        agent = grouped.get(("agent", concurrency))
         baseline = grouped.get(("movescu+storescp", concurrency))
-        if agent and baseline:
-            agent_time = statistics.median(run.seconds for run in agent)
-            baseline_time = statistics.median(run.seconds for run in baseline)
-            lines.append(
-                f"agent, {concurrency} series at a time: {agent_time / baseline_time:.2f}x the "
-                "time of movescu+storescp"
-            )
+        for name in agents:
+            agent = grouped.get((name, concurrency))
+            if agent and baseline:
+                agent_time = statistics.median(run.seconds for run in agent)
+                baseline_time = statistics.median(run.seconds for run in baseline)
+                lines.append(
+                    f"{name}, {concurrency} series at a time: {agent_time / baseline_time:.2f}x "
+                    "the time of movescu+storescp"
+                )
     return "\n".join(lines)
 
 
@@ -419,6 +465,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--concurrency", default="1,4", help="series retrieved at a time, comma-separated"
     )
     parser.add_argument("--find-series", type=int, default=1000, help="series for the C-FIND part")
+    parser.add_argument(
+        "--intake-processes",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="the agent's intake processes in the second agent run (the agent's default: "
+        "one per core); the first always runs one",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where temp data goes")
     args = parser.parse_args(argv)
     args.concurrency = [int(value) for value in args.concurrency.split(",")]
