@@ -1,6 +1,6 @@
 """Request dependencies, declared once as `Annotated` aliases: database session, blob store,
-hub of connected agents, the moment health is judged at, the calling principal, and the
-authorization rules (admin-only, agent-only).
+hub of connected agents and its fleet view, the moment health is judged at, the calling
+principal, and the authorization rules (admin-only, agent-only).
 
 Authorization lives here, never pasted into routes: a route (or a router) states what it needs
 with `AdminDep`, `AgentDep` or `PrincipalDep`.
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.fleet.agents import authenticate_agent
 from control_plane.fleet.health import HealthContext
+from control_plane.fleet.view import FleetView
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
 from control_plane.resources import Resources
@@ -66,6 +67,14 @@ def get_hub(resources: ResourcesDep) -> Hub:
 
 
 HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def get_fleet_view(resources: ResourcesDep) -> FleetView:
+    """Every agent's latest state and health, kept in memory by the hub."""
+    return resources.hub.view
+
+
+FleetViewDep = Annotated[FleetView, Depends(get_fleet_view)]
 
 
 def get_health_context(resources: ResourcesDep) -> HealthContext:

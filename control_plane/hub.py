@@ -4,7 +4,7 @@ The hub holds one `AgentLink` per connected agent (a newer link of the same agen
 the older one) and fans out to them: a new config revision goes to every link of the site at
 once, a rotated or revoked token closes the agent's link at once, a command goes to one agent.
 
-Its background task (`run`, owned by the app's lifespan) does three things:
+Its background task (`run`, owned by the app's lifespan) does four things:
 
 - flushes the `LinkRecorder` every `fleet_flush_interval_s` (sooner after a connect,
   disconnect or config result), so heartbeats cost two statements per flush, not two per
@@ -14,7 +14,9 @@ Its background task (`run`, owned by the app's lifespan) does three things:
   token changed and offers revisions the links have not seen — which is how changes made
   through another replica reach this one's agents (within seconds, without LISTEN/NOTIFY),
   and how a token rotated while its agent was mid-handshake is still caught;
-- prunes the health history to `health_history_per_agent` reports per agent every minute.
+- prunes the health history to `health_history_per_agent` reports per agent every minute;
+- resyncs the `FleetView` (what the fleet routes answer from) with the database every
+  `fleet_reconcile_interval_s`, for what other replicas changed.
 
 Must not import FastAPI.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -41,6 +44,7 @@ from control_plane.fleet.config_revisions import (
     latest_revision_numbers,
 )
 from control_plane.fleet.recorder import LinkRecorder
+from control_plane.fleet.view import FleetView
 from control_plane.link import AgentLink, ConfigOffer, LinkClosedError, LinkContext, LinkTransport
 from control_plane.settings import ControlPlaneSettings
 
@@ -68,7 +72,13 @@ class Hub:
     ) -> None:
         self._read_sessionmaker = read_sessionmaker
         self._settings = settings
-        self.recorder = LinkRecorder(sessionmaker, settings.health_history_per_agent)
+        self.view = FleetView(
+            read_sessionmaker, clock, dt.timedelta(seconds=settings.heartbeat_interval_s)
+        )
+        """Every agent's latest state and health, which the fleet routes answer from."""
+        self.recorder = LinkRecorder(
+            sessionmaker, settings.health_history_per_agent, on_state=self.view.record_state
+        )
         self._context = LinkContext(
             clock=clock,
             recorder=self.recorder,
@@ -148,6 +158,9 @@ class Hub:
                 self._every(self._settings.fleet_reconcile_interval_s, self.reconcile)
             )
             tasks.create_task(self._every(PRUNE_INTERVAL_S, self.recorder.prune_history))
+            tasks.create_task(
+                self._every(self._settings.fleet_reconcile_interval_s, self.view.resync)
+            )
 
     async def close(self) -> None:
         """Close every link (agents reconnect with backoff) and write what is pending."""
@@ -215,6 +228,7 @@ class Hub:
         known = self._offers.get(site_id)
         if known is None or offer.message.revision > known.message.revision:
             self._offers[site_id] = offer
+        self.view.set_revision(site_id, offer.message.revision)
 
     def _register(self, link: AgentLink) -> None:
         previous = self._links.get(link.agent.agent_id)

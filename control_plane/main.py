@@ -88,6 +88,8 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
             hub=hub,
             clock=clock,
         )
+        # The fleet routes answer from the hub's view: it is filled before the first request.
+        await hub.view.resync()
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
         if settings.tune_garbage_collector:

@@ -1,5 +1,6 @@
-"""Agents of a site: registration (with a one-time token), lookup with link state and health,
-and token authentication (for HTTP requests and for the agent link).
+"""Agents of a site: registration (with a one-time token) and token authentication (for HTTP
+requests and for the agent link). Their link state and health are read from
+`control_plane.fleet.view`.
 
 Must not import FastAPI.
 """
@@ -13,18 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.errors import ConflictError, NotFoundError
-from control_plane.fleet.health import (
-    AgentRecord,
-    HealthContext,
-    agent_health,
-    is_connected,
-    record_of,
-    select_records,
-    stream_records,
-)
 from control_plane.fleet.recorder import LinkState
 from control_plane.models import Agent, Site
-from control_plane.schemas import AgentCreate, AgentCreated, AgentPublic, Deployment
+from control_plane.schemas import AgentCreate, AgentCreated
 from control_plane.security import (
     Principal,
     PrincipalKind,
@@ -33,20 +25,6 @@ from control_plane.security import (
     new_token,
     token_digest,
 )
-
-
-def _agent_public(agent: AgentRecord, site_name: str, context: HealthContext) -> AgentPublic:
-    if agent.deployment is None:
-        raise ValueError("an agent's public view needs its record read with detail=True")
-    return AgentPublic(
-        id=agent.id,
-        site=site_name,
-        name=agent.name,
-        deployment=Deployment(agent.deployment),
-        connected=is_connected(agent, context),
-        config_revision=agent.config_revision,
-        health=agent_health(agent, context),
-    )
 
 
 async def create_agent(session: AsyncSession, site: Site, body: AgentCreate) -> AgentCreated:
@@ -66,36 +44,6 @@ async def create_agent(session: AsyncSession, site: Site, body: AgentCreate) -> 
         await session.rollback()
         raise ConflictError(f"site {site_name!r} already has an agent named {body.name!r}") from exc
     return AgentCreated(id=agent.id, token=token, site=site_name, name=agent.name)
-
-
-async def get_agent(
-    session: AsyncSession, agent_id: uuid.UUID, context: HealthContext
-) -> AgentPublic:
-    """One agent with its link state and health; `NotFoundError` when unknown."""
-    row = (
-        await session.execute(
-            select_records(detail=True)
-            .add_columns(Site.name)
-            .join(Site, Agent.site_id == Site.id)
-            .where(Agent.id == agent_id)
-        )
-    ).first()
-    if row is None:
-        raise NotFoundError(f"agent {agent_id} does not exist")
-    return _agent_public(record_of(row), row[-1], context)
-
-
-async def list_agents(
-    session: AsyncSession, site: Site, context: HealthContext
-) -> list[AgentPublic]:
-    """The agents of a site, ordered by name."""
-    columns = Agent.__table__.c
-    statement = select_records(detail=True).where(columns.site_id == site.id)
-    return [
-        _agent_public(agent, site.name, context)
-        async for chunk in stream_records(session, statement.order_by(columns.name))
-        for agent in chunk
-    ]
 
 
 async def agent_row(session: AsyncSession, agent_id: uuid.UUID) -> Agent:

@@ -1,26 +1,25 @@
-"""Agent, site and fleet health as the API shows it, judged at read time.
+"""Agent, site and fleet health as the API shows it: the pieces, judged at a given moment.
 
-Reads what the links recorded (`agents` rows, `agent_health_reports`) and combines each
-latest report's verdict with the clock (`health_rules.judge_agent`), so that an agent that
-went silent turns missing without anyone writing anything. A whole-fleet answer costs two
-queries and no report parsing, whatever the number of agents. Must not import FastAPI.
+An agent's record (what its link last said, as the `agents` row holds it) is combined with
+the clock (`health_rules.judge_agent`), so that an agent that went silent turns missing without
+anyone writing anything; each latest report's own verdict was judged when it arrived, so no
+report is parsed to judge it. `control_plane.fleet.view` keeps these answers in memory; this
+module builds them. Must not import FastAPI.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Row, Select, null, select, type_coerce
+from sqlalchemy import Boolean, Row, Select, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.messages import HealthReport
-from control_plane.fleet.config_revisions import latest_revision_numbers
 from control_plane.fleet.health_rules import (
     AgentFacts,
     AgentStatus,
@@ -33,17 +32,13 @@ from control_plane.fleet_schemas import (
     AgentHealth,
     AgentHealthSummary,
     ConfigFailure,
-    FleetHealth,
     HealthHistoryEntry,
     NoHealth,
-    SiteAttention,
-    SiteHealth,
 )
-from control_plane.models import Agent, AgentHealthReport, Site
+from control_plane.models import Agent, AgentHealthReport
+from control_plane.schemas import AgentPublic, Deployment
 
 NO_AGENT_REASON = "no agent is registered for this site"
-# Rows handled between two yields to the event loop (a few milliseconds of work).
-RECORD_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +52,7 @@ class HealthContext:
 @dataclass(frozen=True, slots=True)
 class AgentRecord:
     """An agent's row as the views read it: plain values, no ORM state (a fleet view reads
-    thousands of them, and ORM instances cost several times more to build).
-
-    The fields after `health_reasons` are read only for the detailed views (`detail=True`);
-    summaries leave them None.
-    """
+    thousands of them, and ORM instances cost several times more to build)."""
 
     id: uuid.UUID
     site_id: uuid.UUID
@@ -75,7 +66,7 @@ class AgentRecord:
     last_seen_at: dt.datetime | None
     health_status: str | None
     health_reasons: list[str] | None
-    deployment: str | None
+    deployment: str
     connected_at: dt.datetime | None
     disconnected_at: dt.datetime | None
     health_reported_at: dt.datetime | None
@@ -83,16 +74,14 @@ class AgentRecord:
 
 
 _AGENTS = Agent.__table__
-_DETAIL_COLUMNS = (
-    "deployment",
-    "connected_at",
-    "disconnected_at",
-    "health_reported_at",
-    "health_report",
-)
 
 
-def select_records(*, detail: bool) -> Select[*tuple[Any, ...]]:
+def token_active_column() -> Any:
+    """Whether the agent has a token (a revoked one is NULL), as a boolean column."""
+    return type_coerce(_AGENTS.c.token_sha256.is_not(None), Boolean).label("token_active")
+
+
+def select_records() -> Select[*tuple[Any, ...]]:
     """A SELECT of `AgentRecord` columns from `agents` (add joins and filters to it).
 
     On table columns, not ORM attributes: the rows skip the ORM's loading machinery.
@@ -102,7 +91,7 @@ def select_records(*, detail: bool) -> Select[*tuple[Any, ...]]:
         columns.id,
         columns.site_id,
         columns.name,
-        type_coerce(columns.token_sha256.is_not(None), Boolean).label("token_active"),
+        token_active_column(),
         columns.agent_version,
         columns.config_revision,
         columns.config_failed_revision,
@@ -111,7 +100,11 @@ def select_records(*, detail: bool) -> Select[*tuple[Any, ...]]:
         columns.last_seen_at,
         columns.health_status,
         columns.health_reasons,
-        *(columns[name] if detail else null().label(name) for name in _DETAIL_COLUMNS),
+        columns.deployment,
+        columns.connected_at,
+        columns.disconnected_at,
+        columns.health_reported_at,
+        columns.health_report,
     )
 
 
@@ -121,20 +114,6 @@ def record_of(row: Row[*tuple[Any, ...]]) -> AgentRecord:
 
 
 _RECORD_WIDTH = len(AgentRecord.__slots__)
-
-
-async def stream_records(
-    session: AsyncSession, statement: Select[*tuple[Any, ...]]
-) -> AsyncIterator[list[AgentRecord]]:
-    """The records `statement` selects, a chunk at a time.
-
-    Between chunks the event loop serves other requests: a thousand-agent view would
-    otherwise hold it for tens of milliseconds, and every small request behind it waits.
-    """
-    result = await session.stream(statement)
-    async for rows in result.partitions(RECORD_CHUNK):
-        yield [record_of(row) for row in rows]
-        await asyncio.sleep(0)
 
 
 def is_connected(agent: AgentRecord, context: HealthContext) -> bool:
@@ -170,12 +149,10 @@ def verdict(agent: AgentRecord, context: HealthContext) -> Verdict:
     )
 
 
-def agent_health(agent: AgentRecord, context: HealthContext) -> AgentHealth | NoHealth:
-    """The `health` object of an agent (`{}` until it first connected); needs the record
-    selected `with_report`."""
+def agent_health(agent: AgentRecord, judged: Verdict) -> AgentHealth | NoHealth:
+    """The `health` object of an agent (`{}` until it first connected), with its verdict."""
     if agent.connected_at is None:
         return NoHealth()
-    judged = verdict(agent, context)
     failure = None
     if agent.config_failed_revision is not None:
         failure = ConfigFailure(
@@ -197,45 +174,51 @@ def agent_health(agent: AgentRecord, context: HealthContext) -> AgentHealth | No
     )
 
 
-async def site_health(session: AsyncSession, site: Site, context: HealthContext) -> SiteHealth:
-    """Every agent of the site with its status; the site takes its worst agent's status."""
-    revisions = await latest_revision_numbers(session, [site.id])
-    summaries: list[AgentHealthSummary] = []
-    statement = select_records(detail=False).where(_AGENTS.c.site_id == site.id)
-    async for chunk in stream_records(session, statement.order_by(_AGENTS.c.name)):
-        summaries.extend(_summary(agent, context) for agent in chunk)
-    status, reasons = _site_verdict(summaries)
-    return SiteHealth(
-        site=site.name,
-        status=status,
-        reasons=reasons,
-        config_revision=revisions[site.id],
-        agents=summaries,
+def agent_public(
+    agent: AgentRecord, site_name: str, judged: Verdict, *, connected: bool
+) -> AgentPublic:
+    """An agent as `GET /api/v1/agents/{id}` shows it."""
+    return AgentPublic(
+        id=agent.id,
+        site=site_name,
+        name=agent.name,
+        deployment=Deployment(agent.deployment),
+        connected=connected,
+        config_revision=agent.config_revision,
+        health=agent_health(agent, judged),
     )
 
 
-async def fleet_health(session: AsyncSession, context: HealthContext) -> FleetHealth:
-    """How many sites and agents are in each status, and which sites need attention."""
-    sites = (await session.execute(select(Site.id, Site.name).order_by(Site.name))).all()
-    by_site: dict[uuid.UUID, list[AgentHealthSummary]] = {site_id: [] for site_id, _ in sites}
-    statement = select_records(detail=False).order_by(_AGENTS.c.name)
-    async for chunk in stream_records(session, statement):
-        for agent in chunk:
-            by_site[agent.site_id].append(_summary(agent, context))
-    site_statuses: list[AgentStatus] = []
-    attention: list[SiteAttention] = []
-    for site_id, site_name in sites:
-        status, reasons = _site_verdict(by_site[site_id])
-        site_statuses.append(status)
-        if status is not AgentStatus.ok:
-            attention.append(SiteAttention(site=site_name, status=status, reasons=reasons))
-    attention.sort(key=lambda entry: (-entry.status.severity, entry.site))
-    return FleetHealth(
-        status=worst(site_statuses),
-        sites=_counts(site_statuses),
-        agents=_counts(summary.status for summaries in by_site.values() for summary in summaries),
-        attention=attention,
+def agent_summary(agent: AgentRecord, judged: Verdict, *, connected: bool) -> AgentHealthSummary:
+    """One agent as a site's health lists it."""
+    return AgentHealthSummary(
+        id=agent.id,
+        name=agent.name,
+        status=judged.status,
+        reasons=list(judged.reasons),
+        connected=connected,
+        agent_version=agent.agent_version,
+        config_revision=agent.config_revision,
+        last_seen_at=agent.last_seen_at,
     )
+
+
+def site_verdict(agents: Iterable[tuple[str, Verdict]]) -> Verdict:
+    """A site's status from its agents' (name, verdict), in the order they are listed: the
+    worst agent's status, and every agent's reasons prefixed by its name."""
+    named = list(agents)
+    if not named:
+        return Verdict(status=AgentStatus.missing, reasons=(NO_AGENT_REASON,))
+    return Verdict(
+        status=worst(judged.status for _, judged in named),
+        reasons=tuple(f"{name}: {reason}" for name, judged in named for reason in judged.reasons),
+    )
+
+
+def status_counts(statuses: Iterable[AgentStatus]) -> dict[AgentStatus, int]:
+    """How many of `statuses` are of each status (every status present, maybe with 0)."""
+    counted = Counter(statuses)
+    return {status: counted[status] for status in AgentStatus}
 
 
 async def health_history(
@@ -257,31 +240,3 @@ async def health_history(
         )
         for entry in reports
     ]
-
-
-def _summary(agent: AgentRecord, context: HealthContext) -> AgentHealthSummary:
-    judged = verdict(agent, context)
-    return AgentHealthSummary(
-        id=agent.id,
-        name=agent.name,
-        status=judged.status,
-        reasons=list(judged.reasons),
-        connected=is_connected(agent, context),
-        agent_version=agent.agent_version,
-        config_revision=agent.config_revision,
-        last_seen_at=agent.last_seen_at,
-    )
-
-
-def _site_verdict(summaries: list[AgentHealthSummary]) -> tuple[AgentStatus, list[str]]:
-    if not summaries:
-        return AgentStatus.missing, [NO_AGENT_REASON]
-    return (
-        worst(summary.status for summary in summaries),
-        [f"{summary.name}: {reason}" for summary in summaries for reason in summary.reasons],
-    )
-
-
-def _counts(statuses: Iterable[AgentStatus]) -> dict[AgentStatus, int]:
-    counted = Counter(statuses)
-    return {status: counted[status] for status in AgentStatus}

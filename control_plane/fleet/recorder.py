@@ -5,9 +5,11 @@ its own transaction would keep the database (SQLite above all) busy with commits
 hand their latest state and each health report to the `LinkRecorder`, which writes whatever
 accumulated in one transaction per flush — an executemany UPDATE of the agents that changed
 and an executemany INSERT of the reports — so the cost is two statements per flush, not per
-message. A flush that fails keeps its data for the next one (the newest state of an agent
-wins; the history buffer is capped), and says so in the log; a batch the database refuses for
-good (a constraint violation) is dropped, so that it cannot block every later flush.
+message. Every state is also handed at once to a listener (the hub's in-memory `FleetView`),
+so that the API need not wait for the flush. A flush that fails keeps its data for the next
+one (the newest state of an agent wins; the history buffer is capped), and says so in the
+log; a batch the database refuses for good (a constraint violation) is dropped, so that it
+cannot block every later flush.
 
 Must not import FastAPI.
 """
@@ -18,7 +20,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -83,9 +85,13 @@ class LinkRecorder:
     """Collects link states and health reports; `flush()` writes them in one transaction."""
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], history_per_agent: int
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        history_per_agent: int,
+        on_state: Callable[[uuid.UUID, LinkState], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._on_state = on_state
         self._history_per_agent = history_per_agent
         self._states: dict[uuid.UUID, LinkState] = {}
         self._reports: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_REPORTS)
@@ -101,8 +107,11 @@ class LinkRecorder:
         return len(self._states) + len(self._reports)
 
     def record_state(self, agent_id: uuid.UUID, state: LinkState, *, urgent: bool = False) -> None:
-        """Write `state` as the agent's link state at the next flush (replacing any older)."""
+        """Write `state` as the agent's link state at the next flush (replacing any older),
+        and hand it to the listener now."""
         self._states[agent_id] = state
+        if self._on_state is not None:
+            self._on_state(agent_id, state)
         if urgent:
             self.urgent.set()
 

@@ -12,14 +12,11 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
-from fastapi import FastAPI
 
-from control_plane.main import create_app
 from control_plane.migrate import upgrade
 from control_plane.settings import ControlPlaneSettings
-from tests.control_plane.harness import ADMIN_TOKEN, BASE_URL, ControlPlane, bearer
+from tests.control_plane.harness import ADMIN_TOKEN, ControlPlane, started_control_plane
 from tests.support.postgres import reset_schema, temporary_database, truncate_tables
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -82,13 +79,5 @@ def settings(database_url: str, tmp_path: Path) -> ControlPlaneSettings:
 @pytest.fixture
 async def control_plane(settings: ControlPlaneSettings) -> AsyncIterator[ControlPlane]:
     """A started control plane with an admin client and an unauthenticated one."""
-    app: FastAPI = create_app(settings)
-    transport = httpx2.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx2.AsyncClient(
-            transport=transport, base_url=BASE_URL, headers=bearer(ADMIN_TOKEN)
-        ) as admin,
-        httpx2.AsyncClient(transport=transport, base_url=BASE_URL) as anonymous,
-    ):
-        yield ControlPlane(app=app, settings=settings, admin=admin, anonymous=anonymous)
+    async with started_control_plane(settings) as started:
+        yield started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ import httpx2
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane.clock import Clock, system_clock
+from control_plane.main import create_app
 from control_plane.resources import Resources
 from control_plane.settings import ControlPlaneSettings
 from tests.control_plane.instances import DEFAULT_SERIES_UID, sha256_hex
@@ -22,6 +25,20 @@ BASE_URL = "http://control-plane.test"
 def bearer(token: str) -> dict[str, str]:
     """The Authorization header for `token`."""
     return {"Authorization": f"Bearer {token}"}
+
+
+class ManualClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, delta: dt.timedelta) -> None:
+        """Move time forward."""
+        self.now += delta
 
 
 @dataclass
@@ -65,6 +82,24 @@ class ControlPlane:
         assert response.status_code == 201, response.text
         token: str = response.json()["token"]
         return token
+
+
+@asynccontextmanager
+async def started_control_plane(
+    settings: ControlPlaneSettings, clock: Clock = system_clock
+) -> AsyncIterator[ControlPlane]:
+    """A control plane with its lifespan running, an admin client and an unauthenticated
+    one, served in-process."""
+    app: FastAPI = create_app(settings, clock)
+    transport = httpx2.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(
+            transport=transport, base_url=BASE_URL, headers=bearer(ADMIN_TOKEN)
+        ) as admin,
+        httpx2.AsyncClient(transport=transport, base_url=BASE_URL) as anonymous,
+    ):
+        yield ControlPlane(app=app, settings=settings, admin=admin, anonymous=anonymous)
 
 
 async def post_ingest(

@@ -50,7 +50,7 @@ from control_plane.main import create_app
 from control_plane.models import Agent
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
-from tests.control_plane.harness import ADMIN_TOKEN, bearer
+from tests.control_plane.harness import ADMIN_TOKEN, ManualClock, bearer
 
 M = TypeVar("M", bound=Message)
 HEARTBEAT_S = 10.0
@@ -73,20 +73,6 @@ HEALTHY = HealthReport(
     last_error=None,
     last_error_at=None,
 )
-
-
-class ManualClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, delta: dt.timedelta) -> None:
-        """Move time forward."""
-        self.now += delta
 
 
 @dataclass

@@ -3,10 +3,11 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from common.messages import CLOSE_UNAUTHORIZED
 from control_plane.deps import (
+    FleetViewDep,
     HealthContextDep,
     HubDep,
     ReadSessionDep,
@@ -28,29 +29,31 @@ router = APIRouter(tags=["fleet"], dependencies=[Depends(require_admin)])
 
 COMMAND_TIMEOUT_S = 30.0
 MAX_HISTORY = 1000
+JSON = "application/json"
 
 
 @router.post("/sites/{site}/agents", status_code=status.HTTP_201_CREATED)
-async def create_agent(site: str, body: AgentCreate, session: SessionDep) -> AgentCreated:
+async def create_agent(
+    site: str, body: AgentCreate, session: SessionDep, view: FleetViewDep
+) -> AgentCreated:
     """Register an agent; the answer holds its token, shown this once only."""
-    return await agents.create_agent(session, await sites.site_by_name(session, site), body)
+    created = await agents.create_agent(session, await sites.site_by_name(session, site), body)
+    await view.reload_agents([created.id])
+    return created
 
 
-@router.get("/sites/{site}/agents")
-async def list_agents(
-    site: str, session: ReadSessionDep, context: HealthContextDep
-) -> ItemList[AgentPublic]:
+# The fleet views answer pre-serialized JSON (the models document the shape): building and
+# serializing a thousand agents per request is what used to make these slow.
+@router.get("/sites/{site}/agents", response_model=ItemList[AgentPublic])
+async def list_agents(site: str, view: FleetViewDep, context: HealthContextDep) -> Response:
     """The agents of a site."""
-    site_row = await sites.site_by_name(session, site)
-    return ItemList(items=await agents.list_agents(session, site_row, context))
+    return Response(await view.site_agents_json(site, context), media_type=JSON)
 
 
-@router.get("/agents/{agent_id}")
-async def get_agent(
-    agent_id: uuid.UUID, session: ReadSessionDep, context: HealthContextDep
-) -> AgentPublic:
+@router.get("/agents/{agent_id}", response_model=AgentPublic)
+async def get_agent(agent_id: uuid.UUID, view: FleetViewDep, context: HealthContextDep) -> Response:
     """One agent with its connection state, applied config revision and health."""
-    return await agents.get_agent(session, agent_id, context)
+    return Response(await view.agent_json(agent_id, context), media_type=JSON)
 
 
 @router.get("/agents/{agent_id}/health/history")
@@ -68,6 +71,7 @@ async def health_history(
 async def rotate_token(agent_id: uuid.UUID, session: SessionDep, hub: HubDep) -> AgentToken:
     """Issue a new token (shown this once); the old one stops working and its link closes."""
     answer = await tokens.rotate_token(session, agent_id)
+    await hub.view.reload_agents([agent_id])
     await hub.disconnect(agent_id, CLOSE_UNAUTHORIZED, "token rotated")
     return answer
 
@@ -76,6 +80,7 @@ async def rotate_token(agent_id: uuid.UUID, session: SessionDep, hub: HubDep) ->
 async def revoke_token(agent_id: uuid.UUID, session: SessionDep, hub: HubDep) -> None:
     """Revoke the agent's token; its link closes and it is refused until a rotation."""
     await tokens.revoke_token(session, agent_id)
+    await hub.view.reload_agents([agent_id])
     await hub.disconnect(agent_id, CLOSE_UNAUTHORIZED, "token revoked")
 
 

@@ -1,21 +1,23 @@
 """Site and fleet health (admin only): which agents and sites need attention, and why."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from control_plane.deps import HealthContextDep, ReadSessionDep, require_admin
-from control_plane.fleet import health, sites
+from control_plane.deps import FleetViewDep, HealthContextDep, require_admin
 from control_plane.fleet_schemas import FleetHealth, SiteHealth
 
 router = APIRouter(tags=["fleet"], dependencies=[Depends(require_admin)])
 
+JSON = "application/json"
 
-@router.get("/sites/{site}/health")
-async def site_health(site: str, session: ReadSessionDep, context: HealthContextDep) -> SiteHealth:
+
+# Answered from the hub's in-memory view as pre-serialized JSON; the models document it.
+@router.get("/sites/{site}/health", response_model=SiteHealth)
+async def site_health(site: str, view: FleetViewDep, context: HealthContextDep) -> Response:
     """Each agent of the site with its status and reasons; the worst one is the site's."""
-    return await health.site_health(session, await sites.site_by_name(session, site), context)
+    return Response(await view.site_health_json(site, context), media_type=JSON)
 
 
-@router.get("/fleet/health")
-async def fleet_health(session: ReadSessionDep, context: HealthContextDep) -> FleetHealth:
+@router.get("/fleet/health", response_model=FleetHealth)
+async def fleet_health(view: FleetViewDep, context: HealthContextDep) -> Response:
     """Sites and agents per status, and the sites that are not ok with their reasons."""
-    return await health.fleet_health(session, context)
+    return Response(view.fleet_health_json(context), media_type=JSON)

@@ -2,7 +2,14 @@
 
 from fastapi import APIRouter, Depends, Request, status
 
-from control_plane.deps import AdminDep, HubDep, ReadSessionDep, SessionDep, require_admin
+from control_plane.deps import (
+    AdminDep,
+    FleetViewDep,
+    HubDep,
+    ReadSessionDep,
+    SessionDep,
+    require_admin,
+)
 from control_plane.fleet import config_revisions, sites
 from control_plane.link import ConfigOffer
 from control_plane.schemas import (
@@ -30,9 +37,11 @@ _CONFIG_BODY = {
 
 
 @router.post("/sites", status_code=status.HTTP_201_CREATED)
-async def create_site(body: SiteCreate, session: SessionDep) -> SitePublic:
+async def create_site(body: SiteCreate, session: SessionDep, view: FleetViewDep) -> SitePublic:
     """Create a site (409 if the name exists; 422 for an unknown timezone)."""
-    return await sites.create_site(session, body)
+    created = await sites.create_site(session, body)
+    await view.reload_site(created.name)
+    return created
 
 
 @router.get("/sites")
