@@ -51,6 +51,12 @@ VARIANTS: dict[str, Receiver] = {
         description="agent, 2 processes sharing the port (SO_REUSEPORT), one state DB",
         processes=2,
     ),
+    "agent-2proc-dul1ms": AgentIntake(
+        name="agent-2proc-dul1ms",
+        description="agent, 2 processes, DUL loop delay 1 ms (pynetdicom's) instead of 0.2 ms",
+        processes=2,
+        dul_loop_delay=0.001,
+    ),
     "agent-4proc": AgentIntake(
         name="agent-4proc",
         description="agent, 4 processes sharing the port (SO_REUSEPORT), one state DB",
