@@ -61,6 +61,19 @@ def spec_for(data_dir: Path, port: int) -> IntakeWorkerSpec:
     )
 
 
+def shared_port_listener(data_dir: Path, state: AgentState) -> tuple[DicomListener, int]:
+    """The agent's own listener on an OS-chosen port that workers can share; started."""
+    listener = DicomListener(
+        ae_title="CONNECTOR",
+        host="127.0.0.1",
+        port=0,
+        peers=(),
+        spool=Spool(data_dir / "spool", state),
+        share_port=True,
+    )
+    return listener, listener.start()
+
+
 @pytest.fixture
 def lock(tmp_path: Path) -> Iterator[DataDirLock]:
     held = DataDirLock(tmp_path)
@@ -72,15 +85,7 @@ def lock(tmp_path: Path) -> Iterator[DataDirLock]:
 @pytest.fixture
 async def intake(tmp_path: Path, lock: DataDirLock) -> AsyncIterator[Intake]:
     state = AgentState.open(tmp_path / "state.db")
-    listener = DicomListener(
-        ae_title="CONNECTOR",
-        host="127.0.0.1",
-        port=0,
-        peers=(),
-        spool=Spool(tmp_path / "spool", state),
-        share_port=True,
-    )
-    port = listener.start()
+    listener, port = shared_port_listener(tmp_path, state)
     workers = IntakeWorkers(1, spec_for(tmp_path, port), lock.fd)
     await workers.start()
     yield Intake(listener, workers, state, port)
@@ -130,15 +135,7 @@ async def test_stopped_workers_leave_the_port_to_nobody_and_report_no_exit(
 
 def test_a_worker_whose_agent_is_gone_exits_and_only_then_frees_the_lock(tmp_path: Path) -> None:
     state = AgentState.open(tmp_path / "state.db")
-    listener = DicomListener(
-        ae_title="CONNECTOR",
-        host="127.0.0.1",
-        port=0,
-        peers=(),
-        spool=Spool(tmp_path / "spool", state),
-        share_port=True,
-    )
-    port = listener.start()
+    listener, port = shared_port_listener(tmp_path, state)
     # The "agent" is this test: it holds the lock, hands the descriptor to the worker, then
     # lets go of both as a killed process would.
     lock = DataDirLock(tmp_path)

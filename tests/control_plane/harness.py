@@ -12,6 +12,7 @@ import httpx2
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.messages import HealthReport
 from control_plane.clock import Clock, system_clock
 from control_plane.main import create_app
 from control_plane.resources import Resources
@@ -19,6 +20,25 @@ from control_plane.settings import ControlPlaneSettings
 from tests.control_plane.instances import DEFAULT_SERIES_UID, sha256_hex
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+# A report that every health rule passes, for tests that change one field of it.
+HEALTHY = HealthReport(
+    listener_ok=True,
+    uploads_open=True,
+    last_query_duration_s=None,
+    longest_reap_s=1.5,
+    spool_depth=3,
+    spool_bytes=1_500_000,
+    deferred_uploads=0,
+    failed_instances=0,
+    uploads_succeeded=120,
+    uploads_failed=0,
+    oldest_unuploaded_age_s=4.0,
+    disk_free_bytes=400 * 10**9,
+    disk_total_bytes=500 * 10**9,
+    disk_reserve_bytes=10**9,
+    last_error=None,
+    last_error_at=None,
+)
 BASE_URL = "http://control-plane.test"
 
 

@@ -36,7 +36,6 @@ from common.messages import (
     Error,
     ErrorCode,
     Health,
-    HealthReport,
     Hello,
     Message,
     Ping,
@@ -50,29 +49,11 @@ from control_plane.main import create_app
 from control_plane.models import Agent
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
-from tests.control_plane.harness import ADMIN_TOKEN, ManualClock, bearer
+from tests.control_plane.harness import ADMIN_TOKEN, HEALTHY, ManualClock, bearer
 
 M = TypeVar("M", bound=Message)
 HEARTBEAT_S = 10.0
 START = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
-HEALTHY = HealthReport(
-    listener_ok=True,
-    uploads_open=True,
-    last_query_duration_s=None,
-    longest_reap_s=1.5,
-    spool_depth=3,
-    spool_bytes=1_500_000,
-    deferred_uploads=0,
-    failed_instances=0,
-    uploads_succeeded=120,
-    uploads_failed=0,
-    oldest_unuploaded_age_s=4.0,
-    disk_free_bytes=400 * 10**9,
-    disk_total_bytes=500 * 10**9,
-    disk_reserve_bytes=10**9,
-    last_error=None,
-    last_error_at=None,
-)
 
 
 @dataclass

@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from common.messages import HealthReport
 from control_plane.db import create_engine, create_sessionmaker
 from control_plane.fleet.health import (
     HealthContext,
@@ -37,35 +36,17 @@ from control_plane.fleet.view import FleetView
 from control_plane.models import Agent
 from control_plane.schemas import AgentPublic, ItemList
 from control_plane.settings import ControlPlaneSettings
-from tests.control_plane.harness import ControlPlane, ManualClock, started_control_plane
+from tests.control_plane.harness import HEALTHY, ControlPlane, ManualClock, started_control_plane
 from tests.support.environment import free_port
 
 HEARTBEAT_S = 10.0
 START = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
 SITE = "hospital-a"
-REPORT = HealthReport(
-    listener_ok=True,
-    uploads_open=True,
-    last_query_duration_s=None,
-    longest_reap_s=1.5,
-    spool_depth=3,
-    spool_bytes=1_500_000,
-    deferred_uploads=0,
-    failed_instances=0,
-    uploads_succeeded=120,
-    uploads_failed=0,
-    oldest_unuploaded_age_s=4.0,
-    disk_free_bytes=400 * 10**9,
-    disk_total_bytes=500 * 10**9,
-    disk_reserve_bytes=10**9,
-    last_error=None,
-    last_error_at=None,
-)
 
 
 def heartbeat(at: dt.datetime, *, listener_ok: bool = True) -> LinkState:
     """The state a link records after a health report at `at`."""
-    report = REPORT.model_copy(update={"listener_ok": listener_ok})
+    report = HEALTHY.model_copy(update={"listener_ok": listener_ok})
     reasons = [] if listener_ok else ["the DICOM listener is down: no images can be received"]
     return LinkState(
         agent_version="9.8.7",

@@ -134,15 +134,17 @@ class Fleet:
         token_file.write_text(created["token"], encoding="utf-8")
         return created["id"], token_file
 
-    def start_agent(self, name: str, token_file: Path) -> tuple[Process, int]:
-        """Start an agent process; return it and its DICOM port once it accepts DICOM."""
+    def start_agent(self, name: str, token_file: Path, *, wait: bool = True) -> tuple[Process, int]:
+        """Start an agent process; return it and its DICOM port, once it accepts DICOM unless
+        `wait` is false."""
         port = free_port()
         args = ["agent", "--control-plane", self.url, "--token-file", str(token_file)]
         args += ["--data-dir", str(self.root / name)]
         env = AGENT_ENV | {"DICOM_CONNECTOR_AGENT_DICOM_PORT_OVERRIDE": str(port)}
         process = Process(args, env, lambda line: line.startswith("agent-ready"))
         self._stack.callback(process.stop)
-        process.wait_ready()
+        if wait:
+            process.wait_ready()
         return process, port
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -260,3 +262,73 @@ def test_an_agent_that_stops_turns_its_site_missing(fleet: Fleet) -> None:
     site = fleet.eventually(f"/api/v1/sites/{SITE}/health", lambda s: s["status"] == "missing")
     assert site["reasons"]
     assert not fleet.call("GET", f"/api/v1/agents/{agent_id}")["connected"]
+
+
+def test_a_config_the_agent_cannot_apply_is_rejected_with_its_reason_and_the_old_one_runs_on(
+    fleet: Fleet,
+) -> None:
+    agent_id, token_file = fleet.register_agent("edge-1")
+    _, port = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["config_revision"] == 1)
+    # Valid for the control plane; the agent cannot resolve the peer host, so its listener
+    # cannot start as configured.
+    unresolvable = {"ae_title": "SCANNER", "host": "no-such-scanner.invalid"}
+    revision = fleet.call(
+        "PUT", f"/api/v1/sites/{SITE}/config", json=FAST | {"dicom": {"peers": [unresolvable]}}
+    )["revision"]
+
+    site = fleet.eventually(
+        f"/api/v1/sites/{SITE}/health",
+        lambda s: any(f"config revision {revision} was rejected" in r for r in s["reasons"]),
+    )
+    assert site["status"] == "degraded"
+    assert any("no-such-scanner.invalid" in reason for reason in site["reasons"])
+    assert fleet.call("GET", f"/api/v1/agents/{agent_id}")["config_revision"] == 1
+    assert send_datasets(port, _series(1, None)) == [0]  # revision 1: any peer is accepted
+
+
+def test_a_revoked_token_closes_the_link_within_ten_seconds_and_intake_goes_on(
+    fleet: Fleet,
+) -> None:
+    agent_id, token_file = fleet.register_agent("edge-1")
+    _, port = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
+
+    fleet.call("DELETE", f"/api/v1/agents/{agent_id}/token")
+
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: not a["connected"], within=10)
+    site = fleet.eventually(f"/api/v1/sites/{SITE}/health", lambda s: s["status"] == "missing")
+    assert any("token is revoked" in reason for reason in site["reasons"])
+    assert send_datasets(port, _series(2, None)) == [0, 0]
+
+
+def test_an_agent_with_a_bad_token_is_refused_and_says_why(fleet: Fleet) -> None:
+    agent_id, token_file = fleet.register_agent("edge-1")
+    token_file.write_text("not-the-token-of-any-agent", encoding="utf-8")
+
+    agent, _ = fleet.start_agent("edge-1", token_file, wait=False)
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not any("refused the agent token (HTTP 401)" in line for line in agent.output):
+        assert time.monotonic() < deadline, "".join(agent.output)
+        assert agent.proc.poll() is None, "".join(agent.output)
+        time.sleep(0.1)
+    assert not fleet.call("GET", f"/api/v1/agents/{agent_id}")["connected"]
+
+
+def test_a_reap_over_the_sites_threshold_turns_the_agent_degraded(fleet: Fleet) -> None:
+    fleet.call(
+        "PUT",
+        f"/api/v1/sites/{SITE}/config",
+        json={"timing": {"acquisition_delay": "0.5s", "reap_time_threshold": "1ms"}},
+    )
+    agent_id, token_file = fleet.register_agent("edge-1")
+    _, port = fleet.start_agent("edge-1", token_file)
+    fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
+
+    assert send_datasets(port, _series(3, None)) == [0, 0, 0]
+
+    agent = fleet.eventually(
+        f"/api/v1/agents/{agent_id}", lambda a: a["health"]["status"] == "degraded"
+    )
+    assert any("over the reap_time_threshold" in r for r in agent["health"]["reasons"])
