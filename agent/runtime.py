@@ -168,6 +168,8 @@ class AgentRuntime:
         self._started = True
         self._loop = asyncio.get_running_loop()
         async with AsyncExitStack() as resources:
+            # Before anything in the data directory is read or written, config.json included.
+            await self._lock_data_dir(resources)
             resources.push_async_callback(self._config_client.aclose)
             snapshot = await self._until_stopped(self._config_client.initial())
             if snapshot is None:
@@ -222,14 +224,16 @@ class AgentRuntime:
             return None
         return work_task.result()
 
-    async def _open_storage(self, resources: AsyncExitStack) -> None:
-        data_dir = self.settings.data_dir
-        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    async def _lock_data_dir(self, resources: AsyncExitStack) -> None:
+        await asyncio.to_thread(self.settings.data_dir.mkdir, parents=True, exist_ok=True)
         # The intake workers of an agent killed with -9 abort at once but hold the lock until
         # they are gone; a live agent keeps it (and the error says so) after this wait.
         lock_timeout = self.settings.association_drain_timeout + _LOCK_GRACE_SECONDS
         await asyncio.to_thread(self._data_dir_lock.acquire, lock_timeout)
         resources.callback(self._data_dir_lock.release)
+
+    async def _open_storage(self, resources: AsyncExitStack) -> None:
+        data_dir = self.settings.data_dir
         state = await asyncio.to_thread(
             AgentState.open, data_dir / STATE_FILE_NAME, clock=self._clock
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.data_dir_lock import DataDirLocked
 from agent.runtime import AgentRuntime
 from agent.settings import AgentSettings
 from tests.agent.test_reaper import series_datasets
@@ -173,3 +174,18 @@ async def test_the_agent_starts_on_its_last_known_good_config_when_the_control_p
     health = await asyncio.to_thread(second.runtime.health)
     assert health.config_revision == 1
     await wait_until(lambda: "unreachable" in (second.runtime.counters.last_error or ""))
+
+
+async def test_a_second_agent_on_the_same_data_directory_is_refused(
+    start: Any, settings: AgentSettings
+) -> None:
+    first = start()
+    await first.started()
+    impatient = settings.model_copy(update={"association_drain_timeout": 0.1})
+
+    second = start(impatient)
+
+    # The wait is the drain timeout plus a grace for a dead agent's workers to exit.
+    with pytest.raises(DataDirLocked, match="in use by another agent"):
+        await asyncio.wait_for(second.task, timeout=30)
+    assert first.runtime.listening_as is not None
