@@ -172,17 +172,15 @@ def _category(frames: Sequence[re.Match[str]], role: str) -> str:
         function, path = frame["function"], frame["path"]
         text = _source_line(path, int(frame["line"]))
         if function.endswith("_fsync_directory"):
-            return "spool: fsync directory"
+            return "spool: fsync directory (slot batch)"
         if function.endswith("_write_durably"):
-            return "spool: fsync file" if "fsync" in text else "spool: create + write file"
+            return "spool: fsync file" if "fsync" in text else "spool: open + write slot"
         if function.endswith("Spool.store"):
             if "sha256" in text:
                 return "spool: sha256"
-            if "os.replace" in text:
-                return "spool: rename"
             return "spool: other"
         if path.endswith("agent/state.py"):
-            return "state: SQLite transaction (synchronous=FULL commit)"
+            return "state: SQLite transaction (lock waits included)"
         if path.endswith("dataset_scan.py"):
             return "scan data set (no decode)"
         if path.endswith("file_meta.py"):
