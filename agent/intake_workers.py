@@ -158,7 +158,11 @@ class IntakeWorkers:
 def worker_main() -> int:
     """A worker process: read the spec, listen, stop on SIGTERM or end of stdin."""
     configure_logging()
-    spec = IntakeWorkerSpec.model_validate_json(sys.stdin.readline())
+    line = sys.stdin.readline()
+    if not line:
+        log.error("intake.worker_without_spec", reason="stdin closed before the agent sent it")
+        return 2
+    spec = IntakeWorkerSpec.model_validate_json(line)
     state = AgentState.open(spec.state_path)
     spool = Spool(spec.spool_dir, state, spec.spool_reserve_bytes)
     try:
