@@ -343,6 +343,7 @@ class AgentRuntime:
         key = self._key_of(snapshot)
         ae_title, port, peers = key
         delay = self.settings.dul_loop_delay
+        dul_loop_delay = DEFAULT_DUL_LOOP_DELAY if delay is None else delay
         processes = self.settings.intake_processes or len(os.sched_getaffinity(0))
         listener = DicomListener(
             ae_title=ae_title,
@@ -351,19 +352,20 @@ class AgentRuntime:
             peers=peers,
             spool=self._spool,
             on_stored=self._on_stored,
-            dul_loop_delay=DEFAULT_DUL_LOOP_DELAY if delay is None else delay,
+            dul_loop_delay=dul_loop_delay,
             share_port=processes > 1,
         )
         self.dicom_port = await asyncio.to_thread(listener.start)
         self._listener, self._listener_key = listener, key
         log.info("agent.listening", ae_title=ae_title, port=self.dicom_port)
         if processes > 1:
-            await self._start_workers(processes - 1, key, self.dicom_port)
+            await self._start_workers(processes - 1, key, self.dicom_port, dul_loop_delay)
 
-    async def _start_workers(self, count: int, key: ListenerKey, port: int) -> None:
+    async def _start_workers(
+        self, count: int, key: ListenerKey, port: int, dul_loop_delay: float
+    ) -> None:
         """Start the extra intake processes; without them intake goes on in this one."""
         ae_title, _, peers = key
-        delay = self.settings.dul_loop_delay
         spec = IntakeWorkerSpec(
             state_path=self.settings.data_dir / STATE_FILE_NAME,
             spool_dir=self.settings.data_dir / SPOOL_DIR_NAME,
@@ -372,7 +374,7 @@ class AgentRuntime:
             host=self.settings.dicom_host,
             port=port,
             peers=peers,
-            dul_loop_delay=DEFAULT_DUL_LOOP_DELAY if delay is None else delay,
+            dul_loop_delay=dul_loop_delay,
             drain_timeout=self.settings.association_drain_timeout,
         )
         workers = IntakeWorkers(count, spec, self._data_dir_lock.fd)

@@ -198,7 +198,9 @@ class Spool:
             else:
                 leftovers += 1
         self._pool.adopt(free)
-        missing = sum(1 for path in self._state.file_keeping_paths() if not path.exists())
+        # Rows recorded again may have superseded others: only then is the first read stale.
+        kept = self._state.file_keeping_paths() if recorded else needed
+        missing = sum(1 for path in kept if not path.exists())
         report = RecoveryReport(len(free), recorded, partial, leftovers, missing)
         if missing:
             _log.error(

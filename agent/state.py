@@ -3,8 +3,8 @@
 The only writer of spool bookkeeping: the SCP records each durable file here before it answers
 Success, the reaper and uploader move instances through `InstanceState`. Every method runs one
 transaction on one connection guarded by a lock, so SCP threads and the asyncio side can share
-an `AgentState`; a write blocks for about one fsync of the WAL, so asyncio code should call
-them through `asyncio.to_thread`.
+an `AgentState`; a write can block on the disk (a synced commit, a checkpoint, another
+process holding the write lock), so asyncio code should call them through `asyncio.to_thread`.
 
 Durability: every commit that allows a spool file to be deleted (uploaded, skipped,
 superseded) is synced (``synchronous=FULL``) before the file goes. The commit of a new
@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -372,9 +372,8 @@ class AgentState:
                 # between this check and the commit that makes it referenced.
                 if not inst.path.exists():
                     raise StateError(f"spool file {inst.path} does not exist; it was not recorded")
-                obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
                 outcome = AddOutcome.replaced if known else AddOutcome.new
-                self._insert(db, inst, path, supersede=bool(obsolete))
+                obsolete = self._insert(db, inst, path, known)
             self._commit_then_remove_unreferenced(db, obsolete)
         return outcome
 
@@ -395,17 +394,20 @@ class AgentState:
             if found is not None:
                 return False
             known = db.execute(_SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
-            obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
-            self._insert(db, inst, path, supersede=bool(obsolete))
-            self._commit_then_remove_unreferenced(db, obsolete)
+            self._commit_then_remove_unreferenced(db, self._insert(db, inst, path, known))
         return True
 
     def _insert(
-        self, db: sqlite3.Connection, inst: SpooledInstance, path: str, *, supersede: bool
-    ) -> None:
-        """Upsert the instance's series and add its row; first, when `supersede`, mark its
-        spooled versions superseded."""
-        if supersede:
+        self,
+        db: sqlite3.Connection,
+        inst: SpooledInstance,
+        path: str,
+        known: Sequence[tuple[int, str, str, str]],
+    ) -> list[str]:
+        """Upsert the instance's series and add its row, marking the spooled versions among
+        `known` (its dedup candidates) superseded; return their paths, now unreferenced."""
+        obsolete = [row_path for _, _, state, row_path in known if state == "spooled"]
+        if obsolete:
             db.execute(
                 "UPDATE instances SET state = 'superseded', finished_at = ? "
                 "WHERE sop_instance_uid = ? AND state = 'spooled'",
@@ -436,6 +438,7 @@ class AgentState:
                 inst.spooled_at,
             ),
         )
+        return obsolete
 
     def due_series(self, now: float, quiet_seconds: float) -> list[SeriesRow]:
         """Series quiet for `quiet_seconds` with at least one spooled instance due at `now`.
@@ -628,10 +631,11 @@ class AgentState:
             if write:
                 fcntl.flock(self._writers, fcntl.LOCK_EX)
             try:
-                synced = durable(db) if callable(durable) else durable
-                if write and synced != self._synced_commits:
-                    db.execute(f"PRAGMA synchronous = {'FULL' if synced else 'NORMAL'}")
-                    self._synced_commits = synced
+                if write:
+                    synced = durable(db) if callable(durable) else durable
+                    if synced != self._synced_commits:
+                        db.execute(f"PRAGMA synchronous = {'FULL' if synced else 'NORMAL'}")
+                        self._synced_commits = synced
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield db
                 if db.in_transaction:
