@@ -5,6 +5,7 @@ models and the migrations agree. Queries join explicitly, so no relationships (a
 loads under asyncio) are declared. Must not import FastAPI or pydantic schemas.
 """
 
+import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ UID_LENGTH = 64
 SHA256_HEX_LENGTH = 64
 ROUTING_STRING_LENGTH = 1024
 REASON_LENGTH = 2000
+DEID_SALT_LENGTH = 64
 
 # Deterministic constraint names keep migrations reviewable and let SQLite batch mode
 # recreate tables without inventing names.
@@ -46,6 +48,11 @@ NAMING_CONVENTION = {
 }
 
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+def new_deid_salt() -> str:
+    """A fresh per-site de-identification salt: 256 random bits as hex."""
+    return secrets.token_hex(DEID_SALT_LENGTH // 2)
 
 
 def utc_now() -> datetime:
@@ -96,6 +103,9 @@ class Site(Base):
     id: Mapped[uuid.UUID] = _uuid_pk()
     name: Mapped[str] = mapped_column(String(64), unique=True)
     timezone: Mapped[str] = mapped_column(String(64))
+    # Keys the site's UID remapping and hashes; delivered to its agents with the config, never
+    # shown by the API, so the same UID maps to the same new UID across restarts and agents.
+    deid_salt: Mapped[str] = mapped_column(String(DEID_SALT_LENGTH), default=new_deid_salt)
     created_at: Mapped[datetime] = _created_at()
 
 

@@ -23,7 +23,7 @@ def _execute(database_url: str, statement: str, **params: object) -> list[tuple[
 
 def test_downgrade_keeps_a_revoked_agent_locked_out(empty_database_url: str) -> None:
     url = empty_database_url
-    upgrade(url)
+    command.upgrade(alembic_config(url), "0002")
     site_id, revoked_id, active_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     _execute(
         url,
@@ -52,3 +52,5 @@ def test_downgrade_keeps_a_revoked_agent_locked_out(empty_database_url: str) -> 
         "revoked": False,
         "active": False,
     }
+    ((salt,),) = _execute(url, "SELECT deid_salt FROM sites")
+    assert len(salt) == 64
