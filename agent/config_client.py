@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -51,6 +51,9 @@ class SiteSnapshot:
     revision: int
     timezone: str
     config: SiteConfig
+    # The site's de-identification salt; None only in a last-known-good written before salts
+    # were delivered, which a de-identifying profile then refuses to run on.
+    deid_salt: str | None = field(default=None, repr=False)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -64,6 +67,7 @@ class SiteSnapshot:
             "revision": self.revision,
             "timezone": self.timezone,
             "config": self.config.model_dump(mode="json"),
+            "deid_salt": self.deid_salt,
         }
 
 
@@ -84,6 +88,7 @@ class _Answer(BaseModel):
     revision: int = Field(ge=0)
     timezone: str | None = None
     config: dict[str, Any]
+    deid_salt: str | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -113,6 +118,7 @@ def parse_snapshot(document: Any) -> SiteSnapshot:
         revision=answer.revision,
         timezone=answer.timezone or DEFAULT_TIMEZONE,
         config=config,
+        deid_salt=answer.deid_salt,
     )
 
 

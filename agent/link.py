@@ -309,6 +309,7 @@ class ControlPlaneLink:
                     "revision": message.revision,
                     "timezone": message.timezone,
                     "config": message.config,
+                    "deid_salt": message.deid_salt,
                 }
             )
             await self._owner.apply_config(snapshot)

@@ -167,12 +167,24 @@ class ConfigMessage(_Frame):
     site: str
     timezone: str
     config: dict[str, Any]
+    deid_salt: str = Field(
+        min_length=16,
+        max_length=128,
+        repr=False,
+        description="The site's de-identification salt (UID remapping, hashes); a secret.",
+    )
 
     @classmethod
-    def of(cls, revision: int, site: str, timezone: str, config: SiteConfig) -> Self:
+    def of(
+        cls, revision: int, site: str, timezone: str, config: SiteConfig, deid_salt: str
+    ) -> Self:
         """The message carrying `config` as revision `revision` of `site`."""
         return cls(
-            revision=revision, site=site, timezone=timezone, config=config.model_dump(mode="json")
+            revision=revision,
+            site=site,
+            timezone=timezone,
+            config=config.model_dump(mode="json"),
+            deid_salt=deid_salt,
         )
 
     def site_config(self) -> SiteConfig:

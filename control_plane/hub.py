@@ -208,7 +208,11 @@ class Hub:
             if link.agent.site_id in behind:
                 current = configs.get(link.agent.site_id, DEFAULT_CONFIG)
                 offer = ConfigOffer.of(
-                    current.revision, link.agent.site, link.agent.timezone, current.config
+                    current.revision,
+                    link.agent.site,
+                    link.agent.timezone,
+                    current.config,
+                    link.agent.deid_salt,
                 )
                 self._remember(link.agent.site_id, offer)
                 await link.offer(offer)
@@ -220,7 +224,9 @@ class Hub:
         async with self._read_sessionmaker() as session:
             configs = await latest_configs(session, [agent.site_id])
         current = configs.get(agent.site_id, DEFAULT_CONFIG)
-        offer = ConfigOffer.of(current.revision, agent.site, agent.timezone, current.config)
+        offer = ConfigOffer.of(
+            current.revision, agent.site, agent.timezone, current.config, agent.deid_salt
+        )
         self._remember(agent.site_id, offer)
         return offer
 

@@ -75,10 +75,12 @@ class ConfigOffer:
     thresholds: Thresholds
 
     @classmethod
-    def of(cls, revision: int, site: str, timezone: str, config: SiteConfig) -> ConfigOffer:
-        """The offer of `config` as revision `revision` of `site`."""
+    def of(
+        cls, revision: int, site: str, timezone: str, config: SiteConfig, deid_salt: str
+    ) -> ConfigOffer:
+        """The offer of `config` as revision `revision` of `site`, with the site's salt."""
         return cls(
-            message=ConfigMessage.of(revision, site, timezone, config),
+            message=ConfigMessage.of(revision, site, timezone, config, deid_salt),
             thresholds=Thresholds.of(config),
         )
 

@@ -315,6 +315,7 @@ class AgentConfigPublic(BaseModel):
     timezone: str
     revision: int
     config: SiteConfig
+    deid_salt: str = Field(description="The site's de-identification salt; a secret.")
 
 
 class Deployment(StrEnum):

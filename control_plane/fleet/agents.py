@@ -7,7 +7,7 @@ Must not import FastAPI.
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -88,6 +88,7 @@ class LinkAgent:
     timezone: str
     token_digest: str
     state: LinkState
+    deid_salt: str = field(repr=False)
 
 
 async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | None:
@@ -104,6 +105,7 @@ async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | No
                 Site.id,
                 Site.name,
                 Site.timezone,
+                Site.deid_salt,
                 *LinkState.columns_of_agent(),
             )
             .join(Site, Agent.site_id == Site.id)
@@ -119,7 +121,8 @@ async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | No
         site=row[4],
         timezone=row[5],
         token_digest=digest,
-        state=LinkState.from_row(row[6:]),
+        state=LinkState.from_row(row[7:]),
+        deid_salt=row[6],
     )
 
 

@@ -56,7 +56,7 @@ EVERY_MESSAGE: list[Message] = [
     Hello(agent_id=uuid.uuid4(), agent_version="0.1.0", applied_revision=3, protocol_versions=[1]),
     Hello(agent_id=None, agent_version="0.1.0", applied_revision=None, protocol_versions=[1, 2]),
     Welcome(protocol_version=1, heartbeat_interval_s=10, agent_id=uuid.uuid4(), site="hospital-a"),
-    ConfigMessage.of(4, "hospital-a", "Europe/Berlin", SiteConfig()),
+    ConfigMessage.of(4, "hospital-a", "Europe/Berlin", SiteConfig(), "s" * 64),
     ConfigResult(revision=4, status="applied"),
     ConfigResult(revision=5, status="failed", reason="port 104 is privileged"),
     Health(report=REPORT),
@@ -169,7 +169,9 @@ def test_no_json_object_makes_parsing_raise_anything_but_a_protocol_error(
 
 
 def test_config_message_carries_the_config_as_json_and_validates_on_demand() -> None:
-    message = ConfigMessage.of(2, "site", "UTC", SiteConfig.model_validate({"mode": "push"}))
+    message = ConfigMessage.of(
+        2, "site", "UTC", SiteConfig.model_validate({"mode": "push"}), "s" * 64
+    )
 
     assert message.config["dicom"]["ae_title"] == "CONNECTOR"
     assert message.site_config() == SiteConfig()
@@ -184,6 +186,7 @@ def test_config_the_agent_cannot_use_still_parses_and_names_its_problems() -> No
             "site": "s",
             "timezone": "UTC",
             "config": {"dicom": {"port": 70000}},
+            "deid_salt": "s" * 64,
         }
     )
 

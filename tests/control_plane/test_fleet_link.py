@@ -207,6 +207,36 @@ async def test_hello_is_welcomed_and_sent_the_current_config_when_the_agent_runs
     assert config.site_config().dicom.ae_title == "SITE_A"
 
 
+async def test_each_site_has_its_own_deid_salt_which_reaches_its_agents_and_no_api_answer(
+    server: Server,
+) -> None:
+    _, token_a1 = await server.register("hospital-a", "edge-1")
+    _, token_a2 = await server.register("hospital-a", "edge-2")
+    _, token_b = await server.register("hospital-b", "edge-1")
+    await server.put_config("hospital-a", {"deid": {"profile": "none"}})
+    await server.put_config("hospital-b", {"deid": {"profile": "none"}})
+
+    salts = []
+    for token in (token_a1, token_a2, token_b):
+        async with linked(server, token) as peer:
+            await peer.hello(applied_revision=None)
+            salts.append((await peer.expect(ConfigMessage)).deid_salt)
+        fetched = await server.admin.get("/api/v1/agent/config", headers=bearer(token))
+        assert fetched.json()["deid_salt"] == salts[-1]
+
+    assert salts[0] == salts[1] != salts[2]
+    assert all(len(salt) == 64 for salt in salts)
+    for path in (
+        "/api/v1/sites",
+        "/api/v1/sites/hospital-a/config",
+        "/api/v1/sites/hospital-a/config/revisions",
+        "/api/v1/sites/hospital-a/agents",
+    ):
+        answer = await server.admin.get(path)
+        assert answer.is_success, path
+        assert salts[0] not in answer.text, path
+
+
 async def test_hello_with_the_current_revision_is_sent_no_config(server: Server) -> None:
     _, token = await server.register()
     revision = await server.put_config("hospital-a", {"timing": {"sleep_time": "2m"}})

@@ -15,5 +15,9 @@ async def agent_config(principal: AgentDep, session: SessionDep) -> AgentConfigP
     site = await sites.site_of(session, principal)
     current = await config_revisions.current_config(session, site)
     return AgentConfigPublic(
-        site=site.name, timezone=site.timezone, revision=current.revision, config=current.config
+        site=site.name,
+        timezone=site.timezone,
+        revision=current.revision,
+        config=current.config,
+        deid_salt=site.deid_salt,
     )

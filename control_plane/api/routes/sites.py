@@ -62,9 +62,10 @@ async def put_site_config(
     the site's connected agents."""
     site_row = await sites.site_by_name(session, site)
     site_id, site_name, timezone = site_row.id, site_row.name, site_row.timezone
+    salt = site_row.deid_salt
     config = config_revisions.parse_config(await request.body())
     revision = await config_revisions.store_config(session, site_row, config, principal.name)
-    await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config))
+    await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config, salt))
     return ConfigRevisionNumber(revision=revision)
 
 
