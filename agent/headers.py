@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
@@ -51,8 +52,9 @@ def validate_keywords(keywords: Iterable[str]) -> tuple[str, ...]:
     return unique
 
 
-def read_series_header(path: Path, keywords: Iterable[str]) -> SeriesHeader:
-    """Read the series-level header of one DICOM file, with `keywords` in `.fields`.
+def read_series_header(source: Path | BinaryIO, keywords: Iterable[str]) -> SeriesHeader:
+    """Read the series-level header of one DICOM file (a path or an open binary file), with
+    `keywords` in `.fields`.
 
     `.fields` maps each keyword present in the file with a non-empty value to its text.
     Raises `UnknownKeywordError` for a keyword pydicom does not know and `HeaderReadError`
@@ -61,7 +63,7 @@ def read_series_header(path: Path, keywords: Iterable[str]) -> SeriesHeader:
     wanted = validate_keywords(keywords)
     try:
         dataset = dcmread(
-            path,
+            source,
             stop_before_pixels=True,
             specific_tags=list(dict.fromkeys((*_HEADER_KEYWORDS, *wanted))),
         )
@@ -84,7 +86,8 @@ def read_series_header(path: Path, keywords: Iterable[str]) -> SeriesHeader:
     # instead of stopping the pipeline.
     except Exception as exc:
         reason = f"{type(exc).__name__} while parsing it"
-    raise HeaderReadError(f"cannot read the DICOM header of {path.name}: {reason}")
+    name = source.name if isinstance(source, Path) else "a de-identified copy"
+    raise HeaderReadError(f"cannot read the DICOM header of {name}: {reason}")
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.state import AgentState
-from common.messages import MAX_TEXT_LENGTH, HealthReport
+from common.logging import series_key
+from common.messages import MAX_TEXT_LENGTH, FailedSeriesReport, HealthReport
 
 __all__ = [
+    "FailedSeriesHealth",
     "HealthSnapshot",
     "PipelineCounters",
     "PullSourceHealth",
@@ -85,6 +87,16 @@ class PullSourceHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedSeriesHealth:
+    """A series failed as a whole, by its PHI-free key; `failed_at` in epoch seconds."""
+
+    series_key: str
+    reason: str
+    failed_at: float
+    instances: int
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSnapshot:
     """One reading of the agent's health; all durations in seconds, sizes in bytes."""
 
@@ -114,6 +126,8 @@ class HealthSnapshot:
     query_time_threshold: float | None = None
     query_over_threshold: bool = False
     pull_sources: tuple[PullSourceHealth, ...] = ()
+    failed_series: int = 0
+    failed_series_recent: tuple[FailedSeriesHealth, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the CLI and the health report)."""
@@ -136,6 +150,7 @@ def take_snapshot(
 ) -> HealthSnapshot:
     """Compute the health snapshot (blocking: reads the state database and the disk)."""
     stats = state.stats()
+    failed_series, recent_failures = state.failed_series()
     durations = [
         source.last_round_duration
         for source in pull_sources
@@ -175,6 +190,16 @@ def take_snapshot(
             and last_query > query_time_threshold
         ),
         pull_sources=tuple(pull_sources),
+        failed_series=failed_series,
+        failed_series_recent=tuple(
+            FailedSeriesHealth(
+                series_key(failed.series_instance_uid),
+                failed.failure,
+                failed.failed_at,
+                failed.instances,
+            )
+            for failed in recent_failures
+        ),
     )
 
 
@@ -199,4 +224,14 @@ def health_report(snapshot: HealthSnapshot) -> HealthReport:
         disk_reserve_bytes=snapshot.disk_reserve_bytes,
         last_error=None if last_error is None else last_error[:MAX_TEXT_LENGTH],
         last_error_at=None if at is None else dt.datetime.fromtimestamp(at, dt.UTC),
+        failed_series=snapshot.failed_series,
+        failed_series_recent=[
+            FailedSeriesReport(
+                series_key=failed.series_key,
+                reason=failed.reason[:MAX_TEXT_LENGTH],
+                failed_at=dt.datetime.fromtimestamp(failed.failed_at, dt.UTC),
+                instances=failed.instances,
+            )
+            for failed in snapshot.failed_series_recent
+        ],
     )

@@ -5,6 +5,12 @@ stored in the state database (`set_series_target`) before any instance is skippe
 uploaded, so a crash never re-decides, and instances arriving after the reap (late
 instances) follow the stored decision into the same acquisition.
 
+Under a de-identifying profile the upload policy and the routing string are read from the
+original header (they are what the operator typed), while the labels taken from the header
+(subject, session, acquisition and the UIDs behind them) come from the de-identified header of
+the same instance, so no identifying value names a place in the hierarchy. A series whose
+first instance cannot be de-identified fails as a whole (`AgentState.fail_series`).
+
 Must not import pynetdicom, fastapi or control_plane.
 """
 
@@ -12,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from common.deid import DeidError
 
 from agent.headers import HeaderReadError, UnknownKeywordError, read_series_header
-from agent.state import AgentState, SeriesRow
+from agent.outgoing import DeidProfile
+from agent.state import AgentState, InstanceRow, SeriesRow
 from common.config import SiteConfig
 from common.hierarchy import HierarchyTarget, SeriesHeader, map_to_hierarchy
 from common.logging import series_key
@@ -80,6 +89,7 @@ class ReapOutcome:
     failed: int
     started_at: float
     ended_at: float
+    failure: str | None = None  # why the series failed as a whole in this reap
 
     @property
     def duration(self) -> float:
@@ -98,24 +108,35 @@ class Reaper:
         self._state = state
         self._clock = clock
 
-    async def reap(self, series: SeriesRow, config: SiteConfig) -> ReapOutcome:
+    async def reap(
+        self, series: SeriesRow, config: SiteConfig, profile: DeidProfile | None = None
+    ) -> ReapOutcome:
         """Decide (or reuse the decision) for one due series and skip it if policy says so.
 
-        Raises `ReapError` when the stored decision is unreadable or the config names an
-        unknown keyword; the series then stays spooled, untouched.
+        With a de-identification `profile`, the hierarchy labels come from the de-identified
+        header; a series whose header cannot be de-identified is failed as a whole (the
+        outcome's `failure`). Raises `ReapError` when the stored decision is unreadable or the
+        config names an unknown keyword; the series then stays spooled, untouched.
         """
-        return await asyncio.to_thread(self._reap, series, config)
+        return await asyncio.to_thread(self._reap, series, config, profile)
 
-    def _reap(self, series: SeriesRow, config: SiteConfig) -> ReapOutcome:
+    def _reap(
+        self, series: SeriesRow, config: SiteConfig, profile: DeidProfile | None
+    ) -> ReapOutcome:
         started = self._clock()
         uid = series.series_instance_uid
         failed = 0
+        failure: str | None = None
         if series.target is not None:
             decision: SeriesDecision | None = stored_decision(series)
             reused = True
         else:
             reused = False
-            decision, failed = self._decide(uid, config, started)
+            try:
+                decision, failed = self._decide(uid, config, profile, started)
+            except DeidError as exc:
+                decision, failure = None, f"de-identification failed: {exc}"
+                failed = self._state.fail_series(uid, failure)
             if decision is not None:
                 self._state.set_series_target(uid, decision.to_json())
         skipped = 0
@@ -123,19 +144,28 @@ class Reaper:
             for instance in self._state.spooled_instances(uid):
                 self._state.mark_skipped(instance.id, decision.reason)
                 skipped += 1
-        outcome = ReapOutcome(decision, reused, skipped, failed, started, self._clock())
+        outcome = ReapOutcome(
+            decision, reused, skipped, failed, started, self._clock(), failure=failure
+        )
         _log_outcome(uid, outcome)
         return outcome
 
     def _decide(
-        self, uid: str, config: SiteConfig, now: float
+        self, uid: str, config: SiteConfig, profile: DeidProfile | None, now: float
     ) -> tuple[SeriesDecision | None, int]:
-        """Decide from the first readable instance; unreadable ones are marked failed."""
+        """Decide from the first readable instance; unreadable ones are marked failed.
+
+        Raises `DeidError` when the profile cannot de-identify the deciding instance.
+        """
         keywords = (config.routing.field, config.upload_policy.field)
         failed = 0
         for instance in self._state.spooled_instances(uid, now):
             try:
                 header = read_series_header(instance.path, keywords)
+                decision = decide(header, config)
+                if profile is not None and decision.upload:
+                    labels = _deidentified_header(instance, profile)
+                    decision = decide(header, config, labels)
             except UnknownKeywordError as exc:
                 raise ReapError(f"cannot reap series {series_key(uid)}: {exc}") from exc
             except HeaderReadError as exc:
@@ -144,18 +174,39 @@ class Reaper:
                 self._state.mark_failed(instance.id, str(exc))
                 failed += 1
                 continue
-            return decide(header, config), failed
+            return decision, failed
         return None, failed
 
 
-def decide(header: SeriesHeader, config: SiteConfig) -> SeriesDecision:
-    """The pure decision for one series header under one site config."""
+def decide(
+    header: SeriesHeader, config: SiteConfig, labels: SeriesHeader | None = None
+) -> SeriesDecision:
+    """The pure decision for one series header under one site config.
+
+    Upload policy and routing string come from `header`; the hierarchy labels from `labels`
+    (the de-identified header) when given, else from `header`.
+    """
     policy = decide_upload(config.upload_policy, header.fields.get(config.upload_policy.field))
     if not policy.upload:
         return SeriesDecision(upload=False, reason=str(policy.reason), target=None)
     routing = parse_routing(header.fields.get(config.routing.field))
-    target = map_to_hierarchy(header, routing, config.hierarchy)
+    target = map_to_hierarchy(labels or header, routing, config.hierarchy)
     return SeriesDecision(upload=True, reason=str(policy.reason), target=target)
+
+
+def _deidentified_header(instance: InstanceRow, profile: DeidProfile) -> SeriesHeader:
+    try:
+        original = instance.path.read_bytes()
+    except OSError as exc:
+        raise HeaderReadError(
+            f"cannot read spool file of instance {instance.id}: {exc.strerror}"
+        ) from exc
+    copy = profile.deidentifier.deidentify(original)
+    try:
+        return read_series_header(io.BytesIO(copy.data), ())
+    except HeaderReadError as exc:
+        # The original parsed a moment ago, so the profile broke it.
+        raise DeidError(f"the de-identified header is not readable DICOM ({exc})") from exc
 
 
 def stored_decision(series: SeriesRow) -> SeriesDecision:
@@ -173,6 +224,14 @@ def stored_decision(series: SeriesRow) -> SeriesDecision:
 
 def _log_outcome(uid: str, outcome: ReapOutcome) -> None:
     decision = outcome.decision
+    if outcome.failure is not None:
+        log.error(
+            "reap.series_failed",
+            series_key=series_key(uid),
+            count=outcome.failed,
+            error=outcome.failure,
+        )
+        return
     if decision is None:
         log.error("reap.no_readable_instance", series_key=series_key(uid), count=outcome.failed)
         return

@@ -28,6 +28,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
+from common.deid import DeidError
 from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient, SiteSnapshot
@@ -37,6 +38,7 @@ from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.link import ConfigNotApplied, ControlPlaneLink
+from agent.outgoing import DeidProfile, Outgoing
 from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
 from agent.reaper import Reaper
@@ -54,6 +56,8 @@ from common.telemetry import configure_tracing
 STATE_FILE_NAME = "state.db"
 _LOCK_GRACE_SECONDS = 10.0
 SPOOL_DIR_NAME = "spool"
+# De-identified copies waiting to be sent (agent.outgoing): derived data, wiped at start.
+OUTGOING_DIR_NAME = "outgoing"
 SERVICE_NAME = "dicom-connector-agent"
 
 log = structlog.get_logger(__name__)
@@ -95,6 +99,7 @@ class AgentRuntime:
         self._workers: IntakeWorkers | None = None
         self._data_dir_lock = DataDirLock(settings.data_dir)
         self._upload_loop: UploadLoop | None = None
+        self._outgoing: Outgoing | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
         self.link = ControlPlaneLink(
@@ -250,6 +255,8 @@ class AgentRuntime:
         resources.push_async_callback(asyncio.to_thread, spool.close)
         await asyncio.to_thread(spool.recover, identify_spooled)
         self._spool = spool
+        self._outgoing = Outgoing(data_dir / OUTGOING_DIR_NAME)
+        await asyncio.to_thread(self._outgoing.reset)
 
     def _forget_state(self) -> None:
         self._state = None
@@ -275,6 +282,7 @@ class AgentRuntime:
             counters=self.counters,
             clock=self._clock,
             tracer=self._tracer,
+            outgoing=self._outgoing,
         )
         self._upload_loop = UploadLoop(
             self._state,
@@ -285,6 +293,7 @@ class AgentRuntime:
             interval=self.settings.reap_interval,
             drain_timeout=self.settings.upload_drain_timeout,
             clock=self._clock,
+            outgoing=self._outgoing,
         )
         return self._upload_loop
 
@@ -305,9 +314,17 @@ class AgentRuntime:
         """Switch to a new config; restart the listener if its AE title, port or peers changed.
 
         Associations in flight finish before the listener restarts. Raises `ConfigNotApplied`
-        when the new listener cannot start: the previous config is back in force, listener
-        included.
+        when the de-identification profile cannot be built (the previous config stays in
+        force), or when the new listener cannot start: the previous config is back in force,
+        listener included.
         """
+        try:
+            await asyncio.to_thread(DeidProfile.of, snapshot.config.deid, snapshot.deid_salt)
+        except DeidError as exc:
+            raise ConfigNotApplied(
+                f"the de-identification profile of revision {snapshot.revision} cannot be "
+                f"used: {exc}"
+            ) from exc
         previous, self._snapshot = self._snapshot, snapshot
         self._hand_to_pipeline(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):

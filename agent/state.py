@@ -17,6 +17,10 @@ docs/intake.md.
 This module owns every deletion of a registered spool file, after the commit that makes it
 unreferenced.
 
+Schema version 3 adds a series' permanent failure (`fail_series`): a series that must not
+leave the site as it is (its de-identification failed) is failed as a whole, with the reason,
+and so is every instance of it that arrives later.
+
 Schema version 2 adds the tables of the pull ledger (`pull_meta`, `pull_series`): their
 migration lives here with every other schema step, their queries in `agent.pull.ledger`, which
 reaches the database through `AgentState.transaction`.
@@ -44,6 +48,7 @@ import structlog
 __all__ = [
     "AddOutcome",
     "AgentState",
+    "FailedSeries",
     "InstanceRow",
     "InstanceState",
     "InvalidTransitionError",
@@ -56,7 +61,7 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BUSY_TIMEOUT_MS = 10_000
 
 # One entry per schema version; entry N upgrades a database from user_version N to N + 1.
@@ -126,6 +131,12 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (source, series_instance_uid)
     ) STRICT;
     CREATE INDEX pull_series_by_vanish ON pull_series (source, vanished_at);
+    """,
+    # A series failed as a whole: nothing of it leaves the site until support acts.
+    """
+    ALTER TABLE series ADD COLUMN failed_at REAL;
+    ALTER TABLE series ADD COLUMN failure TEXT;
+    CREATE INDEX series_failed ON series (failed_at) WHERE failed_at IS NOT NULL;
     """,
 )
 
@@ -206,6 +217,18 @@ class SeriesRow:
     pending: int  # instances in state spooled
     target: dict[str, Any] | None  # the stored reap decision (JSON), None until first reap
     reaped_at: float | None
+    failed_at: float | None = None  # set when the series failed as a whole (`fail_series`)
+    failure: str | None = None  # why, a PHI-free sentence
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSeries:
+    """A series failed as a whole, for health and support."""
+
+    series_instance_uid: str
+    failed_at: float
+    failure: str
+    instances: int  # instances of the series in state failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +247,7 @@ _SELECT_DUE_SERIES = """
     SELECT s.series_instance_uid, s.study_instance_uid, s.first_received_at, s.last_received_at,
         (SELECT count(*) FROM instances p
          WHERE p.series_instance_uid = s.series_instance_uid AND p.state = 'spooled'),
-        s.target, s.reaped_at
+        s.target, s.reaped_at, s.failed_at, s.failure
     FROM series s
     WHERE s.series_instance_uid IN (
         SELECT series_instance_uid FROM instances
@@ -236,7 +259,7 @@ _SELECT_SERIES = """
     SELECT s.series_instance_uid, s.study_instance_uid, s.first_received_at, s.last_received_at,
         (SELECT count(*) FROM instances p
          WHERE p.series_instance_uid = s.series_instance_uid AND p.state = 'spooled'),
-        s.target, s.reaped_at
+        s.target, s.reaped_at, s.failed_at, s.failure
     FROM series s
     WHERE s.series_instance_uid = ?
 """
@@ -501,6 +524,43 @@ class AgentState:
         """A permanent failure: record the error (attempts + 1); the file is kept for support."""
         self._finish(instance_id, InstanceState.failed, error)
 
+    def fail_series(self, series_instance_uid: str, reason: str) -> int:
+        """Fail a series as a whole: record why, and fail each of its spooled instances.
+
+        The files are kept for support. The first failure's reason and time stay; instances
+        failed later (late arrivals) get `reason`. Returns how many instances were failed.
+        """
+        now = self._clock()
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE series SET failed_at = coalesce(failed_at, ?), "
+                "failure = coalesce(failure, ?) WHERE series_instance_uid = ?",
+                (now, reason, series_instance_uid),
+            ).rowcount
+            if updated != 1:
+                raise InvalidTransitionError("cannot fail a series that is not known")
+            return db.execute(
+                "UPDATE instances SET state = 'failed', last_error = ?, attempts = attempts + 1, "
+                "finished_at = ? WHERE series_instance_uid = ? AND state = 'spooled'",
+                (reason, now, series_instance_uid),
+            ).rowcount
+
+    def failed_series(self, limit: int = 20) -> tuple[int, list[FailedSeries]]:
+        """How many series failed as a whole, and the latest `limit` of them."""
+        with self._transaction(write=False) as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM series WHERE failed_at IS NOT NULL"
+            ).fetchone()
+            rows = db.execute(
+                "SELECT s.series_instance_uid, s.failed_at, s.failure, "
+                "  (SELECT count(*) FROM instances i WHERE i.series_instance_uid = "
+                "   s.series_instance_uid AND i.state = 'failed') "
+                "FROM series s WHERE s.failed_at IS NOT NULL "
+                "ORDER BY s.failed_at DESC, s.series_instance_uid LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return int(count), [FailedSeries(*row) for row in rows]
+
     def schedule_retry(self, instance_id: int, error: str, next_attempt_at: float) -> None:
         """A retryable failure: attempts + 1, remember the error, try again at `next_attempt_at`."""
         with self._transaction() as db:
@@ -752,7 +812,7 @@ def _instance_row(row: tuple[Any, ...], base: Path) -> InstanceRow:
 
 
 def _series_row(row: tuple[Any, ...]) -> SeriesRow:
-    series, study, first, last, pending, target, reaped_at = row
+    series, study, first, last, pending, target, reaped_at, failed_at, failure = row
     return SeriesRow(
         series_instance_uid=series,
         study_instance_uid=study,
@@ -761,4 +821,6 @@ def _series_row(row: tuple[Any, ...]) -> SeriesRow:
         pending=pending,
         target=None if target is None else json.loads(target),
         reaped_at=reaped_at,
+        failed_at=failed_at,
+        failure=failure,
     )

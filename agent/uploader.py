@@ -3,7 +3,10 @@
 `UploadLoop.tick` finds the series that have been quiet for `acquisition_delay` (or whose
 retries are due), reaps those without a decision, and turns the rest into `UploadBatch`es —
 unless the site's working-hours window is closed, in which case reaping goes on and the
-instances are counted as deferred. `Uploader.upload_batch` cuts a batch into chunks that fit
+instances are counted as deferred. Under a de-identifying profile every due instance of a
+series is de-identified (`agent.outgoing`) before any batch of it is sent, so a series that
+cannot be de-identified sends nothing: it is failed as a whole, with the reason, and so is
+every instance of it that arrives later. `Uploader.upload_batch` cuts a batch into chunks that fit
 the destination's `batch_limits`, sends them with at most `upload_concurrency` chunk requests
 in flight across all batches, and books each instance's outcome in the state database:
 confirmed → `mark_uploaded` (only then is the spool file deleted), permanent → `mark_failed`,
@@ -25,9 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from common.deid import DeidError
 
 from agent.config_client import SiteSnapshot
 from agent.health import PipelineCounters
+from agent.outgoing import DeidProfile, Outgoing, OutgoingError
 from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
 from agent.retry import backoff, is_retryable
 from agent.state import AgentState, InstanceRow, SeriesRow
@@ -121,8 +126,10 @@ class Uploader:
         clock: Callable[[], float] = time.time,
         tracer: PipelineTracer | None = None,
         rng: random.Random | None = None,
+        outgoing: Outgoing | None = None,
     ) -> None:
         self._state = state
+        self._outgoing = outgoing
         self._destination = destination
         self._slots = asyncio.Semaphore(concurrency)
         self._counters = counters
@@ -183,6 +190,8 @@ class Uploader:
                 status = "uploaded"
             else:
                 status = await self._book_failure(instance, batch, outcome)
+            if status != "retry" and self._outgoing is not None:
+                await asyncio.to_thread(self._outgoing.discard, instance.id)
             timings.append(
                 InstanceTiming(
                     size=instance.size,
@@ -241,8 +250,13 @@ class UploadLoop:
         interval: float,
         drain_timeout: float,
         clock: Callable[[], float] = time.time,
+        outgoing: Outgoing | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self._outgoing = outgoing
+        self._profile_of: SiteSnapshot | None = None
+        self._profile: DeidProfile | None = None
+        self._profile_error: str | None = None
         self._state = state
         self._reaper = reaper
         self._uploader = uploader
@@ -314,17 +328,25 @@ class UploadLoop:
         window_open = self.uploads_open(now)
         batches: list[UploadBatch] = []
         deferred = 0
+        if not self._deid_ready(now):
+            return batches
+        profile = self._profile
         for series in due:
             uid = series.series_instance_uid
             if uid in self._active or self._reap_hold.get(uid, 0.0) > now:
                 continue
-            decision = await self._decision(series)
+            if series.failed_at is not None:
+                await self._fail_series(uid, f"its series failed earlier: {series.failure}")
+                continue
+            decision = await self._decision(series, profile)
             if decision is None or decision.target is None or not decision.upload:
                 continue
             if not window_open:
                 deferred += series.pending
                 continue
             instances = await asyncio.to_thread(self._state.spooled_instances, uid, now)
+            if instances and profile is not None:
+                instances = await self._deidentified(uid, instances, profile)
             if instances:
                 batches.append(
                     UploadBatch(uid, decision.target, tuple(instances[:MAX_BATCH]), self._clock())
@@ -333,14 +355,60 @@ class UploadLoop:
         self._note_window(window_open, deferred)
         return batches
 
-    async def _decision(self, series: SeriesRow) -> SeriesDecision | None:
+    def _deid_ready(self, now: float) -> bool:
+        """Build the de-identification profile of the current snapshot once; False (and
+        nothing may leave) while it cannot be built."""
+        snapshot = self.snapshot
+        if self._profile_of is not snapshot:
+            self._profile_of = snapshot
+            try:
+                self._profile = DeidProfile.of(snapshot.config.deid, snapshot.deid_salt)
+                self._profile_error = None
+            except DeidError as exc:
+                self._profile = None
+                self._profile_error = (
+                    f"nothing is uploaded: the de-identification profile of config revision "
+                    f"{snapshot.revision} cannot be used: {exc}"
+                )
+                log.error("deid.profile_unusable", revision=snapshot.revision, error=str(exc))
+        if self._profile_error is not None:
+            self._counters.record_error(self._profile_error, now)
+            return False
+        return True
+
+    async def _deidentified(
+        self, uid: str, instances: list[InstanceRow], profile: DeidProfile
+    ) -> list[InstanceRow]:
+        """The de-identified copies of `instances`; none when one of them cannot be made,
+        in which case the series has been failed."""
+        if self._outgoing is None:
+            raise RuntimeError("a de-identifying profile needs the outgoing copies directory")
+        outgoing = self._outgoing
+        try:
+            return await asyncio.to_thread(outgoing.prepare, instances, profile)
+        except OutgoingError as exc:
+            for instance in instances:
+                await asyncio.to_thread(outgoing.discard, instance.id)
+            await self._fail_series(uid, exc.reason)
+            return []
+
+    async def _fail_series(self, uid: str, reason: str) -> None:
+        failed = await asyncio.to_thread(self._state.fail_series, uid, reason)
+        self._counters.record_error(
+            f"series {series_key(uid)} failed and stays on the agent: {reason}", self._clock()
+        )
+        log.error("series.failed", series_key=series_key(uid), count=failed, error=reason)
+
+    async def _decision(
+        self, series: SeriesRow, profile: DeidProfile | None
+    ) -> SeriesDecision | None:
         """The series' decision: reaped now if new; late instances of a skipped one skipped."""
         try:
             if series.target is not None:
                 decision = stored_decision(series)
                 if decision.upload:
                     return decision
-            outcome = await self._reaper.reap(series, self.snapshot.config)
+            outcome = await self._reaper.reap(series, self.snapshot.config, profile)
         except ReapError as exc:
             now = self._clock()
             self._reap_hold[series.series_instance_uid] = now + REAP_ERROR_HOLD_OFF_SECONDS
@@ -351,6 +419,11 @@ class UploadLoop:
         self._reap_hold.pop(series.series_instance_uid, None)
         if not outcome.reused:
             self._counters.record_reap(outcome.duration)
+        if outcome.failure is not None:
+            key = series_key(series.series_instance_uid)
+            self._counters.record_error(
+                f"series {key} failed and stays on the agent: {outcome.failure}", self._clock()
+            )
         return outcome.decision
 
     async def _run_batch(self, batch: UploadBatch) -> BatchReport:

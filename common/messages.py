@@ -211,6 +211,19 @@ class ConfigResult(_Frame):
         return self
 
 
+class FailedSeriesReport(BaseModel):
+    """A series that failed as a whole and stays on the agent (its de-identification failed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series_key: str = Field(
+        max_length=64, description="The series' PHI-free key, as in the agent's logs."
+    )
+    reason: Text
+    failed_at: AwareDatetime
+    instances: Count = Field(description="Instances of the series kept on the agent.")
+
+
 class HealthReport(BaseModel):
     """One reading of an agent's health. Durations in seconds, sizes in bytes, counts since
     the agent process started unless said otherwise; null where there is nothing to say yet."""
@@ -228,6 +241,15 @@ class HealthReport(BaseModel):
     deferred_uploads: Count = Field(description="Instances waiting for the upload window.")
     failed_instances: Count = Field(
         description="Instances that failed permanently and are kept for support (durable)."
+    )
+    failed_series: Count = Field(
+        default=0,
+        description="Series failed as a whole (nothing of them left the site), durable.",
+    )
+    failed_series_recent: list[FailedSeriesReport] = Field(
+        default_factory=list,
+        max_length=20,
+        description="The latest series failed as a whole, newest first, with the reason.",
     )
     uploads_succeeded: Count
     uploads_failed: Count

@@ -167,6 +167,15 @@ def judge_report(report: HealthReport, thresholds: Thresholds) -> list[tuple[Age
                     f" of {_duration(thresholds.reap_time)}",
                 )
             )
+    if report.failed_series:
+        latest = report.failed_series_recent[0].reason if report.failed_series_recent else None
+        findings.append(
+            (
+                AgentStatus.degraded,
+                f"{report.failed_series} series failed as a whole and did not leave the site"
+                + (f" (latest: {latest})" if latest else ""),
+            )
+        )
     if report.failed_instances:
         findings.append(
             (
