@@ -30,9 +30,9 @@ import httpx2
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.headers import UnknownKeywordError, validate_keywords
+from agent.headers import keyword_vr
 from agent.retry import backoff, is_retryable
-from common.config import ConfigError, SiteConfig, validate_site_config
+from common.config import ConfigError, SiteConfig, dictionary_problems, validate_site_config
 
 CONFIG_PATH = "/api/v1/agent/config"
 CONFIG_FILE_NAME = "config.json"
@@ -110,8 +110,10 @@ def parse_snapshot(document: Any) -> SiteSnapshot:
         raise ConfigRefused(f"not a config answer ({problems})") from exc
     try:
         config = validate_site_config(answer.config)
-        validate_keywords([config.routing.field, config.upload_policy.field])
-    except (ConfigError, UnknownKeywordError) as exc:
+        unknown = dictionary_problems(config, keyword_vr)
+        if unknown:
+            raise ConfigError(unknown)
+    except ConfigError as exc:
         raise ConfigRefused(str(exc)) from exc
     return SiteSnapshot(
         site=answer.site,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -29,6 +29,7 @@ _HEADER_KEYWORDS = (
     "SeriesInstanceUID",
     "SeriesDescription",
     "SeriesNumber",
+    "AcquisitionNumber",
 )
 
 
@@ -38,6 +39,12 @@ class UnknownKeywordError(ValueError):
 
 class HeaderReadError(Exception):
     """A spooled file could not be read as DICOM."""
+
+
+def keyword_vr(keyword: str) -> str | None:
+    """The VR of the attribute `keyword`, None when the dictionary has no such keyword."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else str(dictionary_VR(tag))
 
 
 def validate_keywords(keywords: Iterable[str]) -> tuple[str, ...]:
@@ -67,7 +74,11 @@ def read_series_header(source: Path | BinaryIO, keywords: Iterable[str]) -> Seri
             stop_before_pixels=True,
             specific_tags=list(dict.fromkeys((*_HEADER_KEYWORDS, *wanted))),
         )
-        fields = {keyword: value for keyword in wanted if (value := _text(dataset, keyword))}
+        fields = {
+            keyword: value
+            for keyword in (*wanted, "AcquisitionNumber")
+            if (value := _text(dataset, keyword))
+        }
         return SeriesHeader(
             patient_id=_text(dataset, "PatientID"),
             study_instance_uid=_text(dataset, "StudyInstanceUID"),

@@ -20,21 +20,22 @@ import asyncio
 import dataclasses
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from common.deid import DeidError
 
 from agent.headers import HeaderReadError, UnknownKeywordError, read_series_header
 from agent.outgoing import DeidProfile
 from agent.state import AgentState, InstanceRow, SeriesRow
-from common.config import SiteConfig
+from common.config import SiteConfig, dicom_keywords
+from common.deid import DeidError
 from common.hierarchy import HierarchyTarget, SeriesHeader, map_to_hierarchy
 from common.logging import series_key
+from common.patterns import apply_patterns
 from common.policy import decide_upload
-from common.routing import RoutingReason, parse_routing
+from common.routing import RoutingDecision, RoutingReason, parse_routing
 
 DECISION_FORMAT = 1
 
@@ -55,6 +56,8 @@ class SeriesDecision:
         if self.target is not None:
             target = dataclasses.asdict(self.target)
             target["routing_reason"] = str(self.target.routing_reason)
+            target["metadata"] = dict(self.target.metadata)
+            target["label_notes"] = list(self.target.label_notes)
         return {
             "format": DECISION_FORMAT,
             "upload": self.upload,
@@ -74,7 +77,11 @@ class SeriesDecision:
         target = None
         if stored is not None:
             target = HierarchyTarget(
-                **{**stored, "routing_reason": RoutingReason(stored["routing_reason"])}
+                **{
+                    **stored,
+                    "routing_reason": RoutingReason(stored["routing_reason"]),
+                    "label_notes": tuple(stored.get("label_notes", ())),
+                }
             )
         return cls(upload=bool(document["upload"]), reason=str(document["reason"]), target=target)
 
@@ -157,14 +164,14 @@ class Reaper:
 
         Raises `DeidError` when the profile cannot de-identify the deciding instance.
         """
-        keywords = (config.routing.field, config.upload_policy.field)
+        keywords = [keyword for _, keyword in dicom_keywords(config)]
         failed = 0
         for instance in self._state.spooled_instances(uid, now):
             try:
                 header = read_series_header(instance.path, keywords)
                 decision = decide(header, config)
                 if profile is not None and decision.upload:
-                    labels = _deidentified_header(instance, profile)
+                    labels = _deidentified_header(instance, profile, keywords)
                     decision = decide(header, config, labels)
             except UnknownKeywordError as exc:
                 raise ReapError(f"cannot reap series {series_key(uid)}: {exc}") from exc
@@ -183,18 +190,38 @@ def decide(
 ) -> SeriesDecision:
     """The pure decision for one series header under one site config.
 
-    Upload policy and routing string come from `header`; the hierarchy labels from `labels`
-    (the de-identified header) when given, else from `header`.
+    Upload policy and routing string come from `header`: the first of `routing.fields` that
+    holds a routing string decides. The metadata patterns and the hierarchy labels read
+    `labels` (the de-identified header) when given, else `header`, so under a de-identifying
+    profile they only ever see what may leave the site.
     """
-    policy = decide_upload(config.upload_policy, header.fields.get(config.upload_policy.field))
+    policy = decide_upload(config.upload_policy, header.value(config.upload_policy.field))
     if not policy.upload:
         return SeriesDecision(upload=False, reason=str(policy.reason), target=None)
-    routing = parse_routing(header.fields.get(config.routing.field))
-    target = map_to_hierarchy(labels or header, routing, config.hierarchy)
+    routing = find_routing(header, config.routing.fields)
+    mapped = labels or header
+    patterns = [(pattern.field, pattern.regex) for pattern in config.metadata.patterns]
+    found = apply_patterns(patterns, mapped.values())
+    target = map_to_hierarchy(mapped, routing, config.hierarchy, found)
     return SeriesDecision(upload=True, reason=str(policy.reason), target=target)
 
 
-def _deidentified_header(instance: InstanceRow, profile: DeidProfile) -> SeriesHeader:
+def find_routing(header: SeriesHeader, fields: Sequence[str]) -> RoutingDecision:
+    """The routing decision of the first field in `fields` that holds a routing string.
+
+    A field whose routing string is invalid decides too (as `invalid_label`): what the
+    operator typed first is what support sees, never silently replaced by a later field.
+    """
+    for keyword in fields:
+        routing = parse_routing(header.value(keyword))
+        if routing.reason is not RoutingReason.no_routing_string:
+            return routing
+    return parse_routing(None)
+
+
+def _deidentified_header(
+    instance: InstanceRow, profile: DeidProfile, keywords: Sequence[str]
+) -> SeriesHeader:
     try:
         original = instance.path.read_bytes()
     except OSError as exc:
@@ -203,7 +230,7 @@ def _deidentified_header(instance: InstanceRow, profile: DeidProfile) -> SeriesH
         ) from exc
     copy = profile.deidentifier.deidentify(original)
     try:
-        return read_series_header(io.BytesIO(copy.data), ())
+        return read_series_header(io.BytesIO(copy.data), keywords)
     except HeaderReadError as exc:
         # The original parsed a moment ago, so the profile broke it.
         raise DeidError(f"the de-identified header is not readable DICOM ({exc})") from exc

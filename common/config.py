@@ -16,7 +16,7 @@ import datetime as dt
 import difflib
 import json
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Self, get_args
 
 import yaml
@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from common.durations import Duration, WorkingHoursField, format_duration
+from common.patterns import check_pattern, template_keywords, vr_problem
 from common.routing import contains_control_characters, group_id_problem, label_problem
 
 __all__ = [
@@ -41,12 +42,16 @@ __all__ = [
     "DicomConfig",
     "DicomPeer",
     "HierarchyConfig",
+    "MetadataConfig",
+    "MetadataPattern",
     "PullConfig",
     "PullSource",
     "RoutingConfig",
     "SiteConfig",
     "TimingConfig",
     "UploadPolicyConfig",
+    "dicom_keywords",
+    "dictionary_problems",
     "load_site_config",
     "site_config_json_schema",
     "validate_site_config",
@@ -117,6 +122,21 @@ def _check_policy_string(value: str) -> str:
             "(e.g. NOFW, NO-UPLOAD)",
         )
     return text
+
+
+def _check_label_template(value: str) -> str:
+    try:
+        keywords = template_keywords(value)
+    except ValueError as exc:
+        raise _invalid("template", f"{value!r} is not a label template: {exc}") from None
+    bad = [keyword for keyword in keywords if not _DICOM_KEYWORD.fullmatch(keyword)]
+    if not keywords or bad:
+        raise _invalid(
+            "template",
+            f"{value!r} is not a label template; name at least one DICOM keyword in braces, "
+            "e.g. '{SeriesNumber} - {SeriesDescription}'",
+        )
+    return value
 
 
 def _check_deid_profile(value: Any) -> Any:
@@ -235,10 +255,23 @@ class PullConfig(_Section):
 
 
 class RoutingConfig(_Section):
-    """Where the routing string is read and where unroutable data goes."""
+    """Where the routing string is read and where unroutable data goes.
 
-    field: DicomKeyword = Field(
-        default="PatientComments", description="DICOM keyword of the attribute to read."
+    `fields` are tried in order and the first one holding a routing string wins. `field` (one
+    keyword) is the first wave's spelling of a one-element `fields`; it is accepted on input
+    and never written back.
+    """
+
+    fields: list[DicomKeyword] = Field(
+        default_factory=lambda: ["PatientComments"],
+        min_length=1,
+        max_length=8,
+        description="DICOM keywords of the attributes searched for a routing string, in order.",
+    )
+    field: DicomKeyword | None = Field(
+        default=None,
+        exclude=True,
+        description="One keyword: the same as fields: [KEYWORD] (kept for older configs).",
     )
     unknown_group: Annotated[str, AfterValidator(_check_group_id)] = Field(
         default="unknown", description="Group id that receives data without a known group."
@@ -246,6 +279,27 @@ class RoutingConfig(_Section):
     unsorted_project: Annotated[str, AfterValidator(_check_project_label)] = Field(
         default="Unsorted", description="Project label for data without a known project."
     )
+
+    @model_validator(mode="after")
+    def _field_is_a_one_element_fields(self) -> Self:
+        if self.field is None:
+            return self
+        if "fields" in self.model_fields_set and self.fields != [self.field]:
+            raise _invalid(
+                "routing",
+                "field and fields are both set and differ; field is the older spelling of a "
+                "one-element fields, so set only fields (e.g. fields: [PatientComments])",
+            )
+        object.__setattr__(self, "fields", [self.field])
+        object.__setattr__(self, "field", None)
+        return self
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_are_distinct(cls, fields: list[str]) -> list[str]:
+        if len(set(fields)) != len(fields):
+            raise _invalid("routing", f"fields {fields} lists a keyword twice; list each once")
+        return fields
 
 
 class UploadPolicyConfig(_Section):
@@ -323,13 +377,52 @@ class TimingConfig(_Section):
         return value
 
 
-class HierarchyConfig(_Section):
-    """How DICOM series map onto acquisitions."""
+AcquisitionGrouping = Literal[
+    "series_instance_uid", "series_description", "series_number_acquisition_number"
+]
 
-    acquisition_grouping: Literal["series_instance_uid", "series_description"] = Field(
-        default="series_instance_uid",
-        description="What groups series into one acquisition.",
+
+class HierarchyConfig(_Section):
+    """Which header attributes name subjects, sessions and acquisitions."""
+
+    subject_field: DicomKeyword = Field(
+        default="PatientID",
+        description="Attribute whose value is the subject label when the routing string and "
+        "the metadata patterns name none.",
     )
+    session_field: DicomKeyword = Field(
+        default="StudyDescription",
+        description="Attribute whose value is the session label when the routing string and "
+        "the metadata patterns name none (else StudyInstanceUID).",
+    )
+    acquisition_label: Annotated[str, AfterValidator(_check_label_template)] = Field(
+        default="{SeriesDescription}",
+        description="Template of the acquisition label over header keywords, e.g. "
+        "'{SeriesNumber} - {SeriesDescription}'; when a named attribute is empty or the "
+        "result is not a usable label, 'Series <SeriesNumber>', then the SeriesInstanceUID.",
+    )
+    acquisition_grouping: AcquisitionGrouping = Field(
+        default="series_instance_uid",
+        description="What groups series into one acquisition: the SeriesInstanceUID, the "
+        "SeriesDescription, or SeriesNumber with AcquisitionNumber.",
+    )
+
+
+class MetadataPattern(_Section):
+    """A regular expression with named groups over one attribute's value.
+
+    Named groups `group`, `project`, `subject`, `session` and `acquisition` fill those labels
+    when the routing string does not; any other named group is kept as session metadata.
+    """
+
+    field: DicomKeyword
+    regex: Annotated[str, AfterValidator(check_pattern)]
+
+
+class MetadataConfig(_Section):
+    """Metadata extraction patterns, tried in order; the first match of each label wins."""
+
+    patterns: list[MetadataPattern] = Field(default_factory=list, max_length=32)
 
 
 class DeidConfig(_Section):
@@ -353,6 +446,7 @@ class SiteConfig(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     upload_policy: UploadPolicyConfig = Field(default_factory=UploadPolicyConfig)
     timing: TimingConfig = Field(default_factory=TimingConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     hierarchy: HierarchyConfig = Field(default_factory=HierarchyConfig)
     deid: DeidConfig = Field(default_factory=DeidConfig)
 
@@ -427,6 +521,48 @@ def load_site_config(text: str) -> SiteConfig:
             ]
         )
     return validate_site_config(document)
+
+
+def dicom_keywords(config: SiteConfig) -> list[tuple[str, str]]:
+    """Every DICOM keyword the config names, as ``(dotted key, keyword)``."""
+    named = [
+        (f"routing.fields[{index}]", keyword) for index, keyword in enumerate(config.routing.fields)
+    ]
+    named.append(("upload_policy.field", config.upload_policy.field))
+    named += [
+        ("hierarchy.subject_field", config.hierarchy.subject_field),
+        ("hierarchy.session_field", config.hierarchy.session_field),
+    ]
+    named += [
+        ("hierarchy.acquisition_label", keyword)
+        for keyword in template_keywords(config.hierarchy.acquisition_label)
+    ]
+    named += [
+        (f"metadata.patterns[{index}].field", pattern.field)
+        for index, pattern in enumerate(config.metadata.patterns)
+    ]
+    return named
+
+
+def dictionary_problems(config: SiteConfig, vr_of: Callable[[str], str | None]) -> list[str]:
+    """What the DICOM data dictionary says is wrong with `config`, as ``key: problem`` lines.
+
+    `vr_of` maps a keyword to its VR, None for a keyword the dictionary lacks (pydicom's
+    dictionary, passed in because this module must not import pydicom). Finds keywords that
+    do not exist and metadata patterns that can never match their attribute's VR.
+    """
+    problems = [
+        f"{where}: {keyword!r} is not a keyword of the DICOM data dictionary; spell it as the "
+        "standard does (e.g. PatientComments)"
+        for where, keyword in dicom_keywords(config)
+        if vr_of(keyword) is None
+    ]
+    for index, pattern in enumerate(config.metadata.patterns):
+        vr = vr_of(pattern.field)
+        problem = vr_problem(pattern.regex, vr) if vr is not None else None
+        if problem is not None:
+            problems.append(f"metadata.patterns[{index}].regex: {problem} ({pattern.field})")
+    return problems
 
 
 def site_config_json_schema() -> dict[str, Any]:

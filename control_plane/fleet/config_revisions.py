@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.config import ConfigError, SiteConfig, load_site_config
+from common.config import ConfigError, SiteConfig, dictionary_problems, load_site_config
+from control_plane.dicom_dictionary import keyword_vr
 from control_plane.errors import BusyError, InvalidConfigError
 from control_plane.fleet.config_diff import config_diff
 from control_plane.models import ConfigRevision, Site
@@ -43,12 +44,16 @@ def parse_config(document: bytes) -> SiteConfig:
             "the site config is not UTF-8 text", [f"byte {exc.start} is not valid UTF-8"]
         ) from exc
     try:
-        return load_site_config(text)
+        config = load_site_config(text)
+        problems = dictionary_problems(config, keyword_vr)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         raise InvalidConfigError(
             "the site config is invalid; fix the keys listed in `problems` and send it again",
             list(exc.problems),
         ) from exc
+    return config
 
 
 def _canonical(config: SiteConfig) -> dict[str, Any]:

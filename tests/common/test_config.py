@@ -63,7 +63,7 @@ def test_every_default_matches_the_design() -> None:
     assert config.dicom.port == 11112
     assert config.dicom.peers == []
     assert config.pull.sources == []
-    assert config.routing.field == "PatientComments"
+    assert config.routing.fields == ["PatientComments"]
     assert config.routing.unknown_group == "unknown"
     assert config.routing.unsorted_project == "Unsorted"
     assert config.upload_policy.mode == "opt-out"
@@ -165,7 +165,8 @@ def test_every_problem_is_listed_in_one_error() -> None:
         "timing.sleep_time: 'soon' is not a duration; "
         "use a number with s, m, h or d (e.g. 30s, 10m, 7d)",
         "hierarchy.acquisition_grouping: 'study' is not allowed; "
-        "use 'series_instance_uid' or 'series_description'",
+        "use 'series_instance_uid', 'series_description' or "
+        "'series_number_acquisition_number'",
     ]
     text = str(error)
     assert text.startswith("invalid site config (5 problems):\n")
@@ -184,7 +185,7 @@ def test_every_problem_is_listed_in_one_error() -> None:
         (
             "routnig: {}",
             "routnig: unknown key (did you mean 'routing'?); allowed keys here: mode, dicom, "
-            "pull, routing, upload_policy, timing, hierarchy, deid",
+            "pull, routing, upload_policy, timing, metadata, hierarchy, deid",
         ),
         (
             "dicom: {peers: [{ae_title: MR1, host: h, port: 104}]}",
@@ -330,11 +331,13 @@ def test_json_schema_describes_every_key_and_refuses_unknown_ones() -> None:
         "routing",
         "upload_policy",
         "timing",
+        "metadata",
         "hierarchy",
         "deid",
     ]
     objects = _objects(schema)
-    assert len(objects) == 10
+    # The document itself and every section and list-item model below it.
+    assert len(objects) == 1 + len(schema["$defs"])
     assert all(obj.get("additionalProperties") is False for obj in objects)
     json.dumps(schema)
 

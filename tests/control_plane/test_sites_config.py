@@ -143,6 +143,54 @@ async def test_invalid_config_is_422_naming_the_key_and_allowed_values(
     assert current["revision"] == 0
 
 
+@pytest.mark.parametrize(
+    ("document", "key", "why"),
+    [
+        (
+            {"metadata": {"patterns": [{"field": "PatientID", "regex": "(?P<subject>\\w+"}]}},
+            "metadata.patterns[0].regex",
+            "is not a regular expression",
+        ),
+        (
+            {"metadata": {"patterns": [{"field": "PatientID", "regex": "(?P<subjet>\\w+)"}]}},
+            "metadata.patterns[0].regex",
+            "did you mean 'subject'",
+        ),
+        (
+            {"metadata": {"patterns": [{"field": "StudyDate", "regex": "^(?P<session>V\\d)$"}]}},
+            "metadata.patterns[0].regex",
+            "a DA value never holds",
+        ),
+        (
+            {"routing": {"fields": ["PatientComments", "StudyComent"]}},
+            "routing.fields[1]",
+            "not a keyword of the DICOM data dictionary",
+        ),
+        (
+            {"hierarchy": {"acquisition_label": "{SeriesNumber} - {SeriesDescriptoin}"}},
+            "hierarchy.acquisition_label",
+            "not a keyword of the DICOM data dictionary",
+        ),
+        (
+            {"hierarchy": {"subject_field": "PatientsName"}},
+            "hierarchy.subject_field",
+            "not a keyword of the DICOM data dictionary",
+        ),
+    ],
+)
+async def test_a_config_the_dicom_dictionary_refutes_is_422_naming_the_key(
+    control_plane: ControlPlane, site: str, document: dict[str, object], key: str, why: str
+) -> None:
+    response = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config", content=json.dumps(document)
+    )
+
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]["problems"]
+    assert problem.startswith(f"{key}: ")
+    assert why in problem
+
+
 async def test_config_that_is_not_text_is_422(control_plane: ControlPlane, site: str) -> None:
     response = await control_plane.admin.put(
         f"/api/v1/sites/{site}/config", content=b"\xff\xfe\x00binary"
