@@ -28,9 +28,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -40,6 +41,7 @@ from common.messages import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
+    COMMAND_ARGUMENTS,
     MAX_TEXT_LENGTH,
     SUPPORTED_VERSIONS,
     Command,
@@ -94,6 +96,9 @@ class LinkOwner(Protocol):
 
     def record_error(self, message: str) -> None:
         """Make `message` the agent's latest error (a PHI-free sentence)."""
+
+    async def run_command(self, name: str, args: dict[str, Any]) -> tuple[bool, str]:
+        """Carry out a support command; whether it worked and a PHI-free detail."""
 
 
 class ConfigStore(Protocol):
@@ -300,6 +305,24 @@ class ControlPlaneLink:
             raise ValueError(f"the agent token file {self._token_file} is empty")
         return token
 
+    async def run_command(self, name: str, args: dict[str, Any]) -> tuple[bool, str]:
+        """Run a command the control plane sent; an unknown one or bad arguments fail here."""
+        model = COMMAND_ARGUMENTS.get(name)
+        if model is None:
+            known = ", ".join(sorted(COMMAND_ARGUMENTS))
+            return False, f"this agent has no command {name!r}; it knows {known}"
+        try:
+            model.model_validate(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'args'}: {error['msg']}"
+                for error in exc.errors(include_url=False)
+            )
+            return False, f"bad arguments for {name}: {problems}"[:MAX_TEXT_LENGTH]
+        log.info("link.command", reason=name)
+        ok, detail = await self._owner.run_command(name, args)
+        return ok, detail[:MAX_TEXT_LENGTH]
+
     async def apply(self, message: ConfigMessage) -> ConfigResult:
         """Validate, apply and store one pushed config; the `config_result` to answer with."""
         try:
@@ -365,13 +388,9 @@ class _Conversation:
                 await self.send(Pong(nonce=nonce))
             case Pong():
                 pass
-            case Command(id=command_id, name=name):
-                # No command is implemented yet; the protocol asks for an answer regardless.
-                await self.send(
-                    CommandResult(
-                        id=command_id, ok=False, detail=f"this agent has no command {name!r}"
-                    )
-                )
+            case Command(id=command_id, name=name, args=args):
+                ok, detail = await self._link.run_command(name, args)
+                await self.send(CommandResult(id=command_id, ok=ok, detail=detail))
             case Error(code=code, message=text):
                 log.warning("link.control_plane_error", error=code.value, detail=text)
             case _:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
-from common.deid import DeidError
 from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient, SiteSnapshot
@@ -49,7 +49,8 @@ from agent.tracing import PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.uploader import Uploader, UploadLoop
-from common.logging import configure_logging
+from common.deid import DeidError
+from common.logging import configure_logging, series_key
 from common.messages import HealthReport
 from common.telemetry import configure_tracing
 
@@ -165,6 +166,25 @@ class AgentRuntime:
     def record_error(self, message: str) -> None:
         """Make `message` (a PHI-free sentence) the latest error shown in health."""
         self.counters.record_error(message, self._clock())
+
+    async def run_command(self, name: str, args: dict[str, Any]) -> tuple[bool, str]:
+        """Carry out a support command sent over the link (arguments already validated)."""
+        state = self._state
+        if state is None:
+            return False, "the agent is not running yet; try again once it reports health"
+        if name in ("retry_series", "discard_series"):
+            key = str(args["series_key"])
+            uid = await asyncio.to_thread(_failed_series_by_key, state, key)
+            if uid is None:
+                return False, f"no failed series {key} on this agent"
+            if name == "retry_series":
+                count = await asyncio.to_thread(state.retry_series, uid)
+                if self._upload_loop is not None:
+                    self._upload_loop.wake()
+                return True, f"series {key}: {count} instance(s) queued for upload again"
+            count = await asyncio.to_thread(state.discard_series, uid, "discarded by support")
+            return True, f"series {key}: {count} instance(s) discarded and deleted"
+        return False, f"this agent has no command {name!r}"
 
     async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
         """Run until `stop()` or cancellation; call `ready(port)` once DICOM is accepted."""
@@ -449,6 +469,14 @@ def main(settings: AgentSettings, *, ready: Callable[[int], None] | None = None)
         provider.shutdown()  # flushes spans still batched for export
     log.info("agent.stopped")
     return 0
+
+
+def _failed_series_by_key(state: AgentState, key: str) -> str | None:
+    _, failed = state.failed_series(limit=sys.maxsize)
+    for series in failed:
+        if series_key(series.series_instance_uid) == key:
+            return series.series_instance_uid
+    return None
 
 
 def _root_causes(exc: BaseException) -> list[BaseException]:

@@ -263,6 +263,20 @@ _SELECT_SERIES = """
     FROM series s
     WHERE s.series_instance_uid = ?
 """
+# A series needs support when it failed as a whole or holds failed instances. SQLite returns
+# the bare columns of the row holding max(finished_at): the latest failed instance's error.
+_SELECT_FAILED_SERIES = """
+    SELECT s.series_instance_uid,
+        coalesce(s.failed_at, max(i.finished_at), s.last_received_at),
+        coalesce(s.failure, i.last_error, 'instances failed'),
+        count(i.id)
+    FROM series s
+    LEFT JOIN instances i
+        ON i.series_instance_uid = s.series_instance_uid AND i.state = 'failed'
+    GROUP BY s.series_instance_uid
+    HAVING s.failed_at IS NOT NULL OR count(i.id) > 0
+    ORDER BY 2 DESC, s.series_instance_uid
+"""
 _SELECT_SPOOLED = """
     SELECT id, sop_instance_uid, series_instance_uid, study_instance_uid, sha256, size, path,
         received_at, spooled_at, state, attempts, next_attempt_at, last_error
@@ -546,20 +560,69 @@ class AgentState:
             ).rowcount
 
     def failed_series(self, limit: int = 20) -> tuple[int, list[FailedSeries]]:
-        """How many series failed as a whole, and the latest `limit` of them."""
+        """Series that need support, and the latest `limit` of them.
+
+        A series needs support when it failed as a whole (`fail_series`) or holds instances
+        that failed for good (refused by the destination, unreadable, out of retries); its
+        reason is the series' failure, else the latest failed instance's error.
+        """
         with self._transaction(write=False) as db:
-            (count,) = db.execute(
-                "SELECT count(*) FROM series WHERE failed_at IS NOT NULL"
+            rows = db.execute(_SELECT_FAILED_SERIES).fetchall()
+        failed = [FailedSeries(*row) for row in rows]
+        return len(failed), failed[:limit]
+
+    def retry_series(self, series_instance_uid: str) -> int:
+        """Put the failed instances of a series back in the spool to be tried again.
+
+        A series failed as a whole is reaped again under the config in force then (its
+        decision is dropped); one with refused instances keeps its decision. Returns how many
+        instances are spooled again.
+        """
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT failed_at FROM series WHERE series_instance_uid = ?",
+                (series_instance_uid,),
             ).fetchone()
-            rows = db.execute(
-                "SELECT s.series_instance_uid, s.failed_at, s.failure, "
-                "  (SELECT count(*) FROM instances i WHERE i.series_instance_uid = "
-                "   s.series_instance_uid AND i.state = 'failed') "
-                "FROM series s WHERE s.failed_at IS NOT NULL "
-                "ORDER BY s.failed_at DESC, s.series_instance_uid LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return int(count), [FailedSeries(*row) for row in rows]
+            if found is None:
+                raise InvalidTransitionError("cannot retry a series that is not known")
+            if found[0] is not None:
+                db.execute(
+                    "UPDATE series SET failed_at = NULL, failure = NULL, target = NULL, "
+                    "reaped_at = NULL WHERE series_instance_uid = ?",
+                    (series_instance_uid,),
+                )
+            return db.execute(
+                "UPDATE instances SET state = 'spooled', attempts = 0, next_attempt_at = NULL, "
+                "finished_at = NULL WHERE series_instance_uid = ? AND state = 'failed'",
+                (series_instance_uid,),
+            ).rowcount
+
+    def discard_series(self, series_instance_uid: str, reason: str) -> int:
+        """Give up on the failed instances of a series: record `reason`, delete their files.
+
+        Returns how many instances were discarded; the series no longer needs support.
+        """
+        with self._transaction() as db:
+            paths = [
+                path
+                for (path,) in db.execute(
+                    "SELECT path FROM instances WHERE series_instance_uid = ? AND state = 'failed'",
+                    (series_instance_uid,),
+                )
+            ]
+            updated = db.execute(
+                "UPDATE series SET failed_at = NULL, failure = NULL WHERE series_instance_uid = ?",
+                (series_instance_uid,),
+            ).rowcount
+            if updated != 1:
+                raise InvalidTransitionError("cannot discard a series that is not known")
+            discarded = db.execute(
+                "UPDATE instances SET state = 'skipped', skip_reason = ?, finished_at = ? "
+                "WHERE series_instance_uid = ? AND state = 'failed'",
+                (reason, self._clock(), series_instance_uid),
+            ).rowcount
+            self._commit_then_remove_unreferenced(db, paths)
+        return discarded
 
     def schedule_retry(self, instance_id: int, error: str, next_attempt_at: float) -> None:
         """A retryable failure: attempts + 1, remember the error, try again at `next_attempt_at`."""

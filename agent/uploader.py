@@ -44,6 +44,11 @@ from common.logging import series_key
 
 # Bounds the rows held in memory for one series; the rest is picked up by the next tick.
 MAX_BATCH = 500
+# Transient failures are retried with a backoff capped at agent.retry.BACKOFF_CAP_SECONDS, so
+# this many attempts is about a week of a destination that never accepts: then the instance is
+# failed with the last error, for support to retry or discard (`retry_series`), instead of
+# waiting unseen for ever.
+RETRY_BUDGET_ATTEMPTS = 4000
 # A series that could not be reaped (bad stored decision, bad keyword) is tried again after
 # this long rather than on every tick, so the log says it once a minute, not twice a second.
 REAP_ERROR_HOLD_OFF_SECONDS = 60.0
@@ -218,7 +223,9 @@ class Uploader:
             log.error("upload.unexpected_error", error=message)
         self._counters.record_error(message, now)
         key = series_key(batch.series_instance_uid)
-        if is_retryable(exc):
+        if is_retryable(exc) and instance.attempts + 1 >= RETRY_BUDGET_ATTEMPTS:
+            message = f"gave up after {instance.attempts + 1} attempts: {message}"
+        elif is_retryable(exc):
             wait = backoff(instance.attempts, rng=self._rng)
             await asyncio.to_thread(self._state.schedule_retry, instance.id, message, now + wait)
             self._counters.retries_scheduled += 1

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cli.admin import admin_app
+from cli.admin_series import series_app
 
 app = typer.Typer(
     name="dicom-connector",
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+admin_app.add_typer(series_app, name="series")
 app.add_typer(admin_app, name="admin")
 
 AdminTokenOption = Annotated[

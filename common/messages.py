@@ -281,6 +281,21 @@ class Command(_Frame):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class SeriesCommandArgs(BaseModel):
+    """The arguments of `retry_series` and `discard_series`: the series by its PHI-free key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series_key: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
+COMMAND_ARGUMENTS: dict[str, type[BaseModel]] = {
+    "retry_series": SeriesCommandArgs,
+    "discard_series": SeriesCommandArgs,
+}
+"""The commands an agent knows, with the model of their `args`."""
+
+
 class CommandResult(_Frame):
     """Agent → control plane: the outcome of the command with the same id."""
 

@@ -112,3 +112,29 @@ class CommandAnswer(BaseModel):
     id: uuid.UUID
     ok: bool
     detail: str | None
+
+
+class FailedSeriesPublic(BaseModel):
+    """A series an agent could not deliver and keeps, with its files, for support."""
+
+    agent_id: uuid.UUID
+    agent: str
+    series_key: str = Field(description="The series' PHI-free key, as in the agent's logs.")
+    reason: str
+    failed_at: datetime
+    instances: int
+
+
+class SeriesActionResult(BaseModel):
+    """What one agent did with a retry or discard of a failed series."""
+
+    agent_id: uuid.UUID
+    ok: bool
+    detail: str | None
+
+
+class SeriesActionAnswer(BaseModel):
+    """Answer of `POST /api/v1/sites/{site}/series/{series_key}/{retry|discard}`."""
+
+    series_key: str
+    results: list[SeriesActionResult]

@@ -11,6 +11,7 @@ from control_plane.api.routes import (
     fleet_health,
     groups,
     ingest,
+    series,
     sites,
 )
 
@@ -20,6 +21,7 @@ for _module in (
     acquisitions,
     files,
     sites,
+    series,
     agents,
     fleet_health,
     agent_config,
