@@ -128,6 +128,7 @@ class HealthSnapshot:
     pull_sources: tuple[PullSourceHealth, ...] = ()
     failed_series: int = 0
     failed_series_recent: tuple[FailedSeriesHealth, ...] = ()
+    skipped_series: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the CLI and the health report)."""
@@ -151,6 +152,7 @@ def take_snapshot(
     """Compute the health snapshot (blocking: reads the state database and the disk)."""
     stats = state.stats()
     failed_series, recent_failures = state.failed_series()
+    skipped_series = state.skipped_series()
     durations = [
         source.last_round_duration
         for source in pull_sources
@@ -191,6 +193,7 @@ def take_snapshot(
         ),
         pull_sources=tuple(pull_sources),
         failed_series=failed_series,
+        skipped_series=skipped_series,
         failed_series_recent=tuple(
             FailedSeriesHealth(
                 series_key(failed.series_instance_uid),
@@ -225,6 +228,7 @@ def health_report(snapshot: HealthSnapshot) -> HealthReport:
         last_error=None if last_error is None else last_error[:MAX_TEXT_LENGTH],
         last_error_at=None if at is None else dt.datetime.fromtimestamp(at, dt.UTC),
         failed_series=snapshot.failed_series,
+        skipped_series=dict(snapshot.skipped_series),
         failed_series_recent=[
             FailedSeriesReport(
                 series_key=failed.series_key,

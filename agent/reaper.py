@@ -30,12 +30,11 @@ from agent.headers import HeaderReadError, UnknownKeywordError, read_series_head
 from agent.outgoing import DeidProfile
 from agent.state import AgentState, InstanceRow, SeriesRow
 from common.config import SiteConfig, dicom_keywords
+from common.decision import plan_series
 from common.deid import DeidError
-from common.hierarchy import HierarchyTarget, SeriesHeader, map_to_hierarchy
+from common.hierarchy import HierarchyTarget, SeriesHeader
 from common.logging import series_key
-from common.patterns import apply_patterns
-from common.policy import decide_upload
-from common.routing import RoutingDecision, RoutingReason, parse_routing
+from common.routing import RoutingReason
 
 DECISION_FORMAT = 1
 
@@ -188,35 +187,11 @@ class Reaper:
 def decide(
     header: SeriesHeader, config: SiteConfig, labels: SeriesHeader | None = None
 ) -> SeriesDecision:
-    """The pure decision for one series header under one site config.
-
-    Upload policy and routing string come from `header`: the first of `routing.fields` that
-    holds a routing string decides. The metadata patterns and the hierarchy labels read
-    `labels` (the de-identified header) when given, else `header`, so under a de-identifying
-    profile they only ever see what may leave the site.
-    """
-    policy = decide_upload(config.upload_policy, header.value(config.upload_policy.field))
-    if not policy.upload:
-        return SeriesDecision(upload=False, reason=str(policy.reason), target=None)
-    routing = find_routing(header, config.routing.fields)
-    mapped = labels or header
-    patterns = [(pattern.field, pattern.regex) for pattern in config.metadata.patterns]
-    found = apply_patterns(patterns, mapped.values())
-    target = map_to_hierarchy(mapped, routing, config.hierarchy, found)
-    return SeriesDecision(upload=True, reason=str(policy.reason), target=target)
-
-
-def find_routing(header: SeriesHeader, fields: Sequence[str]) -> RoutingDecision:
-    """The routing decision of the first field in `fields` that holds a routing string.
-
-    A field whose routing string is invalid decides too (as `invalid_label`): what the
-    operator typed first is what support sees, never silently replaced by a later field.
-    """
-    for keyword in fields:
-        routing = parse_routing(header.value(keyword))
-        if routing.reason is not RoutingReason.no_routing_string:
-            return routing
-    return parse_routing(None)
+    """The decision for one series header under one site config (`common.decision`)."""
+    plan = plan_series(header, config, labels)
+    return SeriesDecision(
+        upload=plan.policy.upload, reason=str(plan.policy.reason), target=plan.target
+    )
 
 
 def _deidentified_header(

@@ -571,6 +571,16 @@ class AgentState:
         failed = [FailedSeries(*row) for row in rows]
         return len(failed), failed[:limit]
 
+    def skipped_series(self) -> dict[str, int]:
+        """How many series the upload policy declined, per reason (opted_out, not_opted_in)."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT json_extract(target, '$.reason'), count(*) FROM series "
+                "WHERE target IS NOT NULL AND json_extract(target, '$.upload') = 0 "
+                "GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        return {str(reason): int(count) for reason, count in rows}
+
     def retry_series(self, series_instance_uid: str) -> int:
         """Put the failed instances of a series back in the spool to be tried again.
 

@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from common.deid import DeidError
 
 from agent.config_client import SiteSnapshot
 from agent.health import PipelineCounters
@@ -39,6 +38,7 @@ from agent.state import AgentState, InstanceRow, SeriesRow
 from agent.tracing import InstanceTiming, PipelineTracer
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
 from common.config import RoutingConfig
+from common.deid import DeidError
 from common.hierarchy import HierarchyTarget
 from common.logging import series_key
 

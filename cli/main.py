@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cli.admin import admin_app
+from cli.admin_routing import route_check
 from cli.admin_series import series_app
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 admin_app.add_typer(series_app, name="series")
+admin_app.command("route-check")(route_check)
 app.add_typer(admin_app, name="admin")
 
 AdminTokenOption = Annotated[

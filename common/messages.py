@@ -58,6 +58,7 @@ from pydantic import (
 )
 
 from common.config import SiteConfig, validate_site_config
+from common.policy import PolicyReason
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -245,6 +246,11 @@ class HealthReport(BaseModel):
     failed_series: Count = Field(
         default=0,
         description="Series failed as a whole (nothing of them left the site), durable.",
+    )
+    skipped_series: dict[PolicyReason, Count] = Field(
+        default_factory=dict,
+        description="Series the upload policy declined, per reason (durable): a count of "
+        "not_opted_in that grows while nothing uploads says the opt-in string is not typed.",
     )
     failed_series_recent: list[FailedSeriesReport] = Field(
         default_factory=list,

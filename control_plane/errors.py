@@ -64,6 +64,12 @@ class NoAnswerError(ControlPlaneError):
     http_status = 504
 
 
+class InvalidRequestError(ControlPlaneError):
+    """A request that is well-formed but cannot be answered as asked; the message says why."""
+
+    http_status = 422
+
+
 class InvalidConfigError(ControlPlaneError):
     """A site config that does not validate; `problems` name each key, value and what is allowed."""
 

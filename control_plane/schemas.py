@@ -8,7 +8,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -360,3 +360,51 @@ class AgentPublic(BaseModel):
         default=None, description="The config revision the agent applied and runs on."
     )
     health: AgentHealth | NoHealth = Field(default_factory=NoHealth)
+
+
+class RoutingCheckRequest(BaseModel):
+    """Body of `POST /api/v1/routing/check`: a routing string, header values, or both.
+
+    `headers` maps DICOM keywords to values as a scanner would send them; `routing_string`
+    stands for the value of the site's first routing field. `site` is needed when the control
+    plane has more than one site.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str | None = Field(default=None, max_length=64)
+    routing_string: str | None = Field(default=None, max_length=1024)
+    headers: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> Self:
+        if self.routing_string is None and not self.headers:
+            raise ValueError("send a routing_string, headers ({KEYWORD: value}), or both")
+        return self
+
+
+class RoutingSuggestion(BaseModel):
+    """An existing group (and its nearest project) close to a name that was not found."""
+
+    group: str
+    project: str | None
+
+
+class RoutingCheckAnswer(BaseModel):
+    """Where a series would land under the site's current config, and why.
+
+    `upload` false (with `policy_reason`) means the upload policy would skip it; the labels
+    are then null. `notes` say which configured label sources were passed over and why.
+    """
+
+    upload: bool
+    policy_reason: str
+    group: str | None
+    project: str | None
+    subject: str | None
+    session: str | None
+    acquisition: str | None
+    reason: RoutingReason | None
+    routing_string: str | None
+    suggestions: list[RoutingSuggestion]
+    notes: list[str]

@@ -11,6 +11,7 @@ from control_plane.api.routes import (
     fleet_health,
     groups,
     ingest,
+    routing_check,
     series,
     sites,
 )
@@ -18,6 +19,7 @@ from control_plane.api.routes import (
 api_router = APIRouter(prefix="/api/v1")
 for _module in (
     groups,
+    routing_check,
     acquisitions,
     files,
     sites,

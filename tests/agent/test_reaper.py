@@ -90,6 +90,18 @@ async def test_reap_skips_a_series_without_the_opt_in_string_under_opt_in(
     assert state.stats().skipped_count == 2
 
 
+async def test_skipped_series_are_counted_per_reason_for_health(
+    state: AgentState, spool: Spool
+) -> None:
+    site = config(upload_policy={"mode": "opt-in", "strings": ["FWUPLOAD"]})
+    for comments in ("no string here", "nothing either", "FWUPLOAD fw://neuro/study-a"):
+        datasets = series_datasets(1, comments=comments)
+        spool_datasets(spool, datasets, T0)
+        await Reaper(state).reap(due(state, datasets[0].SeriesInstanceUID), site)
+
+    assert state.skipped_series() == {"not_opted_in": 2}
+
+
 async def test_reap_routes_a_series_with_a_routing_string_and_stores_the_target(
     state: AgentState, spool: Spool
 ) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from agent.reaper import decide, find_routing
+from agent.reaper import decide
 from common.config import HierarchyConfig, validate_site_config
+from common.decision import find_routing
 from common.hierarchy import SeriesHeader, map_to_hierarchy
 from common.patterns import apply_patterns
 from common.routing import RoutingReason, parse_routing
