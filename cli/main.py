@@ -14,6 +14,7 @@ import typer
 from cli.admin import admin_app
 from cli.admin_routing import route_check
 from cli.admin_series import series_app
+from cli.admin_sessions import sessions_app
 
 app = typer.Typer(
     name="dicom-connector",
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 admin_app.add_typer(series_app, name="series")
+admin_app.add_typer(sessions_app, name="sessions")
 admin_app.command("route-check")(route_check)
 app.add_typer(admin_app, name="admin")
 

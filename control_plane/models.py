@@ -266,3 +266,25 @@ class File(Base):
     created_at: Mapped[datetime] = _created_at()
     replaced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("files.id"))
+
+
+class SessionEvent(Base):
+    """A session moved to another project, or purged with its files, and who did it.
+
+    Purge events outlive their session, so `session_id` is no foreign key. Subject and
+    session labels are not kept: a purged session's labels may be what had to go.
+    """
+
+    __tablename__ = "session_events"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    session_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    from_group: Mapped[str] = mapped_column(String(64))
+    from_project: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    to_group: Mapped[str | None] = mapped_column(String(64))
+    to_project: Mapped[str | None] = mapped_column(String(LABEL_LENGTH))
+    files: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

@@ -8,7 +8,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, Self, TypeVar
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -163,6 +163,7 @@ class AcquisitionPublic(BaseModel):
     series_instance_uid: str
     routing_reason: RoutingReason
     routing_string: str | None
+    session_id: uuid.UUID
     files: list[FilePublic]
 
 
@@ -408,3 +409,52 @@ class RoutingCheckAnswer(BaseModel):
     routing_string: str | None
     suggestions: list[RoutingSuggestion]
     notes: list[str]
+
+
+class SessionMove(BaseModel):
+    """Body of `POST /api/v1/sessions/{id}/move`: the project the session belongs in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: GroupId
+    project: ProjectLabel
+
+
+class SessionEventPublic(BaseModel):
+    """A move or purge of a session: from where, to where, how much, who and when."""
+
+    kind: Literal["moved", "purged"]
+    from_group: str
+    from_project: str
+    to_group: str | None
+    to_project: str | None
+    files: int
+    bytes: int
+    actor: str
+    at: datetime
+
+
+class SessionPublic(BaseModel):
+    """A session, where it is now and how it got there."""
+
+    id: uuid.UUID
+    group: str
+    project: str
+    subject: str
+    session: str
+    routing_reason: RoutingReason
+    routing_string: str | None
+    history: list[SessionEventPublic]
+
+
+class PurgedSession(BaseModel):
+    """Answer of `DELETE /api/v1/sessions/{id}`: what was deleted, by whom."""
+
+    id: uuid.UUID
+    group: str
+    project: str
+    files: int
+    bytes: int
+    blobs_removed: int
+    purged_by: str
+    purged_at: datetime

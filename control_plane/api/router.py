@@ -13,6 +13,7 @@ from control_plane.api.routes import (
     ingest,
     routing_check,
     series,
+    sessions,
     sites,
 )
 
@@ -21,6 +22,7 @@ for _module in (
     groups,
     routing_check,
     acquisitions,
+    sessions,
     files,
     sites,
     series,

@@ -85,6 +85,20 @@ class BlobStore:
         """Move a received upload to its content address and make the rename durable."""
         return await asyncio.to_thread(self._keep, received)
 
+    async def remove(self, digests: list[str]) -> int:
+        """Delete the blobs of `digests` (their rows are gone); how many files were removed."""
+        return await asyncio.to_thread(self._remove, digests)
+
+    def _remove(self, digests: list[str]) -> int:
+        removed = 0
+        for digest in digests:
+            try:
+                self.path_of(digest).unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
     async def discard(self, received: ReceivedBlob) -> None:
         """Remove a received upload that must not be kept."""
         await asyncio.to_thread(received.temp_path.unlink, missing_ok=True)

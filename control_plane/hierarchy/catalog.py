@@ -54,6 +54,7 @@ async def list_acquisitions(
             series_instance_uid=acquisition.series_instance_uid,
             routing_reason=RoutingReason(study.routing_reason),
             routing_string=study.routing_string,
+            session_id=study.id,
             files=files[acquisition.id],
         )
         for acquisition, study, subject_label, group_id, project_label in rows

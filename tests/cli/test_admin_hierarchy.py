@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.control_plane.instances import new_uid, part10, sha256_hex
 from tests.support.dicom_factory import make_instance, write_files
 from tests.support.served_control_plane import ADMIN_TOKEN, served_control_plane
 
@@ -66,3 +67,30 @@ def test_a_dicom_file_is_checked_with_the_attributes_the_config_reads(
 
     assert "neuro/study-ms/sub-9/Brain (acquisition T1)" in output
     assert "reason: routed" in output
+
+
+def test_a_session_is_moved_and_purged_from_the_cli(base_url: str) -> None:
+    uid, series = new_uid(), new_uid()
+    body = part10(uid, series_instance_uid=series)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/dicom"}
+    with httpx2.Client(base_url=base_url, headers=headers) as client:
+        client.post(
+            "/api/v1/ingest",
+            content=body,
+            params={
+                "subject": "sub-1",
+                "session": "ses-1",
+                "acquisition": "T1",
+                "series_instance_uid": series,
+                "sop_instance_uid": uid,
+                "sha256": sha256_hex(body),
+            },
+        ).raise_for_status()
+        [acquisition] = client.get("/api/v1/acquisitions").json()["items"]
+    session_id = acquisition["session_id"]
+
+    moved = _admin(base_url, "sessions", "move", session_id, "neuro", "study-ms")
+    assert "neuro/study-ms/sub-1/ses-1" in moved
+    assert "unknown/Unsorted" in _admin(base_url, "sessions", "show", session_id)
+    purged = _admin(base_url, "sessions", "purge", "--yes", session_id)
+    assert "1 file(s)" in purged
