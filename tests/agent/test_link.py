@@ -199,15 +199,23 @@ async def test_a_config_put_while_connected_is_applied_and_restarts_the_listener
 
 
 async def test_a_config_naming_no_dicom_keyword_is_refused_and_the_old_one_keeps_running(
-    admin: httpx2.AsyncClient, start: Callable[[], Running], agent_settings: AgentSettings
+    admin: httpx2.AsyncClient,
+    start: Callable[[], Running],
+    agent_settings: AgentSettings,
+    database_url: str,
 ) -> None:
     agent_id = await _register(admin, agent_settings.token_file)
     agent = start()
     await agent.started()
     await agent.runtime.link.wait_connected()
-
     misspelt = FAST_CONFIG | {"routing": {"field": "PatientComentz"}}
-    await _call(admin, "PUT", f"/api/v1/sites/{SITE}/config", json=misspelt)
+
+    refused = await admin.put(f"/api/v1/sites/{SITE}/config", json=misspelt)
+    assert refused.status_code == 422
+    assert "PatientComentz" in refused.text
+    # A revision stored behind the API's back (by a control plane from before the dictionary
+    # check): the agent refuses it itself and keeps running its config.
+    _store_revision_directly(database_url, SITE, 2, misspelt)
 
     shown = await _eventually(
         admin, f"/api/v1/agents/{agent_id}", lambda a: a["health"].get("config_failure")
@@ -218,6 +226,29 @@ async def test_a_config_naming_no_dicom_keyword_is_refused_and_the_old_one_keeps
     assert shown["config_revision"] == 1
     assert agent.runtime.applied_revision == 1
     assert _stored_revision(agent_settings) == 1
+
+
+def _store_revision_directly(
+    database_url: str, site: str, revision: int, config: dict[str, Any]
+) -> None:
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from control_plane.database_url import sync_database_url
+    from control_plane.models import ConfigRevision, Site
+
+    engine = create_engine(sync_database_url(database_url))
+    try:
+        with Session(engine) as session:
+            site_id = session.scalar(select(Site.id).where(Site.name == site))
+            session.add(
+                ConfigRevision(
+                    site_id=site_id, revision=revision, config=config, diff=[], created_by="old"
+                )
+            )
+            session.commit()
+    finally:
+        engine.dispose()
 
 
 async def test_a_slow_reap_reported_in_a_heartbeat_turns_the_site_degraded(
