@@ -175,7 +175,7 @@ def test_a_version_1_state_database_is_upgraded_and_keeps_its_instances(tmp_path
         with state.transaction(write=False) as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             (ledger_id,) = db.execute("SELECT value FROM pull_meta").fetchone()
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3
         assert len(ledger_id) == 32
         assert PullLedger(state).summary(SOURCE).tracked == 0
     finally:
