@@ -21,107 +21,25 @@ import os
 import random
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx2
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.headers import keyword_vr
-from agent.retry import backoff, is_retryable
-from common.config import ConfigError, SiteConfig, dictionary_problems, validate_site_config
+from agent.http_retry import is_retryable
+from agent.retry import backoff
+from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
 
 CONFIG_PATH = "/api/v1/agent/config"
 CONFIG_FILE_NAME = "config.json"
-DEFAULT_TIMEZONE = "UTC"
 # A fresh agent waiting for its first config should notice the control plane within a minute.
 _INITIAL_WAIT_CAP_SECONDS = 60.0
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SiteSnapshot:
-    """One validated revision of the site config, with the site's name and timezone."""
-
-    site: str
-    revision: int
-    timezone: str
-    config: SiteConfig
-    # The site's de-identification salt; None only in a last-known-good written before salts
-    # were delivered, which a de-identifying profile then refuses to run on.
-    deid_salt: str | None = field(default=None, repr=False)
-
-    @property
-    def zone(self) -> ZoneInfo:
-        """The site's timezone (working hours are wall-clock times in it)."""
-        return ZoneInfo(self.timezone)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON document stored as the last-known-good config."""
-        return {
-            "site": self.site,
-            "revision": self.revision,
-            "timezone": self.timezone,
-            "config": self.config.model_dump(mode="json"),
-            "deid_salt": self.deid_salt,
-        }
-
-
 class ConfigUnavailable(Exception):
     """The control plane could not be asked, or did not answer with a config."""
-
-
-class ConfigRefused(Exception):
-    """The control plane answered with a config this agent cannot accept."""
-
-
-class _Answer(BaseModel):
-    """The envelope of `GET /api/v1/agent/config` (and of the stored last-known-good)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    site: str = Field(min_length=1)
-    revision: int = Field(ge=0)
-    timezone: str | None = None
-    config: dict[str, Any]
-    deid_salt: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _iana_zone(cls, value: str | None) -> str | None:
-        if value is not None and not _known_zone(value):
-            raise ValueError(f"{value!r} is not an IANA timezone name such as 'Europe/Berlin'")
-        return value
-
-
-def parse_snapshot(document: Any) -> SiteSnapshot:
-    """Validate a config answer (or a stored last-known-good); raise `ConfigRefused` if invalid."""
-    try:
-        answer = _Answer.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])) or 'answer'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise ConfigRefused(f"not a config answer ({problems})") from exc
-    try:
-        config = validate_site_config(answer.config)
-        unknown = dictionary_problems(config, keyword_vr)
-        if unknown:
-            raise ConfigError(unknown)
-    except ConfigError as exc:
-        raise ConfigRefused(str(exc)) from exc
-    return SiteSnapshot(
-        site=answer.site,
-        revision=answer.revision,
-        timezone=answer.timezone or DEFAULT_TIMEZONE,
-        config=config,
-        deid_salt=answer.deid_salt,
-    )
 
 
 class ConfigClient:
@@ -266,11 +184,3 @@ class ConfigClient:
         if not token:
             raise ConfigUnavailable(f"the agent token file {self._token_file} is empty")
         return token
-
-
-def _known_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True

@@ -35,8 +35,8 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from agent.config_client import ConfigRefused, SiteSnapshot, parse_snapshot
 from agent.retry import backoff
+from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
 from common.messages import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REPLACED,

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 from opentelemetry.trace import TracerProvider
 
-from agent.config_client import ConfigClient, SiteSnapshot
+from agent.config_client import ConfigClient
 from agent.data_dir_lock import DataDirLock
 from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
@@ -43,6 +43,7 @@ from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
 from agent.reaper import Reaper
 from agent.settings import AgentSettings
+from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState
 from agent.tracing import PipelineTracer

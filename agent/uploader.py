@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.config_client import SiteSnapshot
 from agent.health import PipelineCounters
+from agent.http_retry import is_retryable
 from agent.outgoing import DeidProfile, Outgoing, OutgoingError
 from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
-from agent.retry import backoff, is_retryable
+from agent.retry import backoff
+from agent.site import SiteSnapshot
 from agent.state import AgentState, InstanceRow, SeriesRow
 from agent.tracing import InstanceTiming, PipelineTracer
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult

@@ -49,7 +49,6 @@ if str(REPO_ROOT) not in sys.path:
 from _machine import process_cpu_seconds  # noqa: E402  (bench/, the script's directory)
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from agent.config_client import SiteSnapshot  # noqa: E402
 from agent.data_dir_lock import DataDirLock  # noqa: E402
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener  # noqa: E402
 from agent.dicom.scu import Scu, SourceAddress, SpoolSink  # noqa: E402
@@ -58,6 +57,7 @@ from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec  # noqa: E402
 from agent.pull.ledger import PullLedger  # noqa: E402
 from agent.pull.poller import SourcePoller  # noqa: E402
 from agent.pull.query import FULL_ROUND_EVERY, QueryRounds  # noqa: E402
+from agent.site import SiteSnapshot  # noqa: E402
 from agent.spool import Spool  # noqa: E402
 from agent.state import AgentState  # noqa: E402
 from common.config import validate_site_config  # noqa: E402

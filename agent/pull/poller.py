@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.config_client import SiteSnapshot
 from agent.dicom.scu import Scu, SourceAddress, SourceError, SpoolSink
 from agent.health import PipelineCounters, PullSourceHealth
 from agent.pull.ledger import PullLedger, RoundChanges, TrackedSeries
 from agent.pull.query import QueryRounds
 from agent.pull.retrieval import RetrievalResult, Retriever
 from agent.retry import backoff
+from agent.site import SiteSnapshot
 from agent.state import AgentState
 from common.config import PullSource
 from common.logging import series_key

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import structlog
 
-from agent.config_client import SiteSnapshot
 from agent.dicom.scu import SpoolSink
 from agent.health import PipelineCounters, PullSourceHealth
 from agent.pull.ledger import PullLedger, bind_ledger
 from agent.pull.poller import SourcePoller, source_key
+from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState
 

@@ -21,7 +21,7 @@ from typing import IO, Any, TypeVar
 import httpx2
 import stamina
 
-from agent.retry import is_retryable
+from agent.http_retry import is_retryable
 from agent.state import InstanceRow
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.config_client import ConfigClient, ConfigRefused, ConfigUnavailable, parse_snapshot
+from agent.config_client import ConfigClient, ConfigUnavailable
+from agent.site import ConfigRefused, parse_snapshot
 from tests.agent.test_upload_store_double import AGENT_TOKEN, StoreDouble
 from tests.support.environment import free_port
 

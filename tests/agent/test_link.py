@@ -17,9 +17,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from agent.config_client import ConfigClient, parse_snapshot
+from agent.config_client import ConfigClient
 from agent.runtime import AgentRuntime
 from agent.settings import AgentSettings
+from agent.site import parse_snapshot
 from tests.agent.test_reaper import series_datasets
 from tests.agent.test_runtime import Running
 from tests.agent.test_upload_store_double import UvicornThread

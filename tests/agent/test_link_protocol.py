@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from agent.config_client import ConfigClient, parse_snapshot
+from agent.config_client import ConfigClient
 from agent.runtime import AgentRuntime
 from agent.settings import AgentSettings
+from agent.site import parse_snapshot
 from common.messages import (
     Command,
     CommandResult,

@@ -19,7 +19,8 @@ from agent.pull.ledger import (
 )
 from agent.runtime import AgentRuntime
 from agent.settings import AgentSettings
-from agent.state import _MIGRATIONS, SCHEMA_VERSION, AgentState, StateError
+from agent.state import SCHEMA_VERSION, AgentState, StateError
+from agent.state.schema import MIGRATIONS
 from tests.agent.test_runtime import config_answer
 from tests.agent.test_upload_store_double import AGENT_TOKEN, StoreDouble
 
@@ -162,7 +163,7 @@ def test_a_round_of_one_source_leaves_the_series_of_another_alone(ledger: PullLe
 def test_a_version_1_state_database_is_upgraded_and_keeps_its_instances(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
-        db.executescript(_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
         db.execute(
             "INSERT INTO series (series_instance_uid, study_instance_uid, first_received_at, "
             "last_received_at) VALUES ('1.1', '1', 1, 1)"

@@ -18,12 +18,12 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from agent.config_client import SiteSnapshot
 from agent.dicom.scp import DicomListener
 from agent.dicom.scu import SpoolSink
 from agent.health import PipelineCounters
 from agent.pull.ledger import PullLedger, SeriesState
 from agent.pull.poller import SourcePoller
+from agent.site import SiteSnapshot
 from agent.spool import Spool, SpoolFull
 from agent.state import AddOutcome, AgentState
 from common.config import validate_site_config

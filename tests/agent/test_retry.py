@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.retry import BACKOFF_CAP_SECONDS, backoff, is_retryable
+from agent.http_retry import is_retryable
+from agent.retry import BACKOFF_CAP_SECONDS, backoff
 from agent.upload.base import UploadError
 
 _REQUEST = httpx2.Request("POST", "http://store.invalid/api/v1/ingest")

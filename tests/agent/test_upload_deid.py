@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from agent.config_client import SiteSnapshot
 from agent.health import PipelineCounters, health_report, take_snapshot
 from agent.outgoing import DeidProfile, Outgoing
 from agent.reaper import Reaper
+from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState, InstanceState
 from agent.upload.builtin_store import BuiltinStoreDestination

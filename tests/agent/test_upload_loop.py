@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.config_client import SiteSnapshot
 from agent.health import PipelineCounters
 from agent.reaper import Reaper
+from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState, InstanceRow
 from agent.upload.base import BatchLimits, UploadError, UploadResult

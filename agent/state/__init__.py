@@ -1,0 +1,39 @@
+"""The agent's durable bookkeeping of spooled instances and their series (SQLite, WAL).
+
+One database file under the data directory, in four modules: `schema` (the migrations and
+opening a file as a state database), `database` (the connection, one transaction at a time,
+and deleting a spool file only after the commit that makes it unreferenced), `store`
+(`AgentState`: instances and series through their states), and `rows` (the values it hands
+out). The pull ledger's tables live in this database too; their queries are the pull ledger's
+own repository, `agent.pull.ledger`, through `AgentState.transaction`.
+
+Must not import pynetdicom, HTTP libraries or control_plane.
+"""
+
+from agent.state.errors import InvalidTransitionError, StateError, StateFullError
+from agent.state.rows import (
+    AddOutcome,
+    FailedSeries,
+    InstanceRow,
+    InstanceState,
+    SeriesRow,
+    SpooledInstance,
+    SpoolStats,
+)
+from agent.state.schema import SCHEMA_VERSION
+from agent.state.store import AgentState
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AddOutcome",
+    "AgentState",
+    "FailedSeries",
+    "InstanceRow",
+    "InstanceState",
+    "InvalidTransitionError",
+    "SeriesRow",
+    "SpoolStats",
+    "SpooledInstance",
+    "StateError",
+    "StateFullError",
+]
