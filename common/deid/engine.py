@@ -1,0 +1,178 @@
+"""`Deidentifier`: the one entry point of de-identification, for the agent and the preview.
+
+Built once per config revision (`Deidentifier.from_config`), immutable afterwards, so worker
+threads may share it. Two kinds of profile, one contract:
+
+- ``basic``: the Basic Profile plan of `basic.py` (built from Table E.1-1) applied by
+  `rewrite.py` at every depth and in the file meta. fw-file-rs cannot express it faithfully:
+  its sequence recursion applies top-level rules twice, refuses regex selectors, skips the
+  file meta and repeating groups such as (50xx,xxxx) are not selectable.
+- a Flywheel-format profile: applied by fw-file-rs (`flywheel.py`) with the site's salt. The
+  UIDs its ``hashuid`` rules replaced are then replaced wherever else they occur (file meta,
+  references in sequences), so an instance never refers to its own original UIDs. That
+  second pass parses the instance only when an original UID is still present in the bytes.
+
+Every failure is a `DeidError` whose reason quotes no DICOM value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+
+from common.config import DeidConfig
+from common.deid.basic import BasicPlan, build_basic_plan
+from common.deid.errors import DeidError
+from common.deid.flywheel import FlywheelRules, engine_reason
+from common.deid.preview import AttributeChange, dataset_changes
+from common.deid.rewrite import apply_basic_plan
+
+__all__ = ["AttributeChange", "DeidError", "DeidentifiedInstance", "Deidentifier"]
+
+_INSTANCE_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_UID_CHARS = frozenset(bytes([byte]) for byte in b"0123456789.")
+
+
+@dataclass(frozen=True, slots=True)
+class DeidentifiedInstance:
+    """The de-identified Part-10 bytes and the (new) UIDs the upload needs."""
+
+    data: bytes
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+
+
+class Deidentifier:
+    """Applies one site's de-identification profile; cheap to call from any thread."""
+
+    def __init__(self, *, kind: Literal["basic", "flywheel"], salt: str, plan: BasicPlan | None,
+                 rules: FlywheelRules | None) -> None:  # fmt: skip
+        self.kind = kind
+        self._salt = salt
+        self._plan = plan
+        self._rules = rules
+
+    @classmethod
+    def from_config(cls, deid: DeidConfig, salt: str) -> Deidentifier | None:
+        """The de-identifier for a validated config, or None for profile ``none``.
+
+        Raises:
+            ValueError: for an empty salt (every hash and UID would be guessable).
+        """
+        if deid.profile == "none":
+            return None
+        if not salt:
+            raise ValueError("a de-identification salt is required; the site has none")
+        if deid.profile == "basic":
+            return cls(kind="basic", salt=salt, plan=build_basic_plan(deid.options), rules=None)
+        return cls(kind="flywheel", salt=salt, plan=None, rules=FlywheelRules(deid.profile, salt))
+
+    def __repr__(self) -> str:
+        # The salt must never show up in a log line or a traceback.
+        return f"Deidentifier(kind={self.kind!r})"
+
+    def deidentify(self, part10: bytes) -> DeidentifiedInstance:
+        """De-identify one Part-10 instance (pixel data included, unchanged).
+
+        Raises:
+            DeidError: the instance cannot be read or the profile cannot apply to it.
+        """
+        if self._plan is not None:
+            ds = _read(part10)
+            apply_basic_plan(ds, self._plan, self._salt)
+            return _instance(_write(ds), ds)
+        assert self._rules is not None
+        try:
+            data, replaced = self._rules.apply(part10)
+        except ValueError as exc:
+            raise DeidError(engine_reason(str(exc))) from None
+        if any(_contains_uid(data, uid) for uid in replaced):
+            ds = _read(data)
+            _replace_uids(ds, replaced)
+            return _instance(_write(ds), ds)
+        try:
+            uids = self._rules.new_uids(data)
+        except ValueError:
+            raise DeidError("the de-identified instance cannot be parsed as DICOM") from None
+        return _checked(data, uids)
+
+    def preview(self, part10: bytes) -> list[AttributeChange]:
+        """What `deidentify` changes in this instance, attribute by attribute.
+
+        Raises:
+            DeidError: as `deidentify`.
+        """
+        before = _read(part10, stop_before_pixels=True)
+        after = _read(self.deidentify(part10).data, stop_before_pixels=True)
+        return dataset_changes(before, after)
+
+
+def _read(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
+    try:
+        return dcmread(BytesIO(data), stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, EOFError):
+        raise DeidError("not a DICOM Part-10 instance (no preamble and file meta)") from None
+    except (ValueError, TypeError, OSError, KeyError):
+        raise DeidError("the instance cannot be parsed as DICOM") from None
+
+
+def _write(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    try:
+        dcmwrite(buffer, ds, enforce_file_format=True)
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        raise DeidError("the de-identified instance cannot be encoded") from None
+    return buffer.getvalue()
+
+
+def _instance(data: bytes, ds: Dataset) -> DeidentifiedInstance:
+    return _checked(data, {keyword: str(ds.get(keyword) or "") for keyword in _INSTANCE_UIDS})
+
+
+def _checked(data: bytes, uids: dict[str, str]) -> DeidentifiedInstance:
+    for keyword in _INSTANCE_UIDS:
+        if not uids.get(keyword):
+            raise DeidError(f"the de-identified instance has no {keyword}")
+    return DeidentifiedInstance(
+        data=data,
+        sop_instance_uid=uids["SOPInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+    )
+
+
+def _contains_uid(data: bytes, uid: str) -> bool:
+    # A UID followed by a digit or a dot is only the start of a longer UID.
+    needle = uid.encode()
+    start = data.find(needle)
+    while start >= 0:
+        end = start + len(needle)
+        if end == len(data) or data[end : end + 1] not in _UID_CHARS:
+            return True
+        start = data.find(needle, start + 1)
+    return False
+
+
+def _replace_uids(ds: Dataset, replaced: dict[str, str]) -> None:
+    def visit(dataset: Dataset) -> None:
+        for tag in list(dataset.keys()):
+            elem = dataset[tag]
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    visit(item)
+            elif elem.VR == "UI" and elem.value:
+                if elem.VM > 1:
+                    elem.value = [replaced.get(str(uid), str(uid)) for uid in elem.value]
+                else:
+                    elem.value = replaced.get(str(elem.value), str(elem.value))
+
+    visit(ds)
+    if "file_meta" in ds.__dict__:
+        visit(ds.file_meta)

@@ -1,0 +1,163 @@
+"""Flywheel-format de-identification profiles (``version: 1``, ``dicom: {...}``) and fw-file-rs.
+
+A site brings the profile it already uses; fw-file-rs (Flywheel's engine, pinned in
+pyproject.toml) validates and applies it. This module checks a profile when the config is
+saved (`profile_problems`) and builds the engine for one profile and one salt
+(`FlywheelRules`). It imports no pydicom, so `common.config` can use it; fw-file-rs itself is
+imported only when a profile is checked or built.
+
+Keys we refuse, and why (each would otherwise be accepted and not do what it says):
+
+- ``dicom.salt``: the control plane keeps the site's salt and it is always the one used;
+  a salt written in a config document would be shown to everyone who can read the config.
+- ``dicom.recurse-sequence``: fw-file-rs 0.9.1 applies every top-level rule twice when it
+  recurses (a date is shifted twice, a hash is hashed again) and leaves the file meta alone,
+  so the result is neither what the profile says nor consistent; use ``profile: basic`` for
+  data with identifying sequences.
+- ``dicom.filenames``, ``dicom.file-filter``, ``dicom.stop-tags``, ``json``: they rename or
+  select files, or stop reading the header early; the connector de-identifies whole instances.
+- engine warnings (for example an ``encrypt`` action of another tool): accepted by fw-file-rs
+  as a no-op, so refused here.
+
+``uid-suffix-fields`` defaults to 0 here (fw-file-rs keeps the original UID's last component
+by default, which would carry part of the original UID out of the site).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+__all__ = ["FlywheelRules", "engine_reason", "profile_problems"]
+
+_REFUSED_DICOM_KEYS = {
+    "salt": "the site's salt is kept by the control plane and always used for hashing; "
+    "remove salt from the profile",
+    "recurse-sequence": "not supported: fw-file-rs 0.9.1 applies top-level rules twice when it "
+    "recurses; remove it (profile basic de-identifies nested sequences)",
+    "filenames": "file renaming does not apply to the connector, which uploads instances; "
+    "remove it",
+    "file-filter": "file filters do not apply to the connector, which de-identifies every "
+    "instance it uploads; remove it",
+    "stop-tags": "the connector de-identifies the whole header; remove it",
+}
+_INSTANCE_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_PATH = re.compile(r"^[A-Za-z0-9_.\-\[\]]+$")
+_ACTION = re.compile(r"Failed to apply ([a-z-]+) action")
+_TAG = re.compile(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)")
+# Engine phrases that describe a problem without quoting a value: only these reach a reason.
+_SAFE_PHRASES = (
+    "UID is too short to be hashed",
+    "Unable to parse date field",
+    "Unable to parse datetime field",
+    "input contains invalid characters",
+    "premature end of input",
+)
+
+
+def profile_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every problem of a Flywheel-format profile as ``(path inside the profile, message)``.
+
+    An empty list means fw-file-rs accepts the profile and nothing in it is refused here.
+    """
+    from fw_file_rs.dcm import DeidProfile
+
+    problems: list[tuple[str, str]] = []
+    dicom = document.get("dicom")
+    if not isinstance(dicom, Mapping) or not dicom:
+        problems.append(("dicom", "missing; a profile needs a dicom section with its fields"))
+    else:
+        problems += [
+            (f"dicom.{key}", reason) for key, reason in _REFUSED_DICOM_KEYS.items() if key in dicom
+        ]
+    if document.get("json") is not None:
+        problems.append(("json", "the connector de-identifies DICOM only; remove the section"))
+    try:
+        text = yaml.safe_dump(_plain(document), sort_keys=False)
+    except yaml.YAMLError:
+        return [*problems, ("", "cannot be written as YAML; use plain mappings, lists and text")]
+    result = DeidProfile.validate_yaml(text)
+    for message in (*result["errors"], *result["warnings"]):
+        path, separator, rest = str(message).partition(": ")
+        if separator and _PATH.match(path):
+            problems.append((path, rest))
+        else:
+            problems.append(("", str(message)))
+    return problems
+
+
+class FlywheelRules:
+    """fw-file-rs built once for one profile and one site salt; safe to share between threads."""
+
+    def __init__(self, document: Mapping[str, Any], salt: str) -> None:
+        from fw_file_rs.dcm import Context
+
+        profile = copy.deepcopy(_plain(document))
+        dicom = dict(profile.get("dicom") or {})
+        dicom["salt"] = salt
+        dicom.setdefault("uid-suffix-fields", 0)
+        profile["dicom"] = dicom
+        fields = list(dicom.get("fields") or [])
+        hashed = {
+            rule.get("name") for rule in fields if isinstance(rule, Mapping) and "hashuid" in rule
+        }
+        if "SOPInstanceUID" in hashed and not hashed & {
+            "MediaStorageSOPInstanceUID",
+            "(0002,0003)",
+        }:
+            # The file meta repeats the SOP Instance UID; fw-file-rs remaps it the same way
+            # when asked to, which spares a second pass over the instance.
+            fields.append({"name": "MediaStorageSOPInstanceUID", "hashuid": True})
+            dicom["fields"] = fields
+        self.hashes_uids = bool(hashed)
+        self._context = Context().deid_profile(yaml.safe_dump(profile, sort_keys=False))
+
+    def new_uids(self, data: bytes) -> dict[str, str]:
+        """SOP Instance, Series and Study Instance UID of de-identified bytes (absent: "")."""
+        from fw_file_rs.dcm import parse_header
+
+        header = parse_header(data, include_tags=list(_INSTANCE_UIDS))
+        return {keyword: str(header.get(keyword) or "") for keyword in _INSTANCE_UIDS}
+
+    def apply(self, part10: bytes) -> tuple[bytes, dict[str, str]]:
+        """The de-identified bytes and the UIDs the profile replaced (original → new).
+
+        Raises:
+            ValueError: from fw-file-rs; its message may quote values, see `engine_reason`.
+        """
+        if not self.hashes_uids:
+            return bytes(self._context.deid_header(part10)), {}
+        data, report = self._context.deid_header_with_report(part10)
+        replaced = {
+            str(entry["value_before"]): str(entry["value_after"])
+            for entry in report
+            if entry.get("action") == "hash-uid"
+            and entry.get("value_before")
+            and entry.get("value_after")
+        }
+        return bytes(data), replaced
+
+
+def engine_reason(message: str) -> str:
+    """A reason for an fw-file-rs failure that keeps only what cannot be a DICOM value."""
+    action = _ACTION.search(message)
+    reason = (
+        f"the profile's {action.group(1)} rule cannot be applied to this instance"
+        if action
+        else "the de-identification profile cannot be applied to this instance"
+    )
+    tag = _TAG.search(message)
+    if tag:
+        reason += f" at {tag.group(0)}"
+    phrase = next((phrase for phrase in _SAFE_PHRASES if phrase in message), None)
+    if phrase:
+        reason += f" ({phrase})"
+    return reason
+
+
+def _plain(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(key): value for key, value in document.items()}
