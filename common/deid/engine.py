@@ -22,6 +22,7 @@ from io import BytesIO
 from typing import Literal
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
@@ -36,6 +37,7 @@ from common.deid.rewrite import apply_basic_plan
 __all__ = ["AttributeChange", "DeidError", "DeidentifiedInstance", "Deidentifier"]
 
 _INSTANCE_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_NOT_PART10 = "not a DICOM Part-10 instance (no preamble and file meta)"
 _UID_CHARS = frozenset(bytes([byte]) for byte in b"0123456789.")
 
 
@@ -89,13 +91,19 @@ class Deidentifier:
             apply_basic_plan(ds, self._plan, self._salt)
             return _instance(_write(ds), ds)
         assert self._rules is not None
+        if part10[128:132] != b"DICM":
+            raise DeidError(_NOT_PART10)
         try:
             data, replaced = self._rules.apply(part10)
         except ValueError as exc:
+            _read(part10)  # an unreadable instance is named as such
             raise DeidError(engine_reason(str(exc))) from None
-        if any(_contains_uid(data, uid) for uid in replaced):
+        if replaced and (_may_nest(data) or any(_contains_uid(data, u) for u in replaced)):
             ds = _read(data)
-            _replace_uids(ds, replaced)
+            try:
+                _replace_uids(ds, replaced, self._rules)
+            except ValueError as exc:
+                raise DeidError(engine_reason(str(exc))) from None
             return _instance(_write(ds), ds)
         try:
             uids = self._rules.new_uids(data)
@@ -118,7 +126,7 @@ def _read(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
     try:
         return dcmread(BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError):
-        raise DeidError("not a DICOM Part-10 instance (no preamble and file meta)") from None
+        raise DeidError(_NOT_PART10) from None
     except (ValueError, TypeError, OSError, KeyError):
         raise DeidError("the instance cannot be parsed as DICOM") from None
 
@@ -160,19 +168,42 @@ def _contains_uid(data: bytes, uid: str) -> bool:
     return False
 
 
-def _replace_uids(ds: Dataset, replaced: dict[str, str]) -> None:
-    def visit(dataset: Dataset) -> None:
+def _may_nest(data: bytes) -> bool:
+    # Explicit VR marks a sequence with "SQ" and two reserved zero bytes; implicit VR
+    # (transfer syntax 1.2.840.10008.1.2) cannot be told without parsing.
+    return b"SQ\x00\x00" in data or b"1.2.840.10008.1.2\x00" in data[:1024]
+
+
+def _replace_uids(ds: Dataset, replaced: dict[str, str], rules: FlywheelRules) -> None:
+    """Give every occurrence of a UID the profile replaced its new value, and hash the UIDs
+    of hashuid-named attributes inside sequences (fw-file-rs reaches the top level only)."""
+
+    def new_uid(elem: DataElement, uid: str, nested: bool) -> str:
+        if uid in replaced:
+            return replaced[uid]
+        if nested and (
+            elem.keyword in rules.hashed_names or _tag_text(elem.tag) in rules.hashed_names
+        ):
+            replaced[uid] = rules.hash_uid(uid)
+            return replaced[uid]
+        return uid
+
+    def visit(dataset: Dataset, nested: bool) -> None:
         for tag in list(dataset.keys()):
             elem = dataset[tag]
             if elem.VR == "SQ":
                 for item in elem.value:
-                    visit(item)
+                    visit(item, True)
             elif elem.VR == "UI" and elem.value:
                 if elem.VM > 1:
-                    elem.value = [replaced.get(str(uid), str(uid)) for uid in elem.value]
+                    elem.value = [new_uid(elem, str(uid), nested) for uid in elem.value]
                 else:
-                    elem.value = replaced.get(str(elem.value), str(elem.value))
+                    elem.value = new_uid(elem, str(elem.value), nested)
 
-    visit(ds)
+    visit(ds, False)
     if "file_meta" in ds.__dict__:
-        visit(ds.file_meta)
+        visit(ds.file_meta, False)
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

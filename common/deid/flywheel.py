@@ -19,6 +19,10 @@ Keys we refuse, and why (each would otherwise be accepted and not do what it say
 - engine warnings (for example an ``encrypt`` action of another tool): accepted by fw-file-rs
   as a no-op, so refused here.
 
+UIDs that ``hashuid`` rules replace are replaced everywhere else too (file meta, references in
+sequences, see `engine.py`); a reference to an instance (Referenced SOP Instance UID) follows
+the instance when SOP Instance UID is hashed.
+
 ``uid-suffix-fields`` defaults to 0 here (fw-file-rs keeps the original UID's last component
 by default, which would carry part of the original UID out of the site).
 """
@@ -45,7 +49,11 @@ _REFUSED_DICOM_KEYS = {
     "instance it uploads; remove it",
     "stop-tags": "the connector de-identifies the whole header; remove it",
 }
+_UID_SETTINGS = ("salt", "uid-prefix-fields", "uid-suffix-fields", "uid-numeric-name")
 _INSTANCE_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_PARSE_ERROR = re.compile(
+    r"^YAML parse error: \d+:\d+: ([A-Za-z0-9_.\-\[\]]+): (.*?)(?: at line \d+ column \d+)?$"
+)
 _PATH = re.compile(r"^[A-Za-z0-9_.\-\[\]]+$")
 _ACTION = re.compile(r"Failed to apply ([a-z-]+) action")
 _TAG = re.compile(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)")
@@ -82,12 +90,27 @@ def profile_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [*problems, ("", "cannot be written as YAML; use plain mappings, lists and text")]
     result = DeidProfile.validate_yaml(text)
     for message in (*result["errors"], *result["warnings"]):
-        path, separator, rest = str(message).partition(": ")
-        if separator and _PATH.match(path):
-            problems.append((path, rest))
-        else:
-            problems.append(("", str(message)))
+        problems.append(_located(str(message), document, DeidProfile))
     return problems
+
+
+def _located(message: str, document: Mapping[str, Any], profile_class: Any) -> tuple[str, str]:
+    parse_error = _PARSE_ERROR.match(message)
+    if parse_error:
+        # A parse error points at a line of the YAML we wrote; find the field it is about.
+        path, rest = parse_error.group(1), parse_error.group(2)
+        dicom = document.get("dicom")
+        fields = dicom.get("fields") if isinstance(dicom, Mapping) else None
+        if path == "dicom.fields" and isinstance(fields, list):
+            for index, rule in enumerate(fields):
+                alone = yaml.safe_dump({"version": 1, "dicom": {"fields": [rule]}})
+                if profile_class.validate_yaml(alone)["errors"]:
+                    return f"dicom.fields[{index}]", rest
+        return path, rest
+    path, separator, rest = message.partition(": ")
+    if separator and _PATH.match(path):
+        return path, rest
+    return "", message
 
 
 class FlywheelRules:
@@ -114,7 +137,31 @@ class FlywheelRules:
             fields.append({"name": "MediaStorageSOPInstanceUID", "hashuid": True})
             dicom["fields"] = fields
         self.hashes_uids = bool(hashed)
+        names = {str(name) for name in hashed if name}
+        if "SOPInstanceUID" in names:
+            # A reference to an instance must follow the instance's new UID.
+            names |= {"ReferencedSOPInstanceUID", "ReferencedSOPInstanceUIDInFile"}
+        self.hashed_names = frozenset(names)
         self._context = Context().deid_profile(yaml.safe_dump(profile, sort_keys=False))
+        # The same hashuid settings on a one-attribute instance: how fw-file-rs would hash
+        # any UID, for the references inside sequences that it does not reach itself.
+        uid_only = {key: dicom[key] for key in _UID_SETTINGS if key in dicom}
+        uid_only["fields"] = [{"name": "SOPInstanceUID", "hashuid": True}]
+        self._uid_context = Context().deid_profile(
+            yaml.safe_dump({"version": 1, "dicom": uid_only}, sort_keys=False)
+        )
+
+    def hash_uid(self, uid: str) -> str:
+        """The UID fw-file-rs's hashuid gives `uid` under this profile and salt."""
+        from fw_file_rs.dcm import create_dcm_as_bytes
+
+        _, report = self._uid_context.deid_header_with_report(
+            create_dcm_as_bytes({"SOPInstanceUID": uid})
+        )
+        for entry in report:
+            if entry.get("action") == "hash-uid" and entry.get("value_after"):
+                return str(entry["value_after"])
+        raise ValueError("fw-file-rs did not hash the UID")
 
     def new_uids(self, data: bytes) -> dict[str, str]:
         """SOP Instance, Series and Study Instance UID of de-identified bytes (absent: "")."""
