@@ -17,11 +17,13 @@ Every failure is a `DeidError` whose reason quotes no DICOM value.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Literal
 
 from pydicom import dcmread
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -60,6 +62,11 @@ class Deidentifier:
         self._salt = salt
         self._plan = plan
         self._rules = rules
+        # The explicit-VR-LE header of each attribute hashuid names: tag and "UI".
+        self._uid_patterns = [
+            (keyword, struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"UI")
+            for keyword, tag in _tags(rules.hashed_names if rules else frozenset())
+        ]
 
     @classmethod
     def from_config(cls, deid: DeidConfig, salt: str) -> Deidentifier | None:
@@ -94,22 +101,41 @@ class Deidentifier:
         if part10[128:132] != b"DICM":
             raise DeidError(_NOT_PART10)
         try:
-            data, replaced = self._rules.apply(part10)
+            data, replaced, new_at_top = self._rules.apply(part10)
         except ValueError as exc:
             _read(part10)  # an unreadable instance is named as such
             raise DeidError(engine_reason(str(exc))) from None
-        if replaced and (_may_nest(data) or any(_contains_uid(data, u) for u in replaced)):
+        if replaced and self._uids_left_behind(data, replaced, new_at_top):
             ds = _read(data)
             try:
                 _replace_uids(ds, replaced, self._rules)
             except ValueError as exc:
                 raise DeidError(engine_reason(str(exc))) from None
             return _instance(_write(ds), ds)
-        try:
-            uids = self._rules.new_uids(data)
-        except ValueError:
-            raise DeidError("the de-identified instance cannot be parsed as DICOM") from None
+        uids = {keyword: new_at_top.get(keyword, "") for keyword in _INSTANCE_UIDS}
+        if not all(uids.values()):
+            # Instance UIDs the profile keeps are read back from the output.
+            header = _read(data, stop_before_pixels=True)
+            uids = {keyword: uids[keyword] or str(header.get(keyword) or "") for keyword in uids}
         return _checked(data, uids)
+
+    def _uids_left_behind(
+        self, data: bytes, replaced: dict[str, str], new_at_top: dict[str, str]
+    ) -> bool:
+        """Whether a UID the profile hashes may still sit somewhere fw-file-rs did not reach.
+
+        Decided on the bytes, so the common case costs no parse: an original UID still
+        present, or a hashuid-named attribute occurring more often than fw-file-rs hashed it
+        at the top level (so it also occurs inside a sequence). Syntaxes other than explicit
+        VR little endian always get the full pass.
+        """
+        if b"1.2.840.10008.1.2\x00" in data[:1024] or b"1.2.840.10008.1.2.2\x00" in data[:1024]:
+            return True
+        if any(_contains_uid(data, uid) for uid in replaced):
+            return True
+        return any(
+            data.count(pattern) > (keyword in new_at_top) for keyword, pattern in self._uid_patterns
+        )
 
     def preview(self, part10: bytes) -> list[AttributeChange]:
         """What `deidentify` changes in this instance, attribute by attribute.
@@ -168,10 +194,18 @@ def _contains_uid(data: bytes, uid: str) -> bool:
     return False
 
 
-def _may_nest(data: bytes) -> bool:
-    # Explicit VR marks a sequence with "SQ" and two reserved zero bytes; implicit VR
-    # (transfer syntax 1.2.840.10008.1.2) cannot be told without parsing.
-    return b"SQ\x00\x00" in data or b"1.2.840.10008.1.2\x00" in data[:1024]
+def _tags(names: frozenset[str]) -> list[tuple[str, int]]:
+    """(keyword, tag) for attribute names given as keywords or as (gggg,eeee)."""
+    found = []
+    for name in sorted(names):
+        if name.startswith("("):
+            tag = int(name.strip("()").replace(",", ""), 16)
+            found.append((keyword_for_tag(tag) or name, tag))
+        else:
+            known = tag_for_keyword(name)
+            if known is not None:
+                found.append((name, known))
+    return found
 
 
 def _replace_uids(ds: Dataset, replaced: dict[str, str], rules: FlywheelRules) -> None:

@@ -50,7 +50,6 @@ _REFUSED_DICOM_KEYS = {
     "stop-tags": "the connector de-identifies the whole header; remove it",
 }
 _UID_SETTINGS = ("salt", "uid-prefix-fields", "uid-suffix-fields", "uid-numeric-name")
-_INSTANCE_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 _PARSE_ERROR = re.compile(
     r"^YAML parse error: \d+:\d+: ([A-Za-z0-9_.\-\[\]]+): (.*?)(?: at line \d+ column \d+)?$"
 )
@@ -163,30 +162,26 @@ class FlywheelRules:
                 return str(entry["value_after"])
         raise ValueError("fw-file-rs did not hash the UID")
 
-    def new_uids(self, data: bytes) -> dict[str, str]:
-        """SOP Instance, Series and Study Instance UID of de-identified bytes (absent: "")."""
-        from fw_file_rs.dcm import parse_header
-
-        header = parse_header(data, include_tags=list(_INSTANCE_UIDS))
-        return {keyword: str(header.get(keyword) or "") for keyword in _INSTANCE_UIDS}
-
-    def apply(self, part10: bytes) -> tuple[bytes, dict[str, str]]:
-        """The de-identified bytes and the UIDs the profile replaced (original → new).
+    def apply(self, part10: bytes) -> tuple[bytes, dict[str, str], dict[str, str]]:
+        """The de-identified bytes, the UIDs the profile replaced (original → new) and the new
+        UID of each top-level attribute it replaced (keyword → new UID).
 
         Raises:
             ValueError: from fw-file-rs; its message may quote values, see `engine_reason`.
         """
         if not self.hashes_uids:
-            return bytes(self._context.deid_header(part10)), {}
+            return bytes(self._context.deid_header(part10)), {}, {}
         data, report = self._context.deid_header_with_report(part10)
-        replaced = {
-            str(entry["value_before"]): str(entry["value_after"])
+        hashed = [
+            entry
             for entry in report
             if entry.get("action") == "hash-uid"
             and entry.get("value_before")
             and entry.get("value_after")
-        }
-        return bytes(data), replaced
+        ]
+        replaced = {str(entry["value_before"]): str(entry["value_after"]) for entry in hashed}
+        by_path = {str(entry.get("path")): str(entry["value_after"]) for entry in hashed}
+        return bytes(data), replaced, by_path
 
 
 def engine_reason(message: str) -> str:
