@@ -54,11 +54,28 @@ class DeidCost:
 
 def flywheel_30_rule_profile() -> dict[str, Any]:
     """A realistic site profile: 30 field rules of every kind fw-file-rs supports."""
-    replace = ["PatientName", "ReferringPhysicianName", "PerformingPhysicianName",
-               "OperatorsName", "InstitutionName", "InstitutionAddress", "StationName"]
-    remove = ["PatientBirthDate", "PatientAddress", "PatientTelephoneNumbers", "OtherPatientIDs",
-              "OtherPatientNames", "PatientComments", "AdditionalPatientHistory",
-              "MedicalRecordLocator", "StudyComments", "RequestingPhysician", "ImageComments"]
+    replace = [
+        "PatientName",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "InstitutionName",
+        "InstitutionAddress",
+        "StationName",
+    ]
+    remove = [
+        "PatientBirthDate",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "PatientComments",
+        "AdditionalPatientHistory",
+        "MedicalRecordLocator",
+        "StudyComments",
+        "RequestingPhysician",
+        "ImageComments",
+    ]
     hashed = ["PatientID", "AccessionNumber", "StudyID"]
     uids = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"]
     dates = ["StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"]
