@@ -32,13 +32,19 @@ from pydicom.filewriter import dcmwrite
 from common.config import DeidConfig
 from common.deid.basic import BasicPlan, build_basic_plan
 from common.deid.errors import DeidError
+from common.deid.fast_rewrite import FastPathUnsupported, apply_basic_plan_fast
 from common.deid.flywheel import FlywheelRules, engine_reason
 from common.deid.preview import AttributeChange, dataset_changes
-from common.deid.rewrite import apply_basic_plan
+from common.deid.rewrite import apply_basic_plan, marker_elements
 
 __all__ = ["AttributeChange", "DeidError", "DeidentifiedInstance", "Deidentifier"]
 
 _INSTANCE_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_UID_TAGS = (
+    ("SOPInstanceUID", 0x00080018),
+    ("SeriesInstanceUID", 0x0020000E),
+    ("StudyInstanceUID", 0x0020000D),
+)
 _NOT_PART10 = "not a DICOM Part-10 instance (no preamble and file meta)"
 _UID_CHARS = frozenset(bytes([byte]) for byte in b"0123456789.")
 
@@ -62,6 +68,7 @@ class Deidentifier:
         self._salt = salt
         self._plan = plan
         self._rules = rules
+        self._marks = marker_elements(plan) if plan is not None else b""
         # The explicit-VR-LE header of each attribute hashuid names: tag and "UI".
         self._uid_patterns = [
             (keyword, struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"UI")
@@ -94,9 +101,13 @@ class Deidentifier:
             DeidError: the instance cannot be read or the profile cannot apply to it.
         """
         if self._plan is not None:
-            ds = _read(part10)
-            apply_basic_plan(ds, self._plan, self._salt)
-            return _instance(_write(ds), ds)
+            try:
+                fast = apply_basic_plan_fast(part10, self._plan, self._salt, self._marks)
+            except FastPathUnsupported:
+                ds = _read(part10)
+                apply_basic_plan(ds, self._plan, self._salt)
+                return _instance(_write(ds), ds)
+            return _checked(fast.data, {kw: fast.uids.get(tag, "") for kw, tag in _UID_TAGS})
         assert self._rules is not None
         if part10[128:132] != b"DICM":
             raise DeidError(_NOT_PART10)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
@@ -37,7 +39,7 @@ from common.deid.basic import Action, BasicPlan
 from common.deid.errors import DeidError
 from common.deid.uids import date_offset_days, remap_uid, shift_date, shift_datetime
 
-__all__ = ["apply_basic_plan"]
+__all__ = ["apply_basic_plan", "marker_elements"]
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST"})
 _TEXT_VRS |= {"TM", "UC", "UI", "UR", "UT"}
@@ -229,6 +231,17 @@ def _scrub_pattern(ds: Dataset) -> re.Pattern[str] | None:
     if not usable:
         return None
     return re.compile("|".join(re.escape(token) for token in usable), re.IGNORECASE)
+
+
+def marker_elements(plan: BasicPlan) -> bytes:
+    """The marker elements `apply_basic_plan` adds, encoded in explicit VR little endian."""
+    ds = Dataset()
+    _mark(ds, plan)
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, ds)
+    return fp.getvalue()
 
 
 def _mark(ds: Dataset, plan: BasicPlan) -> None:

@@ -7,6 +7,12 @@ from io import BytesIO
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
 
 from common.config import DeidConfig
 from common.deid.engine import Deidentifier
@@ -24,11 +30,12 @@ def _deidentifier(*options: BasicOption) -> Deidentifier:
     return deid
 
 
-def _canaries() -> CanaryInstance:
+def _canaries(syntax: str = ExplicitVRLittleEndian) -> CanaryInstance:
     return canary_instance(
         study_uid="1.2.826.0.1.3680043.10.544.71",
         series_uid="1.2.826.0.1.3680043.10.544.72",
         sop_uid="1.2.826.0.1.3680043.10.544.73",
+        transfer_syntax=syntax,
     )
 
 
@@ -55,8 +62,13 @@ def test_table_is_the_whole_standard_table() -> None:
     assert any(row.tag is None for row in rows)  # the private-attributes row
 
 
-def test_basic_leaves_no_canary_anywhere_in_the_output_bytes() -> None:
-    instance = _canaries()
+# Explicit VR little endian and JPEG go through the byte-level path, the others through pydicom.
+@pytest.mark.parametrize(
+    "syntax",
+    [ExplicitVRLittleEndian, JPEGBaseline8Bit, ImplicitVRLittleEndian, ExplicitVRBigEndian],
+)
+def test_basic_leaves_no_canary_anywhere_in_the_output_bytes(syntax: str) -> None:
+    instance = _canaries(syntax)
     original = encode_part10(instance.dataset)
     assert len(instance.found_in(original)) == len(instance.canaries) > 500
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian
 
 from common.deid.table import TableRow, table_rows
 from tests.support.dicom_factory import make_instance
@@ -66,7 +67,12 @@ def canary_uid(number: int) -> str:
 
 
 def canary_instance(
-    *, study_uid: str, series_uid: str, sop_uid: str, instance_number: int = 1
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    instance_number: int = 1,
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> CanaryInstance:
     """An MR image (~130 KB of pixels) carrying a canary in every attribute it can.
 
@@ -81,6 +87,7 @@ def canary_instance(
         series_description="CANARY SERIES",
         study_description="CANARY STUDY",
         instance_number=instance_number,
+        transfer_syntax=transfer_syntax,
     )
     planted: list[Canary] = []
     given = {0x0020000D: study_uid, 0x0020000E: series_uid, 0x00080018: sop_uid}
