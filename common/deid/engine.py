@@ -142,10 +142,12 @@ class Deidentifier:
         """
         if b"1.2.840.10008.1.2\x00" in data[:1024] or b"1.2.840.10008.1.2.2\x00" in data[:1024]:
             return True
-        if any(_contains_uid(data, uid) for uid in replaced):
+        header = _before_pixel_data(data)
+        if any(_contains_uid(header, uid) for uid in replaced):
             return True
         return any(
-            data.count(pattern) > (keyword in new_at_top) for keyword, pattern in self._uid_patterns
+            header.count(pattern) > (keyword in new_at_top)
+            for keyword, pattern in self._uid_patterns
         )
 
     def preview(self, part10: bytes) -> list[AttributeChange]:
@@ -191,6 +193,17 @@ def _checked(data: bytes, uids: dict[str, str]) -> DeidentifiedInstance:
         series_instance_uid=uids["SeriesInstanceUID"],
         study_instance_uid=uids["StudyInstanceUID"],
     )
+
+
+def _before_pixel_data(data: bytes) -> bytes:
+    """The bytes before the top-level Pixel Data element (all of them when there is none).
+
+    Searching pixel values for a tag is slow (they are full of partial matches) and pointless:
+    what follows Pixel Data at the top level is only padding and signatures.
+    """
+    starts = [data.find(b"\xe0\x7f\x10\x00" + vr) for vr in (b"OB", b"OW")]
+    found = [start for start in starts if start > 0]
+    return data[: min(found)] if found else data
 
 
 def _contains_uid(data: bytes, uid: str) -> bool:
