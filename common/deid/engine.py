@@ -32,7 +32,11 @@ from pydicom.filewriter import dcmwrite
 from common.config import DeidConfig
 from common.deid.basic import BasicPlan, build_basic_plan
 from common.deid.errors import DeidError
-from common.deid.fast_rewrite import FastPathUnsupported, apply_basic_plan_fast
+from common.deid.fast_rewrite import (
+    FastPathUnsupported,
+    apply_basic_plan_fast,
+    reduce_file_meta,
+)
 from common.deid.flywheel import FlywheelRules, engine_reason
 from common.deid.preview import AttributeChange, dataset_changes
 from common.deid.rewrite import apply_basic_plan, marker_elements
@@ -116,6 +120,10 @@ class Deidentifier:
         except ValueError as exc:
             _read(part10)  # an unreadable instance is named as such
             raise DeidError(engine_reason(str(exc))) from None
+        try:
+            data = reduce_file_meta(data)
+        except FastPathUnsupported:
+            raise DeidError("the de-identified instance has no readable file meta") from None
         if replaced and self._uids_left_behind(data, replaced, new_at_top):
             ds = _read(data)
             try:

@@ -25,7 +25,13 @@ from common.deid.basic import Action, BasicPlan
 from common.deid.errors import DeidError
 from common.deid.uids import date_offset_days, remap_uid, shift_date, shift_datetime
 
-__all__ = ["FastPathUnsupported", "FastResult", "apply_basic_plan_fast"]
+__all__ = [
+    "META_KEPT",
+    "FastPathUnsupported",
+    "FastResult",
+    "apply_basic_plan_fast",
+    "reduce_file_meta",
+]
 
 _NOT_FAST = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
@@ -76,6 +82,9 @@ _IDENTIFYING_TAGS = (
     0x00080080, 0x00080081, 0x00081010, 0x00080020, 0x00080021, 0x00080022, 0x00080023,
 )  # fmt: skip
 _MIN_TOKEN = 3
+# The file meta elements a Part-10 file needs; the others (source, sending and receiving AE
+# titles and addresses, private information) name the site's devices or carry vendor data.
+META_KEPT = frozenset({0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
 
 
 class FastPathUnsupported(Exception):
@@ -231,7 +240,8 @@ def _dataset(
             out += pending.pop(0)[1]
         raw = buffer[offset:element_end]
         offset = element_end
-        if tag in marked:
+        if tag in marked or (tag & 0xFFFF == 0 and tag >> 16 != 0x0002):
+            # Group lengths (retired) would no longer match what the group holds.
             continue
         if tag >> 16 & 1:
             if plan.remove_private:
@@ -346,7 +356,8 @@ def _text(raw: bytes) -> str:
 
 
 def _meta(state: _State, meta_end: int) -> bytes:
-    """The file meta with its Media Storage SOP Instance UID remapped and the length redone."""
+    """The file meta reduced to `META_KEPT`, its Media Storage SOP Instance UID remapped and
+    its group length redone."""
     buffer, out = state.buffer, bytearray()
     _, _, _, value = _header(buffer, 132)
     offset = value + 4
@@ -356,10 +367,34 @@ def _meta(state: _State, meta_end: int) -> bytes:
         element_end = value + length
         if tag == _MEDIA_STORAGE_SOP_INSTANCE_UID and action is Action.UID:
             out += _encode(tag, vr, _map_uids(state, buffer[value:element_end]))
-        else:
+        elif tag in META_KEPT:
             out += buffer[offset:element_end]
         offset = element_end
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(out)) + bytes(out)
+
+
+def reduce_file_meta(part10: bytes) -> bytes:
+    """`part10` with its file meta reduced to `META_KEPT` (values unchanged).
+
+    Raises:
+        FastPathUnsupported: the bytes do not start with a Part-10 header.
+    """
+    if len(part10) < 144 or part10[128:132] != b"DICM":
+        raise FastPathUnsupported
+    try:
+        meta_end, _ = _meta_end(part10)
+        out = bytearray()
+        _, _, _, value = _header(part10, 132)
+        offset = value + 4
+        while offset < meta_end:
+            tag, _, length, value = _header(part10, offset)
+            if tag in META_KEPT:
+                out += part10[offset : value + length]
+            offset = value + length
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise FastPathUnsupported from exc
+    meta = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(out)) + bytes(out)
+    return part10[:132] + meta + part10[meta_end:]
 
 
 def _identifying_values(buffer: bytes, start: int) -> list[str]:

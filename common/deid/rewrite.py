@@ -16,7 +16,10 @@ action does to a value:
   de-identified item by item. The standard leaves "clean" to the implementation: we cannot
   understand free text, so we remove what we know identifies this patient and keep the rest.
 
-The dataset is then marked as the standard asks (Patient Identity Removed, De-identification
+The file meta keeps only what Part-10 needs (`fast_rewrite.META_KEPT`): source, sending and
+receiving AE titles and addresses and private information name the site's devices or carry
+vendor data. Retired group lengths go, since the groups change. The dataset is then marked as
+the standard asks (Patient Identity Removed, De-identification
 Method and its code sequence, Longitudinal Temporal Information Modified).
 """
 
@@ -37,6 +40,7 @@ from pydicom.tag import BaseTag
 
 from common.deid.basic import Action, BasicPlan
 from common.deid.errors import DeidError
+from common.deid.fast_rewrite import META_KEPT
 from common.deid.uids import date_offset_days, remap_uid, shift_date, shift_datetime
 
 __all__ = ["apply_basic_plan", "marker_elements"]
@@ -131,11 +135,17 @@ def apply_basic_plan(ds: Dataset, plan: BasicPlan, salt: str) -> None:
     _walk(ds, walk)
     if "file_meta" in ds.__dict__:
         _walk(ds.file_meta, walk)
+        for tag in list(ds.file_meta.keys()):
+            if tag not in META_KEPT and tag != 0x00020000:
+                del ds.file_meta[tag]
     _mark(ds, plan)
 
 
 def _walk(ds: Dataset, walk: _Walk) -> None:
     for tag in list(ds.keys()):
+        if tag.element == 0 and tag.group != 0x0002:
+            del ds[tag]  # a retired group length would no longer match its group
+            continue
         if tag.is_private:
             if walk.plan.remove_private:
                 del ds[tag]

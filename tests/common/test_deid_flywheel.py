@@ -88,6 +88,21 @@ def test_a_flywheel_profile_is_applied_rule_by_rule() -> None:
     assert dcmread(BytesIO(other.deidentify(_data()).data)).PatientID != ds.PatientID
 
 
+def test_the_file_meta_keeps_only_what_part10_needs() -> None:
+    ds = dcmread(BytesIO(_data()))
+    ds.file_meta.SourceApplicationEntityTitle = "CANARYSRCAE"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.10.546.99"
+    ds.file_meta.PrivateInformation = b"CANARYMETAPRIVATE"
+
+    result = _deidentifier().deidentify(encode_part10(ds))
+
+    assert b"CANARYSRCAE" not in result.data
+    assert b"CANARYMETAPRIVATE" not in result.data
+    meta = dcmread(BytesIO(result.data)).file_meta
+    assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert meta.MediaStorageSOPInstanceUID == result.sop_instance_uid
+
+
 def test_the_original_uid_suffix_does_not_survive_hashuid() -> None:
     result = _deidentifier().deidentify(_data())
     assert not result.sop_instance_uid.endswith(".1.1.1")

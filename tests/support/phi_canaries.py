@@ -12,7 +12,8 @@ Where canaries sit:
 - in each table sequence's item and in Procedure Code Sequence (not in the table, so kept and
   descended into): a Patient ID canary, a private element, and in Referenced Image Sequence a
   Referenced SOP Instance UID and a nested sequence one level deeper;
-- private elements (group 0009) at the top level, creator included.
+- private elements (group 0009) at the top level, creator included;
+- the file meta: source and sending AE titles, private information and its creator UID.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def canary_instance(
         ds.add_new(tag, vr, value)
         planted.append(Canary(value, where, vr, row))
     _add_private(ds, 0x0009, "CANARYPRIVATE", planted, "top-level")
+    _add_file_meta(ds, planted)
     procedure = Dataset()
     _fill_nested(procedure, 9001, "(0008,1032) Procedure Code Sequence[0]", planted)
     ds.ProcedureCodeSequence = DicomSequence([procedure])
@@ -166,6 +168,19 @@ def _add_private(ds: Dataset, group: int, value: str, planted: list[Canary], whe
     ds.add_new((group << 16) | 0x1001, "LO", value)
     planted.append(Canary(creator, f"{where} private creator ({group:04X},0010)", "LO", None))
     planted.append(Canary(value, f"{where} private ({group:04X},1001)", "LO", None))
+
+
+def _add_file_meta(ds: Dataset, planted: list[Canary]) -> None:
+    """File meta elements that name the sender, and vendor private information."""
+    for keyword, value in (
+        ("SourceApplicationEntityTitle", "CANARYSRCAE"),
+        ("SendingApplicationEntityTitle", "CANARYSENDAE"),
+        ("PrivateInformationCreatorUID", canary_uid(9200)),
+    ):
+        setattr(ds.file_meta, keyword, value)
+        planted.append(Canary(value, f"file meta {keyword}", "AE", None))
+    ds.file_meta.PrivateInformation = b"CANARYMETAPRIVATE"
+    planted.append(Canary("CANARYMETAPRIVATE", "file meta PrivateInformation", "OB", None))
 
 
 def _deepen_references(ds: Dataset, planted: list[Canary]) -> None:
