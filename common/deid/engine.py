@@ -25,9 +25,10 @@ from typing import Literal
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from common.config import DeidConfig
 from common.deid.basic import BasicPlan, build_basic_plan
@@ -49,6 +50,10 @@ _UID_TAGS = (
     ("SeriesInstanceUID", 0x0020000E),
     ("StudyInstanceUID", 0x0020000D),
 )
+# A sequence item goes through fw-file-rs as a small instance of its own; these identify the
+# carrier, not any real instance (the UID has enough components for hashuid on the file meta).
+_CARRIER_CLASS = UID("1.2.840.10008.5.1.4.1.1.7")
+_CARRIER_INSTANCE = UID("2.25.1.2.3.4.5.6.7.8.9")
 _NOT_PART10 = "not a DICOM Part-10 instance (no preamble and file meta)"
 _UID_CHARS = frozenset(bytes([byte]) for byte in b"0123456789.")
 
@@ -124,9 +129,12 @@ class Deidentifier:
             data = reduce_file_meta(data)
         except FastPathUnsupported:
             raise DeidError("the de-identified instance has no readable file meta") from None
-        if replaced and self._uids_left_behind(data, replaced, new_at_top):
+        recurse = self._rules.recurse and _may_hold_sequences(data)
+        if recurse or (replaced and self._uids_left_behind(data, replaced, new_at_top)):
             ds = _read(data)
             try:
+                if recurse:
+                    _apply_to_items(ds, self._rules)
                 _replace_uids(ds, replaced, self._rules)
             except ValueError as exc:
                 raise DeidError(engine_reason(str(exc))) from None
@@ -203,6 +211,40 @@ def _checked(data: bytes, uids: dict[str, str]) -> DeidentifiedInstance:
     )
 
 
+def _may_hold_sequences(data: bytes) -> bool:
+    # Explicit VR marks a sequence with "SQ" and two reserved zero bytes; other syntaxes
+    # cannot be told without parsing.
+    header = _before_pixel_data(data)
+    return b"SQ\x00\x00" in header or b"1.2.840.10008.1.2.1\x00" not in data[:1024]
+
+
+def _apply_to_items(ds: Dataset, rules: FlywheelRules) -> None:
+    """Run the profile on every sequence item, at every depth, each item once."""
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        if elem.VR != "SQ":
+            continue
+        for index, item in enumerate(elem.value):
+            done = _item_through_rules(item, rules)
+            elem.value[index] = done
+            _apply_to_items(done, rules)
+
+
+def _item_through_rules(item: Dataset, rules: FlywheelRules) -> Dataset:
+    carrier = Dataset()
+    for elem in item:
+        carrier.add(elem)
+    carrier.file_meta = FileMetaDataset()
+    carrier.file_meta.MediaStorageSOPClassUID = _CARRIER_CLASS
+    carrier.file_meta.MediaStorageSOPInstanceUID = _CARRIER_INSTANCE
+    carrier.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    result = _read(rules.item_rules(_write(carrier)))
+    done = Dataset()
+    for elem in result:
+        done.add(elem)
+    return done
+
+
 def _before_pixel_data(data: bytes) -> bytes:
     """The bytes before the top-level Pixel Data element (all of them when there is none).
 
@@ -248,7 +290,8 @@ def _replace_uids(ds: Dataset, replaced: dict[str, str], rules: FlywheelRules) -
         if uid in replaced:
             return replaced[uid]
         if nested and (
-            elem.keyword in rules.hashed_names or _tag_text(elem.tag) in rules.hashed_names
+            elem.keyword in rules.nested_hash_names
+            or _tag_text(elem.tag) in rules.nested_hash_names
         ):
             replaced[uid] = rules.hash_uid(uid)
             return replaced[uid]

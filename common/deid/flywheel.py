@@ -10,14 +10,15 @@ Keys we refuse, and why (each would otherwise be accepted and not do what it say
 
 - ``dicom.salt``: the control plane keeps the site's salt and it is always the one used;
   a salt written in a config document would be shown to everyone who can read the config.
-- ``dicom.recurse-sequence``: fw-file-rs 0.9.1 applies every top-level rule twice when it
-  recurses (a date is shifted twice, a hash is hashed again) and leaves the file meta alone,
-  so the result is neither what the profile says nor consistent; use ``profile: basic`` for
-  data with identifying sequences.
 - ``dicom.filenames``, ``dicom.file-filter``, ``dicom.stop-tags``, ``json``: they rename or
   select files, or stop reading the header early; the connector de-identifies whole instances.
 - engine warnings (for example an ``encrypt`` action of another tool): accepted by fw-file-rs
   as a no-op, so refused here.
+
+``recurse-sequence: true`` is carried out here, not by fw-file-rs: fw-file-rs 0.9.1 applies
+every top-level rule twice when it recurses (a date shifted twice, a hash hashed again) and
+refuses regex selectors with it, so the profile runs without it at the top level and then once
+on each sequence item, at every depth (`item_rules`).
 
 UIDs that ``hashuid`` rules replace are replaced everywhere else too (file meta, references in
 sequences, see `engine.py`); a reference to an instance (Referenced SOP Instance UID) follows
@@ -41,8 +42,6 @@ __all__ = ["FlywheelRules", "engine_reason", "profile_problems"]
 _REFUSED_DICOM_KEYS = {
     "salt": "the site's salt is kept by the control plane and always used for hashing; "
     "remove salt from the profile",
-    "recurse-sequence": "not supported: fw-file-rs 0.9.1 applies top-level rules twice when it "
-    "recurses; remove it (profile basic de-identifies nested sequences)",
     "filenames": "file renaming does not apply to the connector, which uploads instances; "
     "remove it",
     "file-filter": "file filters do not apply to the connector, which de-identifies every "
@@ -122,6 +121,7 @@ class FlywheelRules:
         dicom = dict(profile.get("dicom") or {})
         dicom["salt"] = salt
         dicom.setdefault("uid-suffix-fields", 0)
+        self.recurse = bool(dicom.pop("recurse-sequence", False))
         profile["dicom"] = dicom
         fields = list(dicom.get("fields") or [])
         hashed = {
@@ -141,6 +141,13 @@ class FlywheelRules:
             # A reference to an instance must follow the instance's new UID.
             names |= {"ReferencedSOPInstanceUID", "ReferencedSOPInstanceUIDInFile"}
         self.hashed_names = frozenset(names)
+        # Inside sequences, a recursing profile hashes what it names itself; only the
+        # references that follow SOP Instance UID are left to the connector.
+        self.nested_hash_names = (
+            self.hashed_names - {str(name) for name in hashed if name}
+            if self.recurse
+            else self.hashed_names
+        )
         self._context = Context().deid_profile(yaml.safe_dump(profile, sort_keys=False))
         # The same hashuid settings on a one-attribute instance: how fw-file-rs would hash
         # any UID, for the references inside sequences that it does not reach itself.
@@ -161,6 +168,14 @@ class FlywheelRules:
             if entry.get("action") == "hash-uid" and entry.get("value_after"):
                 return str(entry["value_after"])
         raise ValueError("fw-file-rs did not hash the UID")
+
+    def item_rules(self, part10: bytes) -> bytes:
+        """The profile applied to one sequence item, sent as a small Part-10 instance.
+
+        Raises:
+            ValueError: from fw-file-rs; its message may quote values, see `engine_reason`.
+        """
+        return bytes(self._context.deid_header(part10))
 
     def apply(self, part10: bytes) -> tuple[bytes, dict[str, str], dict[str, str]]:
         """The de-identified bytes, the UIDs the profile replaced (original → new) and the new

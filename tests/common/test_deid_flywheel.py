@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from io import BytesIO
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
 from common.config import ConfigError, DeidConfig, validate_site_config
 from common.deid.engine import Deidentifier, DeidError
@@ -88,6 +91,37 @@ def test_a_flywheel_profile_is_applied_rule_by_rule() -> None:
     assert dcmread(BytesIO(other.deidentify(_data()).data)).PatientID != ds.PatientID
 
 
+def test_recurse_sequence_applies_each_rule_once_at_every_depth() -> None:
+    profile = copy.deepcopy(PROFILE)
+    profile["dicom"]["recurse-sequence"] = True
+    profile["dicom"]["fields"].append({"regex": "^Operators?Name$", "replace-with": "OP"})
+    ds = dcmread(BytesIO(_data()))
+    inner = Dataset()
+    inner.PatientName = "DEEP^CANARY"
+    inner.StudyDate = "20240110"
+    inner.add_new(0x00110010, "LO", "DEEP PRIVATE CREATOR")
+    item = Dataset()
+    item.PatientName = "NESTED^CANARY"
+    item.OperatorsName = "NESTED^OPERATOR"
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.546.1.1.7"
+    item.ReferencedStudySequence = DicomSequence([inner])
+    ds.ReferencedImageSequence = DicomSequence([item])
+    referenced = _data(SOPInstanceUID="1.2.826.0.1.3680043.10.546.1.1.7")
+    deid = _deidentifier(profile)
+
+    result = dcmread(BytesIO(deid.deidentify(encode_part10(ds)).data))
+
+    assert result.StudyDate == "20240105"  # shifted once, not twice
+    nested = result.ReferencedImageSequence[0]
+    assert nested.PatientName == "REDACTED"
+    assert nested.OperatorsName == "OP"
+    assert nested.ReferencedStudySequence[0].PatientName == "REDACTED"
+    assert nested.ReferencedStudySequence[0].StudyDate == "20240105"
+    assert not [elem for elem in result.iterall() if elem.tag.is_private]
+    # The reference follows the referenced instance's new UID.
+    assert nested.ReferencedSOPInstanceUID == deid.deidentify(referenced).sop_instance_uid
+
+
 def test_the_file_meta_keeps_only_what_part10_needs() -> None:
     ds = dcmread(BytesIO(_data()))
     ds.file_meta.SourceApplicationEntityTitle = "CANARYSRCAE"
@@ -113,7 +147,6 @@ def test_the_original_uid_suffix_does_not_survive_hashuid() -> None:
     ("dicom", "key", "message"),
     [
         ({"salt": "x", "fields": []}, "deid.profile.dicom.salt", "kept by the control plane"),
-        ({"recurse-sequence": True}, "deid.profile.dicom.recurse-sequence", "not supported"),
         (
             {"fields": [{"name": "PatientID", "remove": True}, {"name": "Nope", "remove": True}]},
             "deid.profile.dicom.fields[1]",
