@@ -28,6 +28,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from common.config import DeidConfig
@@ -221,6 +222,8 @@ def _may_hold_sequences(data: bytes) -> bool:
 def _apply_to_items(ds: Dataset, rules: FlywheelRules) -> None:
     """Run the profile on every sequence item, at every depth, each item once."""
     for tag in list(ds.keys()):
+        if _raw_vr(ds, tag) not in ("SQ", None):
+            continue
         elem = ds[tag]
         if elem.VR != "SQ":
             continue
@@ -228,6 +231,16 @@ def _apply_to_items(ds: Dataset, rules: FlywheelRules) -> None:
             done = _item_through_rules(item, rules)
             elem.value[index] = done
             _apply_to_items(done, rules)
+
+
+def _raw_vr(ds: Dataset, tag: BaseTag) -> str | None:
+    """The VR as read (None when the syntax does not say), without converting the value.
+
+    Converting an element makes pydicom validate it, and pydicom logs an invalid value with
+    the value itself: only the elements this module changes are converted.
+    """
+    vr = getattr(ds.get_item(tag), "VR", None)
+    return str(vr) if vr else None
 
 
 def _item_through_rules(item: Dataset, rules: FlywheelRules) -> Dataset:
@@ -299,6 +312,8 @@ def _replace_uids(ds: Dataset, replaced: dict[str, str], rules: FlywheelRules) -
 
     def visit(dataset: Dataset, nested: bool) -> None:
         for tag in list(dataset.keys()):
+            if _raw_vr(dataset, tag) not in ("SQ", "UI", None):
+                continue
             elem = dataset[tag]
             if elem.VR == "SQ":
                 for item in elem.value:
