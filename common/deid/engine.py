@@ -17,11 +17,15 @@ Every failure is a `DeidError` whose reason quotes no DICOM value.
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Literal
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -55,6 +59,9 @@ _UID_TAGS = (
 # carrier, not any real instance (the UID has enough components for hashuid on the file meta).
 _CARRIER_CLASS = UID("1.2.840.10008.5.1.4.1.1.7")
 _CARRIER_INSTANCE = UID("2.25.1.2.3.4.5.6.7.8.9")
+_PYDICOM_SETTINGS = threading.Lock()
+_UNPARSABLE = "the instance cannot be parsed as DICOM"
+_PARSE_ERRORS = (ValueError, TypeError, OSError, KeyError, EOFError, struct.error)
 _NOT_PART10 = "not a DICOM Part-10 instance (no preamble and file meta)"
 _UID_CHARS = frozenset(bytes([byte]) for byte in b"0123456789.")
 
@@ -114,9 +121,14 @@ class Deidentifier:
             try:
                 fast = apply_basic_plan_fast(part10, self._plan, self._salt, self._marks)
             except FastPathUnsupported:
-                ds = _read(part10)
-                apply_basic_plan(ds, self._plan, self._salt)
-                return _instance(_write(ds), ds)
+                with _quiet_pydicom():
+                    ds = _read(part10)
+                    try:
+                        apply_basic_plan(ds, self._plan, self._salt)
+                    except _PARSE_ERRORS:
+                        # pydicom parses sequences when they are first touched.
+                        raise DeidError(_UNPARSABLE) from None
+                    return _instance(_write(ds), ds)
             return _checked(fast.data, {kw: fast.uids.get(tag, "") for kw, tag in _UID_TAGS})
         assert self._rules is not None
         if part10[128:132] != b"DICM":
@@ -132,19 +144,23 @@ class Deidentifier:
             raise DeidError("the de-identified instance has no readable file meta") from None
         recurse = self._rules.recurse and _may_hold_sequences(data)
         if recurse or (replaced and self._uids_left_behind(data, replaced, new_at_top)):
-            ds = _read(data)
-            try:
-                if recurse:
-                    _apply_to_items(ds, self._rules)
-                _replace_uids(ds, replaced, self._rules)
-            except ValueError as exc:
-                raise DeidError(engine_reason(str(exc))) from None
-            return _instance(_write(ds), ds)
+            with _quiet_pydicom():
+                ds = _read(data)
+                try:
+                    if recurse:
+                        _apply_to_items(ds, self._rules)
+                    _replace_uids(ds, replaced, self._rules)
+                except ValueError as exc:
+                    raise DeidError(engine_reason(str(exc))) from None
+                except _PARSE_ERRORS:
+                    raise DeidError(_UNPARSABLE) from None
+                return _instance(_write(ds), ds)
         uids = {keyword: new_at_top.get(keyword, "") for keyword in _INSTANCE_UIDS}
         if not all(uids.values()):
             # Instance UIDs the profile keeps are read back from the output.
-            header = _read(data, stop_before_pixels=True)
-            uids = {keyword: uids[keyword] or str(header.get(keyword) or "") for keyword in uids}
+            with _quiet_pydicom():
+                header = _read(data, stop_before_pixels=True)
+                uids = {kw: uids[kw] or str(header.get(kw) or "") for kw in uids}
         return _checked(data, uids)
 
     def _uids_left_behind(
@@ -173,9 +189,32 @@ class Deidentifier:
         Raises:
             DeidError: as `deidentify`.
         """
-        before = _read(part10, stop_before_pixels=True)
-        after = _read(self.deidentify(part10).data, stop_before_pixels=True)
-        return dataset_changes(before, after)
+        after_bytes = self.deidentify(part10).data
+        with _quiet_pydicom():
+            before = _read(part10, stop_before_pixels=True)
+            after = _read(after_bytes, stop_before_pixels=True)
+            try:
+                return dataset_changes(before, after)
+            except _PARSE_ERRORS:
+                raise DeidError(_UNPARSABLE) from None
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom without value validation while this module reads and converts elements.
+
+    pydicom logs an invalid value it meets while converting an element, quoting the value
+    (a truncated UID, a malformed date): patient data in a log line. Its switch is
+    process-wide, so it is flipped under a lock and restored; other pydicom users in the
+    process at most miss warnings meanwhile.
+    """
+    with _PYDICOM_SETTINGS:
+        previous = pydicom_config.settings.reading_validation_mode
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        try:
+            yield
+        finally:
+            pydicom_config.settings.reading_validation_mode = previous
 
 
 def _read(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
@@ -183,8 +222,8 @@ def _read(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
         return dcmread(BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError):
         raise DeidError(_NOT_PART10) from None
-    except (ValueError, TypeError, OSError, KeyError):
-        raise DeidError("the instance cannot be parsed as DICOM") from None
+    except _PARSE_ERRORS:
+        raise DeidError(_UNPARSABLE) from None
 
 
 def _write(ds: Dataset) -> bytes:

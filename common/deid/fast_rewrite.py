@@ -192,6 +192,8 @@ def _item_end(buffer: bytes, offset: int) -> int:
 
 def _element_end(buffer: bytes, tag: int, vr: bytes, length: int, value: int) -> int:
     if length != _UNDEFINED:
+        if value + length > len(buffer):
+            raise FastPathUnsupported  # truncated: let pydicom say what is wrong
         return value + length
     if vr == b"UN":
         raise FastPathUnsupported  # an implicit VR sequence inside: pydicom's job
@@ -281,6 +283,8 @@ def _sequence(state: _State, tag: int, value: int, length: int) -> bytes:
             content = _dataset(state, item_value, item_end, top=False, marks=[])
         else:
             item_end = item_value + item_length
+            if item_end > len(buffer):
+                raise FastPathUnsupported
             content = _dataset(state, item_value, item_end, top=False, marks=[])
         items += struct.pack("<HHI", 0xFFFE, 0xE000, len(content)) + content
         offset = item_end

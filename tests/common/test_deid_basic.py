@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from io import BytesIO
 
 import pytest
@@ -15,7 +16,7 @@ from pydicom.uid import (
 )
 
 from common.config import DeidConfig
-from common.deid.engine import Deidentifier
+from common.deid.engine import Deidentifier, DeidError
 from common.deid.table import BASIC_OPTIONS, BasicOption, table_rows
 from common.deid.uids import date_offset_days
 from tests.support.dicom_factory import encode_part10
@@ -132,3 +133,24 @@ def test_clean_descriptors_scrubs_the_patients_own_identifiers_from_kept_text() 
 def test_basic_output_is_the_same_for_the_same_input_and_salt() -> None:
     data = encode_part10(_canaries().dataset)
     assert _deidentifier().deidentify(data).data == _deidentifier().deidentify(data).data
+
+
+def test_a_truncated_instance_fails_or_leaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="pydicom")
+    instance = _canaries()
+    full = encode_part10(instance.dataset)
+    deid = _deidentifier()
+    pixel_start = full.find(b"\xe0\x7f\x10\x00OW")
+    assert pixel_start > 0
+
+    for cut in range(200, pixel_start + 64, 97):
+        data = full[:cut]
+        present = instance.found_in(data)
+        try:
+            output = deid.deidentify(data).data
+        except DeidError:
+            continue
+        leaked = [canary.where for canary in present if canary.value.encode() in output]
+        assert leaked == [], f"cut at {cut}"
+    # pydicom quotes invalid values (here: truncated UIDs) when it logs them.
+    assert [record.getMessage() for record in caplog.records if record.name == "pydicom"] == []
