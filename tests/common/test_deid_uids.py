@@ -14,6 +14,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from common.config import DeidConfig
 from common.deid.engine import DeidentifiedInstance, Deidentifier
 from tests.support.dicom_factory import encode_part10, make_instance
+from tests.support.phi_canaries import canary_series
 
 STUDY = "1.2.826.0.1.3680043.10.545.1"
 SERIES_A = "1.2.826.0.1.3680043.10.545.1.1"
@@ -125,3 +126,15 @@ def test_no_profile_means_no_deidentifier() -> None:
 def test_an_empty_salt_is_refused() -> None:
     with pytest.raises(ValueError, match="salt is required"):
         Deidentifier.from_config(DeidConfig(profile="basic"), "")
+
+
+def test_a_canary_series_keeps_one_new_series_uid_and_leaks_nothing() -> None:
+    series = canary_series(
+        3, study_uid="1.2.826.0.1.3680043.10.550.1", series_uid="1.2.826.0.1.3680043.10.550.1.1"
+    )
+    deid = _deidentifier("basic")
+
+    out = [deid.deidentify(encode_part10(instance.dataset)) for instance in series]
+
+    assert len({one.series_instance_uid for one in out}) == 1
+    assert [c.where for i, one in zip(series, out, strict=True) for c in i.found_in(one.data)] == []

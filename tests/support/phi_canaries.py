@@ -29,7 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from common.deid.table import TableRow, table_rows
 from tests.support.dicom_factory import make_instance
 
-__all__ = ["Canary", "CanaryInstance", "canary_instance", "canary_uid"]
+__all__ = ["Canary", "CanaryInstance", "canary_instance", "canary_series", "canary_uid"]
 
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 _CANARY_VRS = _TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
@@ -111,6 +111,22 @@ def canary_instance(
     ds.ProcedureCodeSequence = DicomSequence([procedure])
     _deepen_references(ds, planted)
     return CanaryInstance(ds, tuple(planted))
+
+
+def canary_series(
+    count: int, *, study_uid: str, series_uid: str, transfer_syntax: str = ExplicitVRLittleEndian
+) -> list[CanaryInstance]:
+    """`count` canary instances of one series, SOP Instance UIDs ``series_uid.1``, ``.2``…"""
+    return [
+        canary_instance(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=f"{series_uid}.{number}",
+            instance_number=number,
+            transfer_syntax=transfer_syntax,
+        )
+        for number in range(1, count + 1)
+    ]
 
 
 def _plantable_tag(row: TableRow) -> int | None:
