@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from common.deid import Deidentifier, DeidError
 
 from agent.state import InstanceRow
 from common.config import DeidConfig
+from common.deid.engine import Deidentifier
+from common.deid.errors import DeidError
 
 __all__ = ["DeidProfile", "Outgoing", "OutgoingError"]
 

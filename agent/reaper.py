@@ -31,7 +31,7 @@ from agent.outgoing import DeidProfile
 from agent.state import AgentState, InstanceRow, SeriesRow
 from common.config import SiteConfig, dicom_keywords
 from common.decision import plan_series
-from common.deid import DeidError
+from common.deid.errors import DeidError
 from common.hierarchy import HierarchyTarget, SeriesHeader
 from common.logging import series_key
 from common.routing import RoutingReason

@@ -50,7 +50,7 @@ from agent.tracing import PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.uploader import Uploader, UploadLoop
-from common.deid import DeidError
+from common.deid.errors import DeidError
 from common.logging import configure_logging, series_key
 from common.messages import HealthReport
 from common.telemetry import configure_tracing

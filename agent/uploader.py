@@ -39,7 +39,7 @@ from agent.state import AgentState, InstanceRow, SeriesRow
 from agent.tracing import InstanceTiming, PipelineTracer
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
 from common.config import RoutingConfig
-from common.deid import DeidError
+from common.deid.errors import DeidError
 from common.hierarchy import HierarchyTarget
 from common.logging import series_key
 

@@ -337,6 +337,55 @@ def fleet(ctx: typer.Context) -> None:
     )
 
 
+@admin_app.command("deid-preview")
+def deid_preview(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Option("--site", help="The site whose profile to apply.")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A DICOM Part-10 file.")
+    ],
+) -> None:
+    """Show, attribute by attribute, what the site's de-identification profile would change in
+    FILE (applied by the control plane with the site's salt; nothing is stored)."""
+    answer = _call(
+        ctx,
+        "POST",
+        f"/api/v1/sites/{site}/deid/preview",
+        content=file.read_bytes(),
+        headers={"Content-Type": "application/dicom"},
+    )
+    options = f" with {', '.join(answer['options'])}" if answer["options"] else ""
+    console.print(
+        f"site {answer['site']}: profile {answer['profile']}{options}"
+        f" (config revision {answer['revision']})"
+    )
+    if not answer["changes"]:
+        console.print("the profile changes nothing in this file")
+        return
+    _table(
+        f"de-identification of {escape(file.name)}",
+        ["attribute", "keyword", "VR", "action", "before", "after"],
+        [
+            (
+                c["path"],
+                c["keyword"],
+                c["vr"],
+                _ACTION_STYLES[c["action"]],
+                escape(c["before"] if c["before"] is not None else ""),
+                escape(c["after"] if c["after"] is not None else ""),
+            )
+            for c in answer["changes"]
+        ],
+    )
+
+
+_ACTION_STYLES = {
+    "removed": "[red]removed[/red]",
+    "replaced": "[yellow]replaced[/yellow]",
+    "added": "[green]added[/green]",
+}
+
+
 _STATUS_STYLES = {"ok": "green", "degraded": "yellow", "unhealthy": "red", "missing": "red"}
 
 

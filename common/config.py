@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from common.deid.flywheel import profile_problems
+from common.deid.table import BASIC_OPTIONS, BasicOption
 from common.durations import Duration, WorkingHoursField, format_duration
 from common.patterns import check_pattern, template_keywords, vr_problem
 from common.routing import contains_control_characters, group_id_problem, label_problem
@@ -426,11 +428,63 @@ class MetadataConfig(_Section):
 
 
 class DeidConfig(_Section):
-    """The de-identification applied before data leaves the site."""
+    """The de-identification applied before data leaves the site.
+
+    A profile document is checked here with fw-file-rs, so a bad one is refused when the
+    config is saved (naming the key inside the profile), never first found on an agent.
+    """
 
     profile: Annotated[
         Literal["none", "basic"] | dict[str, Any], BeforeValidator(_check_deid_profile)
-    ] = Field(default="none", description="none, basic, or a profile document.")
+    ] = Field(
+        default="none",
+        description="none, basic (DICOM PS3.15 Basic Application Level Confidentiality "
+        "Profile), or a Flywheel-format profile document (version: 1, dicom: {...}).",
+    )
+    options: list[BasicOption] = Field(
+        default_factory=list,
+        description="Options of the basic profile (PS3.15 Table E.1-1): "
+        + ", ".join(BASIC_OPTIONS)
+        + ".",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_document_applies(cls, profile: str | dict[str, Any]) -> str | dict[str, Any]:
+        if isinstance(profile, dict):
+            problems = profile_problems(profile)
+            if problems:
+                raise _deid_profile_problem(problems)
+        return profile
+
+    @field_validator("options")
+    @classmethod
+    def _options_listed_once(cls, options: list[BasicOption]) -> list[BasicOption]:
+        repeated = sorted({option for option in options if options.count(option) > 1})
+        if repeated:
+            raise _invalid("deid_options", f"{', '.join(repeated)} listed twice; list each once")
+        return options
+
+    @model_validator(mode="after")
+    def _options_need_basic(self) -> Self:
+        if self.options and self.profile != "basic":
+            raise _invalid(
+                "deid_options",
+                "options apply to profile basic only; set profile: basic, or remove options "
+                "(a profile document states its own rules)",
+            )
+        return self
+
+
+def _deid_profile_problem(problems: list[tuple[str, str]]) -> PydanticCustomError:
+    path, message = problems[0]
+    more = len(problems) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''} in the profile)"
+    # The path inside the profile goes after deid.profile in the dotted key (see _describe).
+    return PydanticCustomError(
+        "invalid_deid_profile", "{reason}", {"reason": message, "subpath": path}
+    )
 
 
 class SiteConfig(_Section):
@@ -653,6 +707,9 @@ _ConfigLoader.add_implicit_resolver(
 
 def _describe(detail: ErrorDetails) -> str:
     location = _dotted(detail["loc"])
+    subpath = (detail.get("ctx") or {}).get("subpath")
+    if subpath:
+        location += subpath if subpath.startswith("[") else f".{subpath}"
     message = _message(detail)
     return f"{location}: {message}" if location else message
 

@@ -15,6 +15,7 @@ from cli.main import app
 from control_plane.main import create_app
 from control_plane.settings import ControlPlaneSettings
 from tests.control_plane.harness import ADMIN_TOKEN, bearer
+from tests.support.dicom_factory import encode_part10, make_instance
 
 
 @pytest.fixture
@@ -118,3 +119,53 @@ def test_token_rotate_of_an_unknown_agent_fails_naming_the_problem(base_url: str
 
     assert result.exit_code == 1
     assert "does not exist" in result.output
+
+
+def test_deid_preview_prints_each_changed_attribute(base_url: str, tmp_path: Path) -> None:
+    with httpx2.Client(base_url=base_url, headers=bearer(ADMIN_TOKEN)) as client:
+        client.post("/api/v1/sites", json={"name": "hospital-a", "timezone": "UTC"})
+        stored = client.put(
+            "/api/v1/sites/hospital-a/config",
+            json={"deid": {"profile": "basic", "options": ["retain_uids"]}},
+        )
+        assert stored.status_code == 200, stored.text
+    dicom_file = tmp_path / "one.dcm"
+    dicom_file.write_bytes(
+        encode_part10(
+            make_instance(
+                patient_id="CLI-PREVIEW-PID",
+                study_uid="1.2.826.0.1.3680043.10.548.1",
+                series_uid="1.2.826.0.1.3680043.10.548.1.1",
+                series_description="S",
+                study_description="T",
+            )
+        )
+    )
+
+    output = _admin(base_url, "deid-preview", "--site", "hospital-a", str(dicom_file))
+
+    assert "profile basic with retain_uids (config revision 1)" in output
+    assert "PatientID" in output
+    assert "CLI-PREVIEW-PID" in output
+    assert "removed" in output
+    assert "SOPInstanceUID" not in output
+
+
+def test_deid_preview_of_a_file_that_is_not_dicom_fails_naming_why(
+    base_url: str, tmp_path: Path
+) -> None:
+    with httpx2.Client(base_url=base_url, headers=bearer(ADMIN_TOKEN)) as client:
+        client.post("/api/v1/sites", json={"name": "hospital-a", "timezone": "UTC"})
+        client.put("/api/v1/sites/hospital-a/config", json={"deid": {"profile": "basic"}})
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not an image\n" * 20)
+
+    result = CliRunner().invoke(
+        app,
+        ["admin", "--url", base_url, "--token", ADMIN_TOKEN, "deid-preview", "--site",
+         "hospital-a", str(text_file)],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    assert "not a DICOM Part-10 instance" in result.output
