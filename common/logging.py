@@ -123,3 +123,6 @@ def configure_logging(
     root.setLevel(threshold)
     for library in _CHATTY_LIBRARIES:
         logging.getLogger(library).setLevel(max(threshold, logging.WARNING))
+    # pydicom's warnings about invalid values quote the value ("Invalid value for VR DA:
+    # '...'"): a patient's date or name. Its errors say what failed without it.
+    logging.getLogger("pydicom").setLevel(max(threshold, logging.ERROR))

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 
+import pydicom
 import pytest
 import structlog
 
@@ -129,6 +130,15 @@ def test_dicom_libraries_are_held_at_warning_because_they_print_datasets(
     structlog.get_logger("agent").debug("debug is on")
     assert_no_patient_value(stream.getvalue())
     assert [line["event"] for line in json_lines(stream)] == ["debug is on"]
+
+
+def test_pydicom_warnings_about_invalid_values_are_held_back_because_they_quote_them(
+    stream: io.StringIO,
+) -> None:
+    configure_logging(level="DEBUG", json=True, stream=stream)
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
+        pydicom.Dataset().PatientBirthDate = "Doe^Jane"
+    assert_no_patient_value(stream.getvalue())
 
 
 def test_events_below_the_level_are_dropped(stream: io.StringIO) -> None:

@@ -102,7 +102,7 @@ def test_a_series_that_cannot_be_deidentified_is_held_shown_retried_and_discarde
     health = connector.client.get("/api/v1/sites/default/health").json()
     assert health["status"] == "degraded"
     assert any("series failed as a whole" in reason for reason in health["agents"][0]["reasons"])
-    for text in ("PAT-HELD", "PAT-DROP", held[0].SeriesInstanceUID):
+    for text in ("PAT-HELD", "PAT-DROP", "NOTADATE", held[0].SeriesInstanceUID):
         assert text not in str(health)
         assert text not in "".join(connector.output)
 
