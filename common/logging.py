@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import warnings
 from typing import TextIO
 
 import structlog
@@ -126,3 +127,5 @@ def configure_logging(
     # pydicom's warnings about invalid values quote the value ("Invalid value for VR DA:
     # '...'"): a patient's date or name. Its errors say what failed without it.
     logging.getLogger("pydicom").setLevel(max(threshold, logging.ERROR))
+    # The same sentence also goes out as a Python warning, which stderr would show as it is.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
