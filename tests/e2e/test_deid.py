@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from tests.support.all_in_one import AllInOne, running_all_in_one
 from tests.support.dicom_factory import make_instance
+from tests.support.phi_canaries import canary_series, canary_uid
 from tests.support.scu import send_datasets
 
 ROUTE = "fw://neuro/study-a/sub-canary/ses-canary"
@@ -186,3 +187,31 @@ def test_a_sites_flywheel_profile_is_applied_field_by_field(tmp_path: Path) -> N
         # What the profile does not name is kept as received.
         assert ds.Manufacturer == "SYNTHETIC"
     assert len({ds.SeriesInstanceUID for ds in stored}) == 1
+
+
+def test_under_basic_no_canary_of_table_e1_1_survives_the_whole_pipeline(basic: AllInOne) -> None:
+    """Every text, date, time and UID attribute of Table E.1-1, nested sequences and private
+    elements, received over DICOM, spooled, reaped, de-identified and stored."""
+    series = canary_series(2, study_uid=canary_uid(900001), series_uid=canary_uid(900002))
+    for instance in series:
+        # The routing string travels in PatientComments, a table attribute basic removes.
+        instance.dataset.PatientComments = (
+            f"fw://neuro/study-a/sub-table/ses-table {instance.dataset.PatientComments}"
+        )
+    assert send_datasets(basic.dicom_port, [i.dataset for i in series]) == [0, 0]
+
+    basic.wait_until(
+        lambda: sum(len(a["files"]) for a in basic.acquisitions(subject="sub-table")) == 2,
+        what="the canary series stored",
+    )
+    [acquisition] = basic.acquisitions(subject="sub-table", session="ses-table")
+    stored = [
+        basic.client.get(f"/api/v1/files/{file['id']}").content for file in acquisition["files"]
+    ]
+    for instance in series:
+        leaked = {canary.where for data in stored for canary in instance.found_in(data)}
+        # The file meta's canaries never travel over DICOM; everything else must be gone.
+        assert leaked == set()
+    listing = basic.client.get("/api/v1/acquisitions").content
+    logs = "".join(basic.output).encode()
+    assert [c.where for c in series[0].found_in(listing + logs)] == []
