@@ -78,3 +78,9 @@ class MissingBlobError(ControlPlaneError):
     """The database names bytes the blob store does not have: storage was lost or moved."""
 
     http_status = 500
+
+
+class InvalidRequestError(ControlPlaneError):
+    """A request that is well-formed but asks for something impossible (e.g. a past expiry)."""
+
+    http_status = 400

@@ -7,11 +7,13 @@ from control_plane.api.routes import (
     agent_config,
     agent_link,
     agents,
+    audit,
     files,
     fleet_health,
     groups,
     ingest,
     sites,
+    tokens,
 )
 
 api_router = APIRouter(prefix="/api/v1")
@@ -25,5 +27,7 @@ for _module in (
     agent_config,
     agent_link,
     ingest,
+    tokens,
+    audit,
 ):
     api_router.include_router(_module.router)

@@ -1,9 +1,12 @@
 """Sites: create, list, look up by name. Must not import FastAPI."""
 
+import uuid
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.models import Site
 from control_plane.schemas import SiteCreate, SitePublic
@@ -15,10 +18,18 @@ def site_public(site: Site) -> SitePublic:
     return SitePublic(name=site.name, timezone=site.timezone)
 
 
-async def create_site(session: AsyncSession, body: SiteCreate) -> SitePublic:
-    """Create a site; `ConflictError` when the name is taken."""
+async def create_site(session: AsyncSession, body: SiteCreate, actor: Principal) -> SitePublic:
+    """Create a site (audited); `ConflictError` when the name is taken."""
     site = Site(name=body.name, timezone=body.timezone)
     session.add(site)
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.site_create,
+        f"site {body.name}",
+        site=body.name,
+        changes={"timezone": body.timezone},
+    )
     try:
         await session.commit()
     except IntegrityError as exc:
@@ -27,9 +38,12 @@ async def create_site(session: AsyncSession, body: SiteCreate) -> SitePublic:
     return site_public(site)
 
 
-async def list_sites(session: AsyncSession) -> list[SitePublic]:
-    """All sites, ordered by name."""
-    sites = await session.scalars(select(Site).order_by(Site.name))
+async def list_sites(session: AsyncSession, only: uuid.UUID | None = None) -> list[SitePublic]:
+    """All sites (or only the site `only`), ordered by name."""
+    query = select(Site).order_by(Site.name)
+    if only is not None:
+        query = query.where(Site.id == only)
+    sites = await session.scalars(query)
     return [site_public(site) for site in sites]
 
 
