@@ -4,11 +4,15 @@
 dependency it takes, refuses to build an app with a route that takes none (or several), and
 writes the level into the route's OpenAPI operation as `x-access`. Tests walk `/openapi.json`
 and check each route against that level, so a new route cannot go unprotected or untested.
+A level must be taken by the route itself (a parameter), not by its router's `dependencies`.
 """
+
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from control_plane.access import Access
 from control_plane.deps import Requires
@@ -22,18 +26,42 @@ class RouteWithoutAccessError(RuntimeError):
 
 
 def publish_access(app: FastAPI) -> None:
-    """Set `x-access` on every protected route; raise for a route without exactly one level."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.path.startswith(PROTECTED_PREFIX):
+    """Check every protected route's level now; add `x-access` to the OpenAPI document."""
+    levels = route_access(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, routes=app.routes, description=app.description
+            )
+            for (method, path), level in levels.items():
+                operation = document.get("paths", {}).get(path, {}).get(method.lower())
+                if operation is not None:
+                    operation[ACCESS_EXTENSION] = level.value
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def route_access(app: FastAPI) -> dict[tuple[str, str], Access]:
+    """The access level of every protected HTTP route, by (method, path)."""
+    found: dict[tuple[str, str], Access] = {}
+    for context in iter_route_contexts(app.routes):
+        route, path = context.route, context.path
+        if not isinstance(route, APIRoute) or path is None or not path.startswith(PROTECTED_PREFIX):
             continue
         levels = set(_levels(route.dependant))
         if len(levels) != 1:
             raise RouteWithoutAccessError(
-                f"{sorted(route.methods or ())} {route.path} must take exactly one access"
-                f" dependency from control_plane.deps (SupportDep, SiteChangerDep...); it takes"
+                f"{sorted(route.methods or ())} {path} must take exactly one access dependency from"
+                f" control_plane.deps (SupportDep, SiteChangerDep...) as a parameter; it takes"
                 f" {sorted(levels) or 'none'}"
             )
-        route.openapi_extra = {**(route.openapi_extra or {}), ACCESS_EXTENSION: levels.pop().value}
+        level = levels.pop()
+        for method in route.methods or ():
+            found[(method, path)] = level
+    return found
 
 
 def _levels(dependant: Dependant) -> list[Access]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -34,7 +34,7 @@ class BodyTooLargeError(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            413,
             f"the request body is over this route's limit of {limit} bytes",
         )
 
