@@ -11,7 +11,7 @@ from typing import Any, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from common.config import PositiveDuration
-from control_plane.models import LABEL_LENGTH
+from control_plane.schemas import StorableLabel
 
 DEFAULT_TOKEN_LIFETIME = dt.timedelta(days=90)
 MAX_TOKEN_LIFETIME = dt.timedelta(days=3 * 365)
@@ -31,12 +31,12 @@ class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: TokenRole
-    site: str | None = Field(
+    site: StorableLabel | None = Field(
         default=None,
         description="Required for site-admin, optional for read-only (bound to one site),"
         " refused for support.",
     )
-    name: str = Field(min_length=1, max_length=LABEL_LENGTH, description="Who or what holds it.")
+    name: StorableLabel = Field(description="Who or what holds it.")
     expires_in: PositiveDuration | None = Field(default=None, description="e.g. 30d, 12h.")
     expires_at: AwareDatetime | None = None
 
@@ -121,8 +121,8 @@ class AuditFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    site: str | None = None
-    action: str | None = Field(default=None, max_length=64)
+    site: StorableLabel | None = None
+    action: StorableLabel | None = None
     since: AwareDatetime | None = None
     before: int | None = Field(
         default=None, ge=1, le=2**31 - 1, description="Entries older than this id."

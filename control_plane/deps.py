@@ -27,6 +27,7 @@ from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hierarchy.catalog import site_id_of_file
 from control_plane.hub import Hub
 from control_plane.resources import Resources
+from control_plane.schemas import Name
 from control_plane.security import ADMIN, Principal, digests_match, token_digest
 
 _bearer = HTTPBearer(
@@ -152,7 +153,7 @@ class Requires:
 class RequiresSite(Requires):
     """... of a route under `/sites/{site}`: a principal bound to another site gets 404."""
 
-    def __call__(self, principal: PrincipalDep, site: str) -> Principal:  # type: ignore[override]
+    def __call__(self, principal: PrincipalDep, site: Name) -> Principal:  # type: ignore[override]
         check(principal, self.access)
         if principal.site_name is not None and principal.site_name != site:
             raise NotFoundError(f"site {site!r} does not exist; create it with POST /api/v1/sites")

@@ -167,12 +167,13 @@ class AcquisitionPublic(BaseModel):
 
 
 class AcquisitionFilter(BaseModel):
-    """Query of `GET /api/v1/acquisitions`; every filter is optional."""
+    """Query of `GET /api/v1/acquisitions`; every filter is optional. A filter no label could
+    equal (control characters, too long) is refused rather than sent to the database."""
 
-    group: str | None = None
-    project: str | None = None
-    subject: str | None = None
-    session: str | None = None
+    group: StorableLabel | None = None
+    project: StorableLabel | None = None
+    subject: StorableLabel | None = None
+    session: StorableLabel | None = None
 
 
 class IngestStatus(StrEnum):

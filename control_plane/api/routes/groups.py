@@ -4,7 +4,14 @@ from fastapi import APIRouter, status
 
 from control_plane.deps import ReaderDep, SessionDep, SupportDep
 from control_plane.hierarchy import groups
-from control_plane.schemas import GroupCreate, GroupPublic, ItemList, ProjectCreate, ProjectPublic
+from control_plane.schemas import (
+    GroupCreate,
+    GroupId,
+    GroupPublic,
+    ItemList,
+    ProjectCreate,
+    ProjectPublic,
+)
 
 router = APIRouter(tags=["hierarchy"])
 
@@ -25,13 +32,15 @@ async def list_groups(_: ReaderDep, session: SessionDep) -> ItemList[GroupPublic
 
 @router.post("/groups/{group}/projects", status_code=status.HTTP_201_CREATED)
 async def create_project(
-    group: str, body: ProjectCreate, principal: SupportDep, session: SessionDep
+    group: GroupId, body: ProjectCreate, principal: SupportDep, session: SessionDep
 ) -> ProjectPublic:
     """Create a project in a group (404 unknown group, 409 duplicate label)."""
     return await groups.create_project(session, group, body, principal)
 
 
 @router.get("/groups/{group}/projects")
-async def list_projects(group: str, _: ReaderDep, session: SessionDep) -> ItemList[ProjectPublic]:
+async def list_projects(
+    group: GroupId, _: ReaderDep, session: SessionDep
+) -> ItemList[ProjectPublic]:
     """The projects of a group."""
     return ItemList(items=await groups.list_projects(session, group))
