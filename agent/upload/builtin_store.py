@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import IO, Any, TypeVar
 
@@ -50,6 +51,7 @@ class BuiltinStoreDestination:
         client: httpx2.AsyncClient | None = None,
         *,
         timeout: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
         retry_attempts: int = 3,
         retry_wait_initial: float = 0.1,
         retry_wait_max: float = 1.0,
@@ -61,7 +63,7 @@ class BuiltinStoreDestination:
         # a restart.
         self._token = token if callable(token) else lambda: token
         self._owns_client = client is None
-        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._client = client or httpx2.AsyncClient(timeout=timeout, verify=verify)
         self._retry_attempts = retry_attempts
         self._retry_wait_initial = retry_wait_initial
         self._retry_wait_max = retry_wait_max
