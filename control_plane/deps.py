@@ -139,31 +139,36 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-class Requires:
-    """The dependency of a route of one access level that names no site in its path."""
+class AccessRule:
+    """A route's access level as a dependency; one subclass per way the route names its site."""
 
     def __init__(self, access: Access) -> None:
         self.access = access
+
+
+class Requires(AccessRule):
+    """The dependency of a route that names no site in its path."""
 
     def __call__(self, principal: PrincipalDep) -> Principal:
         check(principal, self.access)
         return principal
 
 
-class RequiresSite(Requires):
-    """... of a route under `/sites/{site}`: a principal bound to another site gets 404."""
+class RequiresSite(AccessRule):
+    """The dependency of a route under `/sites/{site}`: another site is a 404 for a principal
+    bound to one site."""
 
-    def __call__(self, principal: PrincipalDep, site: Name) -> Principal:  # type: ignore[override]
+    def __call__(self, principal: PrincipalDep, site: Name) -> Principal:
         check(principal, self.access)
         if principal.site_name is not None and principal.site_name != site:
             raise NotFoundError(f"site {site!r} does not exist; create it with POST /api/v1/sites")
         return principal
 
 
-class RequiresAgentSite(Requires):
-    """... of a route under `/agents/{agent_id}`: the agent's site decides."""
+class RequiresAgentSite(AccessRule):
+    """The dependency of a route under `/agents/{agent_id}`: the agent's site decides."""
 
-    async def __call__(  # type: ignore[override]
+    async def __call__(
         self, principal: PrincipalDep, resources: ResourcesDep, agent_id: uuid.UUID
     ) -> Principal:
         check(principal, self.access)
@@ -175,10 +180,11 @@ class RequiresAgentSite(Requires):
         return principal
 
 
-class RequiresFileSite(Requires):
-    """... of a route under `/files/{file_id}`: the site the file's session came from decides."""
+class RequiresFileSite(AccessRule):
+    """The dependency of a route under `/files/{file_id}`: the site the file's session came
+    from decides."""
 
-    async def __call__(  # type: ignore[override]
+    async def __call__(
         self, principal: PrincipalDep, resources: ResourcesDep, file_id: uuid.UUID
     ) -> Principal:
         check(principal, self.access)

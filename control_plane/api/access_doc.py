@@ -1,6 +1,6 @@
 """Every `/api/v1` route states its access level once; this module proves it and publishes it.
 
-`publish_access` walks each route's dependency tree for the `control_plane.deps.Requires`
+`publish_access` walks each route's dependency tree for the `control_plane.deps.AccessRule`
 dependency it takes, refuses to build an app with a route that takes none (or several), and
 writes the level into the route's OpenAPI operation as `x-access`. Tests walk `/openapi.json`
 and check each route against that level, so a new route cannot go unprotected or untested.
@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from control_plane.access import Access
-from control_plane.deps import Requires
+from control_plane.deps import AccessRule
 
 PROTECTED_PREFIX = "/api/"
 ACCESS_EXTENSION = "x-access"
@@ -65,7 +65,7 @@ def route_access(app: FastAPI) -> dict[tuple[str, str], Access]:
 
 
 def _levels(dependant: Dependant) -> list[Access]:
-    found = [dependant.call.access] if isinstance(dependant.call, Requires) else []
+    found = [dependant.call.access] if isinstance(dependant.call, AccessRule) else []
     for sub in dependant.dependencies:
         found.extend(_levels(sub))
     return found

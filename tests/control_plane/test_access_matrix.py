@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
+from control_plane.api.access_doc import RouteWithoutAccessError, publish_access
+from control_plane.deps import SupportDep
 from tests.control_plane.access_world import SITE_A, SITE_B, Caller, World, build_world
 from tests.control_plane.harness import ControlPlane
 
@@ -135,3 +138,26 @@ def _observed(status: int) -> str:
     if status in (401, 500) or status > 500:
         return f"broken ({status})"
     return "allowed"
+
+
+def test_an_app_with_a_route_that_states_no_access_level_refuses_to_start() -> None:
+    app = FastAPI()
+
+    @app.get("/api/v1/unguarded")
+    async def unguarded() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(RouteWithoutAccessError, match="/api/v1/unguarded"):
+        publish_access(app)
+
+
+def test_a_route_with_one_access_level_is_published_with_it() -> None:
+    app = FastAPI()
+
+    @app.get("/api/v1/guarded")
+    async def guarded(_: SupportDep) -> dict[str, str]:
+        return {}
+
+    publish_access(app)
+
+    assert app.openapi()["paths"]["/api/v1/guarded"]["get"]["x-access"] == "support"
