@@ -29,10 +29,11 @@ def control_plane_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
-def describe_verification_failure(error: ssl.SSLCertVerificationError, url: str) -> str:
-    """What to tell an operator when the control plane's certificate was refused."""
+def describe_verification_failure(error: ssl.SSLCertVerificationError, where: str) -> str:
+    """What to tell an operator when the control plane's certificate was refused at `where`
+    (a URL without query, or a name such as "the store")."""
     return (
-        f"the control plane's TLS certificate at {url} was refused ({error.verify_message});"
+        f"the control plane's TLS certificate at {where} was refused ({error.verify_message});"
         " if it is signed by a private CA, give that CA with --ca-file"
         " (setting control_plane_ca)"
     )

@@ -24,6 +24,7 @@ import stamina
 
 from agent.retry import is_retryable
 from agent.state import InstanceRow
+from agent.tls import describe_verification_failure, verification_failure
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart
 from common.config import RoutingConfig
@@ -324,5 +325,8 @@ def _json_or_none(response: httpx2.Response) -> Any:
 def _transport_message(exc: httpx2.HTTPError) -> str:
     # str(exc) of a transport error is the socket-level reason; the request URL (whose query
     # holds subject and session labels) is deliberately left out.
+    refused = verification_failure(exc)
+    if refused is not None:
+        return describe_verification_failure(refused, "the store")[:_MAX_DETAIL_CHARS]
     reason = str(exc) or type(exc).__name__
     return f"request to the store failed ({type(exc).__name__}): {reason}"[:_MAX_DETAIL_CHARS]

@@ -118,6 +118,10 @@ async def test_audit_filters_by_site_action_and_time_and_pages(
     assert [e["action"] for e in site_b] == ["site.create"]
     assert [e["changes"]["revision"] for e in configs] == [3, 2, 1]
     assert future == []
+    past = await _entries(
+        control_plane, since=(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    )
+    assert len(past) == 5
     assert len(first["items"]) == len(second["items"]) == 2
     assert len(third["items"]) == 1
     assert third["next"] is None

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from control_plane import api_tokens
 from control_plane.auth_schemas import TokenCreate, TokenCreated, TokenPublic
-from control_plane.deps import ResourcesDep, SessionDep, SupportDep
+from control_plane.deps import ReadSessionDep, ResourcesDep, SessionDep, SupportDep
 from control_plane.schemas import ItemList
 
 router = APIRouter(tags=["access"])
@@ -22,7 +22,7 @@ async def create_token(
 
 @router.get("/tokens")
 async def list_tokens(
-    _: SupportDep, session: SessionDep, resources: ResourcesDep
+    _: SupportDep, session: ReadSessionDep, resources: ResourcesDep
 ) -> ItemList[TokenPublic]:
     """Every token issued, newest first, with its state (never the token itself)."""
     return ItemList(items=await api_tokens.list_tokens(session, resources.clock()))
