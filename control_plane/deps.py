@@ -27,7 +27,6 @@ from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hierarchy.catalog import site_id_of_file
 from control_plane.hub import Hub
 from control_plane.resources import Resources
-from control_plane.schemas import Name
 from control_plane.security import ADMIN, Principal, digests_match, token_digest
 
 _bearer = HTTPBearer(
@@ -158,7 +157,7 @@ class RequiresSite(AccessRule):
     """The dependency of a route under `/sites/{site}`: another site is a 404 for a principal
     bound to one site."""
 
-    def __call__(self, principal: PrincipalDep, site: Name) -> Principal:
+    def __call__(self, principal: PrincipalDep, site: str) -> Principal:
         check(principal, self.access)
         if principal.site_name is not None and principal.site_name != site:
             raise NotFoundError(f"site {site!r} does not exist; create it with POST /api/v1/sites")

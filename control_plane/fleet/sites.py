@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.models import Site
-from control_plane.schemas import SiteCreate, SitePublic
+from control_plane.schemas import SiteCreate, SitePublic, is_valid_name
 from control_plane.security import Principal
 
 
@@ -49,7 +49,10 @@ async def list_sites(session: AsyncSession, only: uuid.UUID | None = None) -> li
 
 async def site_by_name(session: AsyncSession, name: str) -> Site:
     """The site called `name`; `NotFoundError` when there is none."""
-    site = await session.scalar(select(Site).where(Site.name == name))
+    # A name no site can have is not sent to the database (PostgreSQL refuses NUL in text).
+    site = None
+    if is_valid_name(name):
+        site = await session.scalar(select(Site).where(Site.name == name))
     if site is None:
         raise NotFoundError(f"site {name!r} does not exist; create it with POST /api/v1/sites")
     return site

@@ -27,7 +27,7 @@ from control_plane.fleet_schemas import (
     HealthHistoryEntry,
 )
 from control_plane.hub import AgentNotConnectedError
-from control_plane.schemas import AgentCreate, AgentCreated, AgentPublic, ItemList, Name
+from control_plane.schemas import AgentCreate, AgentCreated, AgentPublic, ItemList
 
 router = APIRouter(tags=["fleet"])
 
@@ -38,7 +38,7 @@ JSON = "application/json"
 
 @router.post("/sites/{site}/agents", status_code=status.HTTP_201_CREATED)
 async def create_agent(
-    site: Name,
+    site: str,
     body: AgentCreate,
     principal: SiteChangerDep,
     session: SessionDep,
@@ -56,7 +56,7 @@ async def create_agent(
 # serializing a thousand agents per request is what used to make these slow.
 @router.get("/sites/{site}/agents", response_model=ItemList[AgentPublic])
 async def list_agents(
-    site: Name, _: SiteReaderDep, view: FleetViewDep, context: HealthContextDep
+    site: str, _: SiteReaderDep, view: FleetViewDep, context: HealthContextDep
 ) -> Response:
     """The agents of a site."""
     return Response(await view.site_agents_json(site, context), media_type=JSON)

@@ -4,7 +4,6 @@ from fastapi import APIRouter, Response
 
 from control_plane.deps import FleetReaderDep, FleetViewDep, HealthContextDep, SiteReaderDep
 from control_plane.fleet_schemas import FleetHealth, SiteHealth
-from control_plane.schemas import Name
 
 router = APIRouter(tags=["fleet"])
 
@@ -14,7 +13,7 @@ JSON = "application/json"
 # Answered from the hub's in-memory view as pre-serialized JSON; the models document it.
 @router.get("/sites/{site}/health", response_model=SiteHealth)
 async def site_health(
-    site: Name, _: SiteReaderDep, view: FleetViewDep, context: HealthContextDep
+    site: str, _: SiteReaderDep, view: FleetViewDep, context: HealthContextDep
 ) -> Response:
     """Each agent of the site with its status and reasons; the worst one is the site's."""
     return Response(await view.site_health_json(site, context), media_type=JSON)

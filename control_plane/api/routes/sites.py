@@ -20,7 +20,6 @@ from control_plane.schemas import (
     ConfigRevisionPublic,
     InvalidConfigAnswer,
     ItemList,
-    Name,
     SiteConfigPublic,
     SiteCreate,
     SitePublic,
@@ -62,7 +61,7 @@ async def list_sites(principal: ReaderDep, session: ReadSessionDep) -> ItemList[
     responses={422: {"model": InvalidConfigAnswer, "description": "The config is invalid."}},
 )
 async def put_site_config(
-    site: Name, request: Request, principal: SiteChangerDep, session: SessionDep, hub: HubDep
+    site: str, request: Request, principal: SiteChangerDep, session: SessionDep, hub: HubDep
 ) -> ConfigRevisionNumber:
     """Store a new config revision (same number when nothing changed) and push it at once to
     the site's connected agents."""
@@ -75,16 +74,14 @@ async def put_site_config(
 
 
 @router.get("/sites/{site}/config")
-async def get_site_config(
-    site: Name, _: SiteReaderDep, session: ReadSessionDep
-) -> SiteConfigPublic:
+async def get_site_config(site: str, _: SiteReaderDep, session: ReadSessionDep) -> SiteConfigPublic:
     """The current config (revision 0 with defaults when none was stored)."""
     return await config_revisions.current_config(session, await sites.site_by_name(session, site))
 
 
 @router.get("/sites/{site}/config/revisions")
 async def list_config_revisions(
-    site: Name, _: SiteReaderDep, session: ReadSessionDep
+    site: str, _: SiteReaderDep, session: ReadSessionDep
 ) -> ItemList[ConfigRevisionPublic]:
     """Every revision, oldest first, each with its diff against the previous one."""
     site_row = await sites.site_by_name(session, site)
