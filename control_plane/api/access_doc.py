@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from control_plane.access import Access
@@ -28,12 +27,11 @@ class RouteWithoutAccessError(RuntimeError):
 def publish_access(app: FastAPI) -> None:
     """Check every protected route's level now; add `x-access` to the OpenAPI document."""
     levels = route_access(app)
+    generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document = get_openapi(
-                title=app.title, version=app.version, routes=app.routes, description=app.description
-            )
+            document = generate()
             for (method, path), level in levels.items():
                 operation = document.get("paths", {}).get(path, {}).get(method.lower())
                 if operation is not None:
