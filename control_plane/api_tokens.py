@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control_plane import audit
 from control_plane.auth_schemas import (
     DEFAULT_TOKEN_LIFETIME,
+    MAX_TOKEN_LIFETIME,
     TokenCreate,
     TokenCreated,
     TokenPublic,
@@ -40,6 +41,10 @@ async def create_token(
         expires_at = body.expires_at.astimezone(dt.UTC)
         if expires_at <= now:
             raise InvalidRequestError("expires_at is in the past; give a time in the future")
+        if expires_at > now + MAX_TOKEN_LIFETIME:
+            raise InvalidRequestError(
+                f"expires_at is more than {MAX_TOKEN_LIFETIME.days} days away; give an earlier time"
+            )
     else:
         expires_at = now + (body.expires_in or DEFAULT_TOKEN_LIFETIME)
     token = new_token()
