@@ -133,7 +133,7 @@ def agent(
         )
     except ValidationError as exc:
         for error in exc.errors():
-            typer.echo(f"agent: {error['msg']}", err=True)
+            typer.echo(f"agent: {error['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
 
     def announce(port: int) -> None:
