@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ import structlog
 from agent.http_retry import is_retryable
 from agent.retry import backoff
 from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
+from agent.tls import describe_verification_failure, verification_failure
 
 CONFIG_PATH = "/api/v1/agent/config"
 CONFIG_FILE_NAME = "config.json"
@@ -53,6 +55,7 @@ class ConfigClient:
         *,
         client: httpx2.AsyncClient | None = None,
         timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -60,7 +63,7 @@ class ConfigClient:
         self._token_file = token_file
         self._path = data_dir / CONFIG_FILE_NAME
         self._owns_client = client is None
-        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._client = client or httpx2.AsyncClient(timeout=timeout, verify=verify)
         self._sleep = sleep
         self._rng = rng
         self.last_error: str | None = None
@@ -82,6 +85,9 @@ class ConfigClient:
                 self._url, headers={"Authorization": f"Bearer {token}"}
             )
         except httpx2.HTTPError as exc:
+            refused = verification_failure(exc)
+            if refused is not None:
+                raise ConfigUnavailable(describe_verification_failure(refused, self._url)) from exc
             raise ConfigUnavailable(
                 f"control plane unreachable ({type(exc).__name__}: {exc})"
             ) from exc

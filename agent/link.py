@@ -24,6 +24,7 @@ import contextlib
 import enum
 import importlib.metadata
 import random
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from agent.retry import backoff
 from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
+from agent.tls import describe_verification_failure
 from common.messages import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REPLACED,
@@ -154,8 +156,11 @@ class ControlPlaneLink:
         unauthorized_retry_interval: float = 60.0,
         open_timeout: float = 10.0,
         rng: random.Random | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = link_url(control_plane_url)
+        # Only a wss:// link takes a TLS context (websockets refuses one for ws://).
+        self._ssl = ssl_context if self.url.startswith("wss://") else None
         self._token_file = token_file
         self._owner = owner
         self._config_store = config_store
@@ -219,6 +224,7 @@ class ControlPlaneLink:
                 compression=None,
                 open_timeout=self._open_timeout,
                 user_agent_header=f"dicom-connector-agent/{self._version}",
+                ssl=self._ssl,
             ) as websocket:
                 await self._converse(websocket)
         except InvalidStatus as exc:
@@ -227,6 +233,8 @@ class ControlPlaneLink:
             code = exc.rcvd.code if exc.rcvd is not None else None
             reason = exc.rcvd.reason if exc.rcvd is not None else ""
             return self._classify_close(code, reason)
+        except ssl.SSLCertVerificationError as exc:
+            return _Outcome(_Retry.backoff, describe_verification_failure(exc, self.url))
         except (InvalidHandshake, InvalidURI) as exc:
             return _Outcome(_Retry.backoff, f"the control plane link failed: {exc}")
         except (OSError, TimeoutError) as exc:

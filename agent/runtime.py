@@ -46,6 +46,7 @@ from agent.settings import AgentSettings
 from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState
+from agent.tls import control_plane_ssl_context
 from agent.tracing import PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
@@ -83,11 +84,14 @@ class AgentRuntime:
         self._clock = clock
         self._tracer = PipelineTracer(tracer_provider)
         self._destination = destination
+        # One TLS context for the link, the config fetch and uploads (agent.tls).
+        self._tls = control_plane_ssl_context(settings.control_plane_ca)
         self._config_client = config_client or ConfigClient(
             settings.control_plane_url,
             settings.token_file,
             settings.data_dir,
             timeout=settings.http_timeout,
+            verify=self._tls,
         )
         self.counters = PipelineCounters()
         self._stop_requested = asyncio.Event()
@@ -113,6 +117,7 @@ class AgentRuntime:
             backoff_cap=settings.link_backoff_cap,
             unauthorized_retry_interval=settings.link_unauthorized_retry_interval,
             open_timeout=settings.link_open_timeout,
+            ssl_context=self._tls,
         )
         """The websocket to the control plane (up while `link.connected`)."""
 
@@ -291,7 +296,10 @@ class AgentRuntime:
             return token_file.read_text(encoding="utf-8").strip()
 
         return BuiltinStoreDestination(
-            self.settings.control_plane_url, current_token, timeout=self.settings.http_timeout
+            self.settings.control_plane_url,
+            current_token,
+            timeout=self.settings.http_timeout,
+            verify=self._tls,
         )
 
     def _build_upload_loop(self, destination: Destination, snapshot: SiteSnapshot) -> UploadLoop:

@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.tls import control_plane_ssl_context
+
 MIB = 1024 * 1024
 
 
@@ -27,6 +29,11 @@ class AgentSettings(BaseSettings):
         description="Base URL of the control plane, e.g. https://cp:8080"
     )
     token_file: Path = Field(description="File holding this agent's bearer token")
+    control_plane_ca: Path | None = Field(
+        default=None,
+        description="PEM file of the private CA that signed the control plane's certificate;"
+        " trusted instead of the system's CAs for the link and every HTTP request",
+    )
     data_dir: Path = Field(description="Directory for state.db, spool/ and config.json")
     # Scanners reach the agent over the site LAN, so the SCP listens on every interface.
     dicom_host: str = "0.0.0.0"  # noqa: S104
@@ -74,6 +81,13 @@ class AgentSettings(BaseSettings):
     upload_drain_timeout: float = Field(
         default=5.0, ge=0, description="Seconds to let in-flight uploads finish when stopping"
     )
+
+    @field_validator("control_plane_ca")
+    @classmethod
+    def _usable_ca(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            control_plane_ssl_context(value)  # refuse a missing or unreadable file at start
+        return value
 
     @field_validator("control_plane_url")
     @classmethod

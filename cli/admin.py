@@ -24,12 +24,14 @@ projects_app = typer.Typer(help="Projects of a group.")
 sites_app = typer.Typer(help="Sites of the fleet.")
 agents_app = typer.Typer(help="Agents of a site.")
 config_app = typer.Typer(help="Versioned site configuration.")
+tokens_app = typer.Typer(help="API tokens for people and automation (support only).")
 for sub, name in (
     (groups_app, "groups"),
     (projects_app, "projects"),
     (sites_app, "sites"),
     (agents_app, "agents"),
     (config_app, "config"),
+    (tokens_app, "tokens"),
 ):
     admin_app.add_typer(sub, name=name)
 
@@ -52,7 +54,11 @@ def connect(
     ] = "http://127.0.0.1:8080",
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="DICOM_CONNECTOR_ADMIN_TOKEN", help="Admin bearer token."),
+        typer.Option(
+            "--token",
+            envvar="DICOM_CONNECTOR_ADMIN_TOKEN",
+            help="Bearer token: the admin token or an API token (support, site-admin, read-only).",
+        ),
     ] = None,
     token_file: Annotated[
         Path | None,
@@ -379,6 +385,50 @@ def deid_preview(
     )
 
 
+@tokens_app.command("create")
+def tokens_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Who or what holds the token.")],
+    role: Annotated[str, typer.Option(help="support, site-admin or read-only.")],
+    site: Annotated[
+        str | None,
+        typer.Option(help="The one site of a site-admin (or of a read-only) token."),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="Lifetime, e.g. 30d or 12h (default 90d).")
+    ] = None,
+) -> None:
+    """Issue an API token; it is printed once and never shown again."""
+    body = {"name": name, "role": role, "site": site, "expires_in": expires_in}
+    created = _call(
+        ctx, "POST", "/api/v1/tokens", json={k: v for k, v in body.items() if v is not None}
+    )
+    console.print(f"token id: {created['id']} ({created['role']}, expires {created['expires_at']})")
+    console.print(f"token (shown once, store it now): {created['token']}")
+
+
+@tokens_app.command("list")
+def tokens_list(ctx: typer.Context) -> None:
+    """List API tokens with their role, site and state (never the tokens themselves)."""
+    items = _call(ctx, "GET", "/api/v1/tokens")["items"]
+    _table(
+        "API tokens",
+        ["id", "name", "role", "site", "state", "expires at", "created by"],
+        [
+            (
+                t["id"],
+                escape(t["name"]),
+                t["role"],
+                t["site"],
+                _status(t["state"]),
+                t["expires_at"],
+                escape(t["created_by"]),
+            )
+            for t in items
+        ],
+    )
+
+
 _ACTION_STYLES = {
     "removed": "[red]removed[/red]",
     "replaced": "[yellow]replaced[/yellow]",
@@ -386,7 +436,72 @@ _ACTION_STYLES = {
 }
 
 
-_STATUS_STYLES = {"ok": "green", "degraded": "yellow", "unhealthy": "red", "missing": "red"}
+@tokens_app.command("revoke")
+def tokens_revoke(ctx: typer.Context, token_id: str) -> None:
+    """Revoke an API token; it is refused from its next request on."""
+    _call(ctx, "DELETE", f"/api/v1/tokens/{token_id}")
+    console.print(f"token {token_id} revoked")
+
+
+@admin_app.command("audit")
+def audit(
+    ctx: typer.Context,
+    site: Annotated[str | None, typer.Option(help="Only changes of this site.")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action, e.g. config.update, token.create.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only changes from this time on (ISO 8601 with zone).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Entries per page.")] = 50,
+    before: Annotated[
+        int | None, typer.Option(help="Entries older than this id (the next page).")
+    ] = None,
+) -> None:
+    """Who changed what and when, newest first."""
+    params = {"site": site, "action": action, "since": since, "limit": limit, "before": before}
+    page = _call(
+        ctx, "GET", "/api/v1/audit", params={k: v for k, v in params.items() if v is not None}
+    )
+    _table(
+        "audit log",
+        ["id", "at", "actor", "role", "action", "target", "site", "changes"],
+        [
+            (
+                e["id"],
+                e["at"],
+                escape(e["actor"]["name"]),
+                e["actor"]["role"],
+                e["action"],
+                escape(e["target"]),
+                e["site"],
+                escape(_changes(e["changes"])),
+            )
+            for e in page["items"]
+        ],
+    )
+    if page["next"] is not None:
+        console.print(f"more: --before {page['next']}")
+
+
+def _changes(changes: dict[str, Any]) -> str:
+    diff = changes.get("diff")
+    if isinstance(diff, list):
+        lines = [f"revision {changes.get('revision')}"]
+        lines += [f"{c.get('key')}: {c.get('old')!r} -> {c.get('new')!r}" for c in diff]
+        return "\n".join(lines)
+    return ", ".join(f"{key}={value}" for key, value in changes.items())
+
+
+_STATUS_STYLES = {
+    "ok": "green",
+    "active": "green",
+    "degraded": "yellow",
+    "unhealthy": "red",
+    "missing": "red",
+    "expired": "red",
+    "revoked": "red",
+}
 
 
 def _status(status: str) -> str:

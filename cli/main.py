@@ -114,15 +114,33 @@ def agent(
     ],
     token_file: Annotated[Path, typer.Option("--token-file", help="File holding the agent token.")],
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Spool, state and cached config.")],
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help="PEM file of the private CA that signed the control plane's certificate"
+            " (https:// only); trusted instead of the system's CAs.",
+        ),
+    ] = None,
 ) -> None:
     """Run an edge agent: DICOM intake, spool, routing and upload."""
+    from pydantic import ValidationError
+
     from agent.runtime import main as run_agent
     from agent.settings import AgentSettings
     from cli.all_in_one import AGENT_READY_PREFIX
 
-    settings = AgentSettings(
-        control_plane_url=control_plane_url, token_file=token_file, data_dir=data_dir
-    )
+    try:
+        settings = AgentSettings(
+            control_plane_url=control_plane_url,
+            token_file=token_file,
+            data_dir=data_dir,
+            control_plane_ca=ca_file,
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(f"agent: {error['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
 
     def announce(port: int) -> None:
         print(f"{AGENT_READY_PREFIX} dicom_port={port}", flush=True)

@@ -115,7 +115,10 @@ def _validate_duration(value: Any) -> dt.timedelta:
                 f"{value!r} is not a duration; a bare number is seconds and must be zero or "
                 f"more, or {_DURATION_HELP}"
             )
-        return dt.timedelta(seconds=value)
+        try:
+            return dt.timedelta(seconds=value)
+        except OverflowError:
+            raise _duration_error(f"{value!r} seconds is too long a duration") from None
     if isinstance(value, str):
         try:
             return parse_duration(value)

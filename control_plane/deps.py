@@ -1,11 +1,14 @@
 """Request dependencies, declared once as `Annotated` aliases: database session, blob store,
 hub of connected agents and its fleet view, the moment health is judged at, the calling
-principal, and the authorization rules (admin-only, agent-only).
+principal, and the authorization rules.
 
-Authorization lives here, never pasted into routes: a route (or a router) states what it needs
-with `AdminDep`, `AgentDep` or `PrincipalDep`.
+Authorization lives here, never pasted into routes: every `/api/v1` route takes exactly one
+of the access aliases below (`SupportDep`, `SiteChangerDep`...), each standing for one
+`control_plane.access.Access` level; the app refuses to start with a route that takes none
+(`control_plane.api.access_doc`), and publishes each route's level in its OpenAPI document.
 """
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated
@@ -14,15 +17,22 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.fleet.agents import authenticate_agent
+from control_plane import api_tokens
+from control_plane.access import Access, check, may_see_site
+from control_plane.errors import NotFoundError
+from control_plane.fleet.agents import authenticate_agent, site_id_of_agent
 from control_plane.fleet.health import HealthContext
 from control_plane.fleet.view import FleetView
 from control_plane.hierarchy.blobs import BlobStore
+from control_plane.hierarchy.catalog import site_id_of_file, site_id_of_session
 from control_plane.hub import Hub
 from control_plane.resources import Resources
-from control_plane.security import ADMIN, Principal, PrincipalKind, digests_match, token_digest
+from control_plane.security import ADMIN, Principal, digests_match, token_digest
 
-_bearer = HTTPBearer(auto_error=False, description="An admin token or an agent token.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="The admin token, an API token (support, site-admin, read-only) or an agent token.",
+)
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -92,7 +102,8 @@ async def get_principal(
     resources: ResourcesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """Who is calling; 401 with a `WWW-Authenticate: Bearer` challenge when nobody we know."""
+    """Who is calling; 401 with a `WWW-Authenticate: Bearer` challenge when nobody we know, or
+    when the token expired or was revoked (the message says which)."""
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -100,16 +111,25 @@ async def get_principal(
             headers=_CHALLENGE,
         )
     token = credentials.credentials
-    if digests_match(token_digest(token), resources.admin_token_digest):
+    digest = token_digest(token)
+    if digests_match(digest, resources.admin_token_digest):
         return ADMIN
     # A session of its own, closed before the route runs: an ingest must not hold a
     # database transaction open while its body streams in.
     async with resources.read_sessionmaker() as session:
         principal = await authenticate_agent(session, token)
+        if principal is None:
+            try:
+                principal = await api_tokens.authenticate(session, digest, resources.clock())
+            except api_tokens.TokenRefusedError as exc:
+                raise HTTPException(
+                    status.HTTP_401_UNAUTHORIZED, exc.message, headers=_CHALLENGE
+                ) from None
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "unknown bearer token; use the admin token or a token from agent registration",
+            "unknown bearer token; use the admin token, an API token from POST /api/v1/tokens"
+            " or a token from agent registration",
             headers=_CHALLENGE,
         )
     return principal
@@ -118,30 +138,87 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
-    """Let only the admin through (403 for agents)."""
-    if principal.kind is not PrincipalKind.admin:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            "agent tokens may only call GET /api/v1/agent/config, GET /api/v1/agent/link"
-            " (the websocket), POST /api/v1/ingest and POST /api/v1/ingest/batch;"
-            " use the admin token for this route",
-        )
-    return principal
+class AccessRule:
+    """A route's access level as a dependency; one subclass per way the route names its site."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
 
 
-AdminDep = Annotated[Principal, Depends(require_admin)]
+class Requires(AccessRule):
+    """The dependency of a route that names no site in its path."""
+
+    def __call__(self, principal: PrincipalDep) -> Principal:
+        check(principal, self.access)
+        return principal
 
 
-def require_agent(principal: PrincipalDep) -> Principal:
-    """Let only agents through (403 for the admin, who has no site of its own)."""
-    if principal.kind is not PrincipalKind.agent:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            "this route answers for the calling agent's site; with the admin token read"
-            " GET /api/v1/sites/{site}/config instead",
-        )
-    return principal
+class RequiresSite(AccessRule):
+    """The dependency of a route under `/sites/{site}`: another site is a 404 for a principal
+    bound to one site."""
+
+    def __call__(self, principal: PrincipalDep, site: str) -> Principal:
+        check(principal, self.access)
+        if principal.site_name is not None and principal.site_name != site:
+            raise NotFoundError(f"site {site!r} does not exist; create it with POST /api/v1/sites")
+        return principal
 
 
-AgentDep = Annotated[Principal, Depends(require_agent)]
+class RequiresAgentSite(AccessRule):
+    """The dependency of a route under `/agents/{agent_id}`: the agent's site decides."""
+
+    async def __call__(
+        self, principal: PrincipalDep, resources: ResourcesDep, agent_id: uuid.UUID
+    ) -> Principal:
+        check(principal, self.access)
+        if principal.site_id is not None:
+            async with resources.read_sessionmaker() as session:
+                site_id = await site_id_of_agent(session, agent_id)
+            if not may_see_site(principal, site_id):
+                raise NotFoundError(f"agent {agent_id} does not exist")
+        return principal
+
+
+class RequiresFileSite(AccessRule):
+    """The dependency of a route under `/files/{file_id}`: the site the file's session came
+    from decides."""
+
+    async def __call__(
+        self, principal: PrincipalDep, resources: ResourcesDep, file_id: uuid.UUID
+    ) -> Principal:
+        check(principal, self.access)
+        if principal.site_id is not None:
+            async with resources.read_sessionmaker() as session:
+                site_id = await site_id_of_file(session, file_id)
+            if not may_see_site(principal, site_id):
+                raise NotFoundError(f"file {file_id} does not exist")
+        return principal
+
+
+class RequiresSessionSite(AccessRule):
+    """The dependency of a route under `/sessions/{session_id}`: the site the session came from
+    decides."""
+
+    async def __call__(
+        self, principal: PrincipalDep, resources: ResourcesDep, session_id: uuid.UUID
+    ) -> Principal:
+        check(principal, self.access)
+        if principal.site_id is not None:
+            async with resources.read_sessionmaker() as session:
+                site_id = await site_id_of_session(session, session_id)
+            if not may_see_site(principal, site_id):
+                raise NotFoundError(f"session {session_id} does not exist")
+        return principal
+
+
+AgentDep = Annotated[Principal, Depends(Requires(Access.agent))]
+IngestDep = Annotated[Principal, Depends(Requires(Access.ingest))]
+SupportDep = Annotated[Principal, Depends(Requires(Access.support))]
+ReaderDep = Annotated[Principal, Depends(Requires(Access.read))]
+FleetReaderDep = Annotated[Principal, Depends(Requires(Access.fleet_read))]
+SiteReaderDep = Annotated[Principal, Depends(RequiresSite(Access.site_read))]
+SiteChangerDep = Annotated[Principal, Depends(RequiresSite(Access.site_change))]
+AgentReaderDep = Annotated[Principal, Depends(RequiresAgentSite(Access.site_read))]
+AgentChangerDep = Annotated[Principal, Depends(RequiresAgentSite(Access.site_change))]
+FileReaderDep = Annotated[Principal, Depends(RequiresFileSite(Access.site_read))]
+SessionReaderDep = Annotated[Principal, Depends(RequiresSessionSite(Access.site_read))]

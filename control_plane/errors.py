@@ -64,12 +64,6 @@ class NoAnswerError(ControlPlaneError):
     http_status = 504
 
 
-class InvalidRequestError(ControlPlaneError):
-    """A request that is well-formed but cannot be answered as asked; the message says why."""
-
-    http_status = 422
-
-
 class InvalidConfigError(ControlPlaneError):
     """A site config that does not validate; `problems` name each key, value and what is allowed."""
 
@@ -84,3 +78,9 @@ class MissingBlobError(ControlPlaneError):
     """The database names bytes the blob store does not have: storage was lost or moved."""
 
     http_status = 500
+
+
+class InvalidRequestError(ControlPlaneError):
+    """A request that is well-formed but asks for something impossible (e.g. a past expiry)."""
+
+    http_status = 400

@@ -18,8 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from control_plane import migrate
+from control_plane.api.access_doc import publish_access
+from control_plane.api.hardening import INTERNAL_ERROR_DETAIL, harden
 from control_plane.api.router import api_router
 from control_plane.api.routes import health
+from control_plane.api.routes.ingest import BATCH_LIMITS
 from control_plane.clock import Clock, system_clock
 from control_plane.db import (
     create_engine,
@@ -36,7 +39,10 @@ from control_plane.settings import ControlPlaneSettings
 
 logger = structlog.get_logger(__name__)
 
-INTERNAL_ERROR_DETAIL = "internal error; see control-plane log"
+__all__ = ["INTERNAL_ERROR_DETAIL", "SchemaNotCurrentError", "create_app"]
+
+# Room for the part headers and boundaries of a full batch around its instances' bytes.
+BATCH_FRAMING_BYTES = 1024 * 1024
 
 
 class SchemaNotCurrentError(RuntimeError):
@@ -114,7 +120,15 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
     app.include_router(health.router)
     app.include_router(api_router)
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
-    app.add_exception_handler(Exception, _internal_error)
+    harden(
+        app,
+        default_limit=settings.max_body_bytes,
+        limits={
+            "/api/v1/ingest": settings.max_instance_bytes,
+            "/api/v1/ingest/batch": BATCH_LIMITS.max_bytes + BATCH_FRAMING_BYTES,
+        },
+    )
+    publish_access(app)
     return app
 
 
@@ -152,10 +166,3 @@ async def _control_plane_error(request: Request, exc: Exception) -> JSONResponse
     if exc.http_status >= 500:
         logger.error("request failed", path=request.url.path, error=type(exc).__name__)
     return JSONResponse({"detail": detail}, status_code=exc.http_status)
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Only the exception's class is logged: messages of database errors can quote values
-    # (labels) that identify a patient.
-    logger.error("unhandled error", path=request.url.path, error=type(exc).__name__)
-    return JSONResponse({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)

@@ -288,3 +288,44 @@ class SessionEvent(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     actor: Mapped[str] = mapped_column(String(LABEL_LENGTH))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class ApiToken(Base):
+    """A bearer token for people and automation: a role, maybe one site, an expiry.
+
+    Only the sha256 of the token is kept. A revoked token keeps its row (`revoked_at` set) so
+    the token list and the audit log can still name it.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    role: Mapped[str] = mapped_column(String(16))
+    site_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sites.id"))
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
+    created_at: Mapped[datetime] = _created_at()
+    created_by: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One change made through the API: who (never their token), when, what, and what changed.
+
+    Written in the same transaction as the change it records. `site` is the site's name (sites
+    are never renamed), NULL for changes outside any site (groups, tokens of support).
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_site", "site", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
+    actor_role: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_name: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    site: Mapped[str | None] = mapped_column(String(64))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSONDocument)

@@ -68,8 +68,13 @@ def _check_sha256(value: str) -> str:
     return value
 
 
+def is_valid_name(value: str) -> bool:
+    """Whether `value` could name a site (lowercase letters, digits, `_`, `-`; 1-64)."""
+    return _NAME.fullmatch(value) is not None
+
+
 def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
+    if not is_valid_name(value):
         raise ValueError(
             "use 1-64 lowercase letters, digits, '_' or '-', starting with a letter or digit"
         )
@@ -168,12 +173,13 @@ class AcquisitionPublic(BaseModel):
 
 
 class AcquisitionFilter(BaseModel):
-    """Query of `GET /api/v1/acquisitions`; every filter is optional."""
+    """Query of `GET /api/v1/acquisitions`; every filter is optional. A filter no label could
+    equal (control characters, too long) is refused rather than sent to the database."""
 
-    group: str | None = None
-    project: str | None = None
-    subject: str | None = None
-    session: str | None = None
+    group: StorableLabel | None = None
+    project: StorableLabel | None = None
+    subject: StorableLabel | None = None
+    session: StorableLabel | None = None
 
 
 class IngestStatus(StrEnum):

@@ -1,7 +1,8 @@
-"""Bearer tokens and the principals they stand for.
+"""Bearer tokens, the roles they carry and the principals they stand for.
 
-Tokens are random (`secrets.token_urlsafe`), stored only as sha256 hex and compared in constant
-time. Must not import FastAPI: `control_plane.deps` turns these into request dependencies.
+Tokens are random (`secrets.token_urlsafe`), stored only as sha256 hex, looked up by that
+digest and compared in constant time. Must not import FastAPI: `control_plane.deps` turns these
+into request dependencies and `control_plane.access` decides what each role may do.
 """
 
 import hashlib
@@ -15,24 +16,52 @@ TOKEN_BYTES = 32
 ADMIN_PRINCIPAL_NAME = "admin"
 
 
-class PrincipalKind(StrEnum):
-    """What a bearer token was issued to."""
+class Role(StrEnum):
+    """What a bearer token may do (docs/security.md has the table)."""
 
-    admin = "admin"
+    support = "support"
+    """The whole fleet: every site, the hierarchy store, tokens."""
+    site_admin = "site-admin"
+    """One site: its config and agents; reads the hierarchy of its own site."""
+    read_only = "read-only"
+    """Reads the whole fleet, or one site when the token names one; changes nothing."""
     agent = "agent"
+    """One agent of one site: its config, its link, uploads."""
+
+
+HUMAN_ROLES = (Role.support, Role.site_admin, Role.read_only)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the administrator, or one agent of one site."""
+    """Who is calling: the bootstrap admin, an API token's holder, or one agent of one site."""
 
-    kind: PrincipalKind
+    role: Role
     name: str
+    token_id: uuid.UUID | None = None
+    """The API token used (None for the admin token and for agents)."""
     agent_id: uuid.UUID | None = None
     site_id: uuid.UUID | None = None
+    """The one site this principal is bound to (None: the whole fleet)."""
+    site_name: str | None = None
+
+    @property
+    def is_human(self) -> bool:
+        """A person's token (support, site-admin, read-only), as opposed to an agent's."""
+        return self.role is not Role.agent
+
+    @property
+    def actor_id(self) -> str:
+        """How the audit log names this principal: token id, agent id, or `admin`."""
+        if self.token_id is not None:
+            return str(self.token_id)
+        if self.agent_id is not None:
+            return str(self.agent_id)
+        return ADMIN_PRINCIPAL_NAME
 
 
-ADMIN = Principal(kind=PrincipalKind.admin, name=ADMIN_PRINCIPAL_NAME)
+ADMIN = Principal(role=Role.support, name=ADMIN_PRINCIPAL_NAME)
+"""The bootstrap principal of `--admin-token`: a support engineer for the whole fleet."""
 
 
 def new_token() -> str:

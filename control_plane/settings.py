@@ -49,6 +49,16 @@ class ControlPlaneSettings(BaseSettings):
         description="Freeze what exists at start-up and collect the young generation less"
         " often (process-wide; see control_plane.main). Off leaves the collector alone.",
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest request body of every route but the ingest routes (413 over it).",
+    )
+    max_instance_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        description="Largest body of POST /api/v1/ingest: one DICOM instance (413 over it).",
+    )
     health_history_per_agent: int = Field(
         default=360,
         ge=1,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import IO, Any, TypeVar
 
@@ -23,6 +24,7 @@ import stamina
 
 from agent.http_retry import is_retryable
 from agent.state import InstanceRow
+from agent.tls import describe_verification_failure, verification_failure
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart
 from common.config import RoutingConfig
@@ -50,6 +52,7 @@ class BuiltinStoreDestination:
         client: httpx2.AsyncClient | None = None,
         *,
         timeout: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
         retry_attempts: int = 3,
         retry_wait_initial: float = 0.1,
         retry_wait_max: float = 1.0,
@@ -61,7 +64,7 @@ class BuiltinStoreDestination:
         # a restart.
         self._token = token if callable(token) else lambda: token
         self._owns_client = client is None
-        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._client = client or httpx2.AsyncClient(timeout=timeout, verify=verify)
         self._retry_attempts = retry_attempts
         self._retry_wait_initial = retry_wait_initial
         self._retry_wait_max = retry_wait_max
@@ -322,5 +325,8 @@ def _json_or_none(response: httpx2.Response) -> Any:
 def _transport_message(exc: httpx2.HTTPError) -> str:
     # str(exc) of a transport error is the socket-level reason; the request URL (whose query
     # holds subject and session labels) is deliberately left out.
+    refused = verification_failure(exc)
+    if refused is not None:
+        return describe_verification_failure(refused, "the store")[:_MAX_DETAIL_CHARS]
     reason = str(exc) or type(exc).__name__
     return f"request to the store failed ({type(exc).__name__}): {reason}"[:_MAX_DETAIL_CHARS]

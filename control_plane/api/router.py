@@ -7,6 +7,7 @@ from control_plane.api.routes import (
     agent_config,
     agent_link,
     agents,
+    audit,
     deid,
     files,
     fleet_health,
@@ -16,6 +17,7 @@ from control_plane.api.routes import (
     series,
     sessions,
     sites,
+    tokens,
 )
 
 api_router = APIRouter(prefix="/api/v1")
@@ -33,5 +35,7 @@ for _module in (
     agent_config,
     agent_link,
     ingest,
+    tokens,
+    audit,
 ):
     api_router.include_router(_module.router)

@@ -13,13 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.fleet.recorder import LinkState
 from control_plane.models import Agent, Site
 from control_plane.schemas import AgentCreate, AgentCreated
 from control_plane.security import (
     Principal,
-    PrincipalKind,
+    Role,
     agent_principal_name,
     digests_match,
     new_token,
@@ -27,10 +28,14 @@ from control_plane.security import (
 )
 
 
-async def create_agent(session: AsyncSession, site: Site, body: AgentCreate) -> AgentCreated:
-    """Register an agent and return its token, which is not stored and never shown again."""
+async def create_agent(
+    session: AsyncSession, site: Site, body: AgentCreate, actor: Principal
+) -> AgentCreated:
+    """Register an agent (audited) and return its token, which is not stored and never shown
+    again."""
     token = new_token()
     agent = Agent(
+        id=uuid.uuid4(),
         site_id=site.id,
         name=body.name,
         deployment=body.deployment.value,
@@ -38,6 +43,14 @@ async def create_agent(session: AsyncSession, site: Site, body: AgentCreate) -> 
     )
     site_name = site.name
     session.add(agent)
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.agent_create,
+        f"agent {agent.id}",
+        site=site_name,
+        changes={"name": body.name, "deployment": body.deployment.value},
+    )
     try:
         await session.commit()
     except IntegrityError as exc:
@@ -70,10 +83,11 @@ async def authenticate_agent(session: AsyncSession, token: str) -> Principal | N
     if agent.token_sha256 is None or not digests_match(digest, agent.token_sha256):
         return None
     return Principal(
-        kind=PrincipalKind.agent,
+        role=Role.agent,
         name=agent_principal_name(site_name, agent.name),
         agent_id=agent.id,
         site_id=agent.site_id,
+        site_name=site_name,
     )
 
 
@@ -134,3 +148,8 @@ async def token_digests(
         select(Agent.id, Agent.token_sha256).where(Agent.id.in_(agent_ids))
     )
     return {agent_id: digest for agent_id, digest in rows}
+
+
+async def site_id_of_agent(session: AsyncSession, agent_id: uuid.UUID) -> uuid.UUID | None:
+    """The site an agent belongs to (None for an unknown agent)."""
+    return await session.scalar(select(Agent.site_id).where(Agent.id == agent_id))

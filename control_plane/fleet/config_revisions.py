@@ -15,11 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.config import ConfigError, SiteConfig, dictionary_problems, load_site_config
+from control_plane import audit
 from control_plane.dicom_dictionary import keyword_vr
 from control_plane.errors import BusyError, InvalidConfigError
 from control_plane.fleet.config_diff import config_diff
 from control_plane.models import ConfigRevision, Site
 from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
+from control_plane.security import Principal
 
 MAX_ATTEMPTS = 5
 
@@ -69,13 +71,15 @@ async def _latest(session: AsyncSession, site_id: uuid.UUID) -> ConfigRevision |
     )
 
 
-async def store_config(session: AsyncSession, site: Site, config: SiteConfig, author: str) -> int:
+async def store_config(
+    session: AsyncSession, site: Site, config: SiteConfig, actor: Principal
+) -> int:
     """Store `config` as the site's next revision and return its number (or the current one
-    when nothing changed)."""
+    when nothing changed); a new revision is audited with its diff."""
     document = _canonical(config)
     # Read once: a rollback below expires `site`, and reloading it lazily is not possible
     # under asyncio.
-    site_id = site.id
+    site_id, site_name = site.id, site.name
     for _attempt in range(MAX_ATTEMPTS):
         latest = await _latest(session, site_id)
         if latest is not None:
@@ -84,14 +88,20 @@ async def store_config(session: AsyncSession, site: Site, config: SiteConfig, au
                 return latest.revision
         else:
             previous = _canonical(SiteConfig())
+        number = 1 if latest is None else latest.revision + 1
+        diff = [change.model_dump(mode="json") for change in config_diff(previous, document)]
         revision = ConfigRevision(
-            site_id=site_id,
-            revision=1 if latest is None else latest.revision + 1,
-            config=document,
-            diff=[change.model_dump(mode="json") for change in config_diff(previous, document)],
-            created_by=author,
+            site_id=site_id, revision=number, config=document, diff=diff, created_by=actor.name
         )
         session.add(revision)
+        audit.record(
+            session,
+            actor,
+            audit.AuditAction.config_update,
+            f"site {site_name} config",
+            site=site_name,
+            changes={"revision": number, "diff": diff},
+        )
         try:
             await session.commit()
         except IntegrityError:

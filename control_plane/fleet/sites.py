@@ -1,12 +1,15 @@
 """Sites: create, list, look up by name. Must not import FastAPI."""
 
+import uuid
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.models import Site
-from control_plane.schemas import SiteCreate, SitePublic
+from control_plane.schemas import SiteCreate, SitePublic, is_valid_name
 from control_plane.security import Principal
 
 
@@ -15,10 +18,18 @@ def site_public(site: Site) -> SitePublic:
     return SitePublic(name=site.name, timezone=site.timezone)
 
 
-async def create_site(session: AsyncSession, body: SiteCreate) -> SitePublic:
-    """Create a site; `ConflictError` when the name is taken."""
+async def create_site(session: AsyncSession, body: SiteCreate, actor: Principal) -> SitePublic:
+    """Create a site (audited); `ConflictError` when the name is taken."""
     site = Site(name=body.name, timezone=body.timezone)
     session.add(site)
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.site_create,
+        f"site {body.name}",
+        site=body.name,
+        changes={"timezone": body.timezone},
+    )
     try:
         await session.commit()
     except IntegrityError as exc:
@@ -27,15 +38,21 @@ async def create_site(session: AsyncSession, body: SiteCreate) -> SitePublic:
     return site_public(site)
 
 
-async def list_sites(session: AsyncSession) -> list[SitePublic]:
-    """All sites, ordered by name."""
-    sites = await session.scalars(select(Site).order_by(Site.name))
+async def list_sites(session: AsyncSession, only: uuid.UUID | None = None) -> list[SitePublic]:
+    """All sites (or only the site `only`), ordered by name."""
+    query = select(Site).order_by(Site.name)
+    if only is not None:
+        query = query.where(Site.id == only)
+    sites = await session.scalars(query)
     return [site_public(site) for site in sites]
 
 
 async def site_by_name(session: AsyncSession, name: str) -> Site:
     """The site called `name`; `NotFoundError` when there is none."""
-    site = await session.scalar(select(Site).where(Site.name == name))
+    # A name no site can have is not sent to the database (PostgreSQL refuses NUL in text).
+    site = None
+    if is_valid_name(name):
+        site = await session.scalar(select(Site).where(Site.name == name))
     if site is None:
         raise NotFoundError(f"site {name!r} does not exist; create it with POST /api/v1/sites")
     return site

@@ -16,9 +16,10 @@ from control_plane.schemas import AcquisitionFilter, AcquisitionPublic, FilePubl
 
 
 async def list_acquisitions(
-    session: AsyncSession, where: AcquisitionFilter
+    session: AsyncSession, where: AcquisitionFilter, only_site: uuid.UUID | None = None
 ) -> list[AcquisitionPublic]:
-    """Acquisitions matching every given filter, each with its current (not replaced) files."""
+    """Acquisitions matching every given filter, each with its current (not replaced) files;
+    with `only_site`, only those whose session came from that site."""
     query = (
         select(Acquisition, Session, Subject.label, Project.group_id, Project.label)
         .join(Session, Acquisition.session_id == Session.id)
@@ -33,6 +34,8 @@ async def list_acquisitions(
             Acquisition.id,
         )
     )
+    if only_site is not None:
+        query = query.where(Session.site_id == only_site)
     if where.group is not None:
         query = query.where(Project.group_id == where.group)
     if where.project is not None:
@@ -90,3 +93,18 @@ async def get_file(session: AsyncSession, file_id: uuid.UUID) -> File:
     if file is None:
         raise NotFoundError(f"file {file_id} does not exist")
     return file
+
+
+async def site_id_of_session(session: AsyncSession, session_id: uuid.UUID) -> uuid.UUID | None:
+    """The site whose agent uploaded a session (None: unknown session, or uploaded by hand)."""
+    return await session.scalar(select(Session.site_id).where(Session.id == session_id))
+
+
+async def site_id_of_file(session: AsyncSession, file_id: uuid.UUID) -> uuid.UUID | None:
+    """The site whose agent uploaded a file version (None: unknown file, or uploaded by hand)."""
+    return await session.scalar(
+        select(Session.site_id)
+        .join(Acquisition, Acquisition.session_id == Session.id)
+        .join(File, File.acquisition_id == Acquisition.id)
+        .where(File.id == file_id)
+    )

@@ -7,9 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.models import Group, Project
 from control_plane.schemas import GroupCreate, GroupPublic, ProjectCreate, ProjectPublic
+from control_plane.security import Principal
 
 
 def _group_public(group: Group) -> GroupPublic:
@@ -20,10 +22,17 @@ def _project_public(project: Project) -> ProjectPublic:
     return ProjectPublic(id=project.id, group=project.group_id, label=project.label)
 
 
-async def create_group(session: AsyncSession, body: GroupCreate) -> GroupPublic:
-    """Create a group; `ConflictError` when the id is taken."""
+async def create_group(session: AsyncSession, body: GroupCreate, actor: Principal) -> GroupPublic:
+    """Create a group (audited); `ConflictError` when the id is taken."""
     group = Group(id=body.id, label=body.label)
     session.add(group)
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.group_create,
+        f"group {body.id}",
+        changes={"label": body.label},
+    )
     try:
         await session.commit()
     except IntegrityError as exc:
@@ -50,12 +59,19 @@ async def _existing_group(session: AsyncSession, group_id: str) -> Group:
 
 
 async def create_project(
-    session: AsyncSession, group_id: str, body: ProjectCreate
+    session: AsyncSession, group_id: str, body: ProjectCreate, actor: Principal
 ) -> ProjectPublic:
-    """Create a project in a group; `NotFoundError` / `ConflictError` as appropriate."""
+    """Create a project in a group (audited); `NotFoundError` / `ConflictError` as appropriate."""
     await _existing_group(session, group_id)
     project = Project(group_id=group_id, label=body.label)
     session.add(project)
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.project_create,
+        f"project {group_id}/{body.label}",
+        changes={"group": group_id, "label": body.label},
+    )
     try:
         await session.commit()
     except IntegrityError as exc:

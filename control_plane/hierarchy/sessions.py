@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.routing import RoutingReason
+from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.models import (
@@ -24,10 +25,12 @@ from control_plane.models import (
     Project,
     Session,
     SessionEvent,
+    Site,
     Subject,
     utc_now,
 )
 from control_plane.schemas import PurgedSession, SessionEventPublic, SessionPublic
+from control_plane.security import Principal
 
 
 async def get_session(session: AsyncSession, session_id: uuid.UUID) -> SessionPublic:
@@ -49,7 +52,11 @@ async def get_session(session: AsyncSession, session_id: uuid.UUID) -> SessionPu
 
 
 async def move_session(
-    session: AsyncSession, session_id: uuid.UUID, group: str, project_label: str, actor: str
+    session: AsyncSession,
+    session_id: uuid.UUID,
+    group: str,
+    project_label: str,
+    actor: Principal,
 ) -> SessionPublic:
     """Move a session (with its acquisitions and files) to `group`/`project_label`.
 
@@ -97,9 +104,21 @@ async def move_session(
             to_project=project_label,
             files=files,
             bytes=size,
-            actor=actor,
+            actor=actor.name,
             at=utc_now(),
         )
+    )
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.session_move,
+        str(session_id),
+        site=await _site_name(session, study.site_id),
+        changes={
+            "from": f"{source.group_id}/{source.label}",
+            "to": f"{group}/{project_label}",
+            "files": files,
+        },
     )
     await session.flush()
     await _drop_subject_if_empty(session, old_subject)
@@ -108,10 +127,10 @@ async def move_session(
 
 
 async def purge_session(
-    session: AsyncSession, blobs: BlobStore, session_id: uuid.UUID, actor: str
+    session: AsyncSession, blobs: BlobStore, session_id: uuid.UUID, actor: Principal
 ) -> PurgedSession:
     """Delete a session, its acquisitions and every file version, then the unshared blobs."""
-    _, subject, project = await _located(session, session_id)
+    study, subject, project = await _located(session, session_id)
     acquisitions = select(Acquisition.id).where(Acquisition.session_id == session_id)
     rows = (
         await session.execute(
@@ -128,10 +147,22 @@ async def purge_session(
         to_project=None,
         files=len(rows),
         bytes=sum(row.size for row in rows),
-        actor=actor,
+        actor=actor.name,
         at=utc_now(),
     )
     session.add(event)
+    audit.record(
+        session,
+        actor,
+        audit.AuditAction.session_purge,
+        str(session_id),
+        site=await _site_name(session, study.site_id),
+        changes={
+            "from": f"{project.group_id}/{project.label}",
+            "files": event.files,
+            "bytes": event.bytes,
+        },
+    )
     file_ids = [row.id for row in rows]
     # Replacement links point between versions of the same instance; cut them before deleting.
     await session.execute(update(File).where(File.id.in_(file_ids)).values(replaced_by_id=None))
@@ -149,7 +180,7 @@ async def purge_session(
         files=event.files,
         bytes=event.bytes,
         blobs_removed=removed,
-        purged_by=actor,
+        purged_by=actor.name,
         purged_at=event.at,
     )
 
@@ -179,6 +210,13 @@ async def _files_and_bytes(session: AsyncSession, session_id: uuid.UUID) -> tupl
         )
     ).one()
     return int(count), int(size)
+
+
+async def _site_name(session: AsyncSession, site_id: uuid.UUID | None) -> str | None:
+    if site_id is None:
+        return None
+    site = await session.get(Site, site_id)
+    return None if site is None else site.name
 
 
 async def _drop_subject_if_empty(session: AsyncSession, subject_id: uuid.UUID) -> None:

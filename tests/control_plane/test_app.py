@@ -55,5 +55,7 @@ async def test_unexpected_failure_answers_generic_500_without_internals(
         response = await client.get("/api/v1/sites/hospital-a/config")
 
     assert response.status_code == 500
-    assert response.json() == {"detail": INTERNAL_ERROR_DETAIL}
+    answer = response.json()
+    assert answer == {"detail": INTERNAL_ERROR_DETAIL, "request_id": answer["request_id"]}
+    assert response.headers["X-Request-ID"] == answer["request_id"]
     assert "config_revisions" not in response.text

@@ -353,6 +353,18 @@ async def test_link_without_a_valid_agent_token_is_refused_with_401_before_openi
     assert b"agent token" in refused.value.response.body
 
 
+@pytest.mark.parametrize("role", ["support", "read-only"])
+async def test_link_refuses_api_tokens_of_people(server: Server, role: str) -> None:
+    await server.register()
+    created = await server.call("POST", "/api/v1/tokens", json={"name": "person", "role": role})
+
+    with pytest.raises(InvalidStatus) as refused:
+        async with linked(server, created["token"]):
+            pass
+
+    assert refused.value.response.status_code == 401
+
+
 async def test_rotating_the_token_closes_the_link_and_only_the_new_token_connects(
     server: Server,
 ) -> None:

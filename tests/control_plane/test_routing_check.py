@@ -125,7 +125,7 @@ async def test_the_site_must_be_named_when_there_are_several(
     response = await control_plane.admin.post(
         "/api/v1/routing/check", json={"routing_string": "fw://neuro/study-ms"}
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert "site" in response.json()["detail"]
     empty = await control_plane.admin.post("/api/v1/routing/check", json={"site": site})
     assert empty.status_code == 422

@@ -1,14 +1,14 @@
-"""File download: the stored bytes of one file version (admin only)."""
+"""File download: the stored bytes of one file version."""
 
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from control_plane.deps import BlobsDep, SessionDep, require_admin
+from control_plane.deps import BlobsDep, FileReaderDep, SessionDep
 from control_plane.hierarchy.catalog import get_file
 
-router = APIRouter(tags=["hierarchy"], dependencies=[Depends(require_admin)])
+router = APIRouter(tags=["hierarchy"])
 DICOM_MEDIA_TYPE = "application/dicom"
 
 
@@ -17,7 +17,9 @@ DICOM_MEDIA_TYPE = "application/dicom"
     response_class=FileResponse,
     responses={200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "The Part-10 bytes."}},
 )
-async def download_file(file_id: uuid.UUID, session: SessionDep, blobs: BlobsDep) -> FileResponse:
+async def download_file(
+    file_id: uuid.UUID, _: FileReaderDep, session: SessionDep, blobs: BlobsDep
+) -> FileResponse:
     """Stream the stored bytes (404 for an unknown id)."""
     file = await get_file(session, file_id)
     # End the read transaction now: on SQLite it holds the write lock, and the download may

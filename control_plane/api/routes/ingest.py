@@ -1,11 +1,11 @@
 """`POST /api/v1/ingest` (one instance) and `POST /api/v1/ingest/batch` (many instances of one
-acquisition target) into the hierarchy store, for agents and the admin."""
+acquisition target) into the hierarchy store, for agents and support."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from control_plane.deps import BlobsDep, PrincipalDep, SessionDep
+from control_plane.deps import BlobsDep, IngestDep, SessionDep
 from control_plane.hierarchy.ingest import ingest
 from control_plane.hierarchy.ingest_batch import (
     SHA256_HEADER,
@@ -33,7 +33,7 @@ BATCH_LIMITS = BatchLimits()
 async def ingest_instance(
     params: Annotated[IngestParams, Query()],
     request: Request,
-    principal: PrincipalDep,
+    principal: IngestDep,
     session: SessionDep,
     blobs: BlobsDep,
 ) -> IngestResult:
@@ -59,7 +59,7 @@ async def ingest_instance(
 async def ingest_instances(
     target: Annotated[IngestTarget, Query()],
     request: Request,
-    principal: PrincipalDep,
+    principal: IngestDep,
     session: SessionDep,
     blobs: BlobsDep,
 ) -> BatchResult:

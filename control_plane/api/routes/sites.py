@@ -1,14 +1,17 @@
-"""Sites and their config revisions (admin only)."""
+"""Sites and their config revisions: support creates sites, a site's admin configures it."""
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Request, status
 
+from control_plane.access import site_filter
 from control_plane.deps import (
-    AdminDep,
     FleetViewDep,
     HubDep,
+    ReaderDep,
     ReadSessionDep,
     SessionDep,
-    require_admin,
+    SiteChangerDep,
+    SiteReaderDep,
+    SupportDep,
 )
 from control_plane.fleet import config_revisions, sites
 from control_plane.link import ConfigOffer
@@ -22,7 +25,7 @@ from control_plane.schemas import (
     SitePublic,
 )
 
-router = APIRouter(tags=["fleet"], dependencies=[Depends(require_admin)])
+router = APIRouter(tags=["fleet"])
 
 _CONFIG_BODY = {
     "requestBody": {
@@ -37,17 +40,19 @@ _CONFIG_BODY = {
 
 
 @router.post("/sites", status_code=status.HTTP_201_CREATED)
-async def create_site(body: SiteCreate, session: SessionDep, view: FleetViewDep) -> SitePublic:
+async def create_site(
+    body: SiteCreate, principal: SupportDep, session: SessionDep, view: FleetViewDep
+) -> SitePublic:
     """Create a site (409 if the name exists; 422 for an unknown timezone)."""
-    created = await sites.create_site(session, body)
+    created = await sites.create_site(session, body, principal)
     await view.reload_site(created.name)
     return created
 
 
 @router.get("/sites")
-async def list_sites(session: ReadSessionDep) -> ItemList[SitePublic]:
-    """All sites."""
-    return ItemList(items=await sites.list_sites(session))
+async def list_sites(principal: ReaderDep, session: ReadSessionDep) -> ItemList[SitePublic]:
+    """All sites (a site-bound token sees its own only)."""
+    return ItemList(items=await sites.list_sites(session, site_filter(principal)))
 
 
 @router.put(
@@ -56,7 +61,7 @@ async def list_sites(session: ReadSessionDep) -> ItemList[SitePublic]:
     responses={422: {"model": InvalidConfigAnswer, "description": "The config is invalid."}},
 )
 async def put_site_config(
-    site: str, request: Request, principal: AdminDep, session: SessionDep, hub: HubDep
+    site: str, request: Request, principal: SiteChangerDep, session: SessionDep, hub: HubDep
 ) -> ConfigRevisionNumber:
     """Store a new config revision (same number when nothing changed) and push it at once to
     the site's connected agents."""
@@ -64,20 +69,20 @@ async def put_site_config(
     site_id, site_name, timezone = site_row.id, site_row.name, site_row.timezone
     salt = site_row.deid_salt
     config = config_revisions.parse_config(await request.body())
-    revision = await config_revisions.store_config(session, site_row, config, principal.name)
+    revision = await config_revisions.store_config(session, site_row, config, principal)
     await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config, salt))
     return ConfigRevisionNumber(revision=revision)
 
 
 @router.get("/sites/{site}/config")
-async def get_site_config(site: str, session: ReadSessionDep) -> SiteConfigPublic:
+async def get_site_config(site: str, _: SiteReaderDep, session: ReadSessionDep) -> SiteConfigPublic:
     """The current config (revision 0 with defaults when none was stored)."""
     return await config_revisions.current_config(session, await sites.site_by_name(session, site))
 
 
 @router.get("/sites/{site}/config/revisions")
 async def list_config_revisions(
-    site: str, session: ReadSessionDep
+    site: str, _: SiteReaderDep, session: ReadSessionDep
 ) -> ItemList[ConfigRevisionPublic]:
     """Every revision, oldest first, each with its diff against the previous one."""
     site_row = await sites.site_by_name(session, site)
