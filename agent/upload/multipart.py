@@ -1,12 +1,13 @@
 """A streamed `multipart/related; type="application/dicom"` body (the STOW-RS shape, DICOM
-PS3.18) of spooled instances, for `POST /api/v1/ingest/batch`.
+PS3.18) of spooled instances, for `POST /api/v1/ingest/batch` and for STOW-RS itself.
 
-Each part carries one spooled file with the headers `Content-Type: application/dicom`,
-`X-Sop-Instance-Uid` and `X-Sha256`. The body's length is known before the first byte is sent
-(headers are built up front, file sizes come from `fstat`), so the request goes out with a
-Content-Length instead of chunked encoding. File bytes are read with positional reads in
-worker threads, chunk by chunk, so a body can be streamed again from the start when the
-request is retried and memory stays at one chunk whatever the batch size.
+Each part carries one spooled file with the header `Content-Type: application/dicom`, and for
+the built-in store also `X-Sop-Instance-Uid` and `X-Sha256` (`common.ingest`). The body's
+length is known before the first byte is sent (headers are built up front, file sizes come
+from `fstat`), so the request goes out with a Content-Length instead of chunked encoding.
+File bytes are read with positional reads in worker threads, chunk by chunk, so a body can be
+streamed again from the start when the request is retried and memory stays at one chunk
+whatever the batch size.
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -21,10 +22,9 @@ from dataclasses import dataclass
 
 from agent.state import InstanceRow
 from agent.upload.base import UploadError
+from common.ingest import DICOM_MEDIA_TYPE, SHA256_HEADER, SOP_INSTANCE_UID_HEADER
 
 CHUNK_SIZE = 1024 * 1024
-SOP_INSTANCE_UID_HEADER = "X-Sop-Instance-Uid"
-SHA256_HEADER = "X-Sha256"
 _CRLF = b"\r\n"
 
 
@@ -40,7 +40,9 @@ class SpooledPart:
 class RelatedBody:
     """The multipart body of a batch of open spool files; iterate `chunks()` once per send."""
 
-    def __init__(self, parts: Sequence[SpooledPart]) -> None:
+    def __init__(self, parts: Sequence[SpooledPart], *, instance_headers: bool = True) -> None:
+        """`instance_headers`: add the store's per-part headers (SOP Instance UID, sha256)."""
+        self._instance_headers = instance_headers
         # 128 random bits: the odds that a boundary occurs inside DICOM data are nil, so
         # the files need not be scanned for it first.
         self.boundary = f"dicom-connector-{uuid.uuid4().hex}"
@@ -51,7 +53,7 @@ class RelatedBody:
     @property
     def content_type(self) -> str:
         """The request's Content-Type header, boundary included."""
-        return f'multipart/related; type="application/dicom"; boundary={self.boundary}'
+        return f'multipart/related; type="{DICOM_MEDIA_TYPE}"; boundary={self.boundary}'
 
     @property
     def content_length(self) -> int:
@@ -81,10 +83,33 @@ class RelatedBody:
         yield self._close
 
     def _head(self, instance: InstanceRow) -> bytes:
-        lines = (
-            f"--{self.boundary}",
-            "Content-Type: application/dicom",
-            f"{SOP_INSTANCE_UID_HEADER}: {instance.sop_instance_uid}",
-            f"{SHA256_HEADER}: {instance.sha256}",
-        )
+        lines = [f"--{self.boundary}", f"Content-Type: {DICOM_MEDIA_TYPE}"]
+        if self._instance_headers:
+            lines.append(f"{SOP_INSTANCE_UID_HEADER}: {instance.sop_instance_uid}")
+            lines.append(f"{SHA256_HEADER}: {instance.sha256}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+async def open_part(instance: InstanceRow) -> SpooledPart:
+    """Open an instance's spool file for a body; the caller closes `descriptor`.
+
+    Raises `UploadError` (permanent) when the file cannot be opened.
+    """
+    try:
+        descriptor = await asyncio.to_thread(os.open, instance.path, os.O_RDONLY)
+    except OSError as exc:
+        raise unreadable(instance, exc) from exc
+    try:
+        size = os.fstat(descriptor).st_size
+    except OSError as exc:
+        os.close(descriptor)
+        raise unreadable(instance, exc) from exc
+    return SpooledPart(instance, descriptor, size)
+
+
+def unreadable(instance: InstanceRow, exc: OSError) -> UploadError:
+    """The permanent error of an instance whose spool file cannot be read."""
+    # The path names a content hash, not a patient, but strerror is all support needs.
+    return UploadError(
+        False, f"spool file of instance {instance.id} cannot be read: {exc.strerror}"
+    )
