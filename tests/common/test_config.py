@@ -184,7 +184,8 @@ def test_every_problem_is_listed_in_one_error() -> None:
         (
             "routnig: {}",
             "routnig: unknown key (did you mean 'routing'?); allowed keys here: mode, dicom, "
-            "pull, routing, upload_policy, timing, hierarchy, deid",
+            "pull, routing, upload_policy, timing, hierarchy, deid, destination, "
+            "destination_by_group",
         ),
         (
             "dicom: {peers: [{ae_title: MR1, host: h, port: 104}]}",
@@ -332,9 +333,11 @@ def test_json_schema_describes_every_key_and_refuses_unknown_ones() -> None:
         "timing",
         "hierarchy",
         "deid",
+        "destination",
+        "destination_by_group",
     ]
     objects = _objects(schema)
-    assert len(objects) == 10
+    assert len(objects) == 13
     assert all(obj.get("additionalProperties") is False for obj in objects)
     json.dumps(schema)
 
