@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import IO, Any, TypeVar
 
 import httpx2
-import stamina
 from pydantic import ValidationError
 
 from agent.retry import is_retryable
 from agent.state import InstanceRow
 from agent.upload.base import BatchLimits, UploadError, UploadResult
+from agent.upload.http_retry import MAX_DETAIL_CHARS, RetryPolicy, with_retries
 from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart, open_part, unreadable
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
@@ -45,7 +45,7 @@ from common.ingest import (
 # The store's caps on one batch request (docs/architecture.md); more is refused with 413. A
 # proxy in front of the store with a smaller body limit calls for smaller ones.
 STORE_BATCH_LIMITS = BatchLimits(max_instances=MAX_BATCH_INSTANCES, max_bytes=MAX_BATCH_BYTES)
-_MAX_DETAIL_CHARS = 300
+_MAX_DETAIL_CHARS = MAX_DETAIL_CHARS
 
 _T = TypeVar("_T")
 
@@ -72,9 +72,7 @@ class BuiltinStoreDestination:
         self._token = token if callable(token) else lambda: token
         self._owns_client = client is None
         self._client = client or httpx2.AsyncClient(timeout=timeout)
-        self._retry_attempts = retry_attempts
-        self._retry_wait_initial = retry_wait_initial
-        self._retry_wait_max = retry_wait_max
+        self._retry = RetryPolicy(retry_attempts, retry_wait_initial, retry_wait_max)
         self._batch_limits = batch_limits
 
     @property
@@ -134,21 +132,7 @@ class BuiltinStoreDestination:
             await self._client.aclose()
 
     async def _with_retries(self, send: Callable[[], Awaitable[_T]]) -> _T:
-        try:
-            async for attempt in stamina.retry_context(
-                on=is_retryable,
-                attempts=self._retry_attempts,
-                timeout=None,
-                wait_initial=self._retry_wait_initial,
-                wait_max=self._retry_wait_max,
-                # stamina's default jitter (1 s) would dwarf waits meant to be ~0.1-0.4 s.
-                wait_jitter=self._retry_wait_initial,
-            ):
-                with attempt:
-                    return await send()
-        except httpx2.HTTPError as exc:
-            raise UploadError(is_retryable(exc), _transport_message(exc)) from exc
-        raise AssertionError("stamina.retry_context yields until success or raises")
+        return await with_retries(send, self._retry, "the store")
 
     async def _post_batch_once(
         self, parts: list[SpooledPart], params: dict[str, str]
@@ -335,10 +319,3 @@ def _json_or_none(response: httpx2.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _transport_message(exc: httpx2.HTTPError) -> str:
-    # str(exc) of a transport error is the socket-level reason; the request URL (whose query
-    # holds subject and session labels) is deliberately left out.
-    reason = str(exc) or type(exc).__name__
-    return f"request to the store failed ({type(exc).__name__}): {reason}"[:_MAX_DETAIL_CHARS]

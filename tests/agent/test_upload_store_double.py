@@ -40,6 +40,7 @@ from common.ingest import (
     IngestTarget,
 )
 from tests.support.http_server import UvicornThread
+from tests.support.related_body import split_related
 
 AGENT_TOKEN = "agent-secret-token"
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
@@ -155,7 +156,7 @@ class StoreDouble:
         if invalid is not None:
             return self._answer(invalid)
         body = await request.body()
-        parts = _split_related(body, boundary.group(1).encode())
+        parts = split_related(body, boundary.group(1).encode())
         with self._lock:
             self.batch_sizes.append(len(parts))
         items: list[dict[str, str]] = []
@@ -239,22 +240,6 @@ def _invalid_query(model: type[BaseModel], params: dict[str, str]) -> Response |
         ]
         return JSONResponse({"detail": detail}, status_code=422)
     return None
-
-
-def _split_related(body: bytes, boundary: bytes) -> list[tuple[dict[str, str], bytes]]:
-    """The parts of a whole multipart body: (lower-cased headers, bytes) each."""
-    segments = (b"\r\n" + body).split(b"\r\n--" + boundary)
-    parts = []
-    for segment in segments[1:-1]:
-        head, _, data = segment.partition(b"\r\n\r\n")
-        lines = head.decode("ascii").split("\r\n")[1:]
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-        parts.append((headers, data))
-    assert segments[-1].startswith(b"--"), "the body does not end with the close delimiter"
-    return parts
 
 
 @pytest.fixture
