@@ -8,7 +8,11 @@ which brings every newer config (`apply_config`) and reports health. Shutdown (S
 `stop()` or cancellation) runs the same code path every time, whatever was started: the link
 closes first (no config is applied while stopping), pulling stops (its associations are
 aborted), then the listener (open associations finish), in-flight uploads get
-`upload_drain_timeout` to finish, then the destination, config client and state are closed.
+`upload_drain_timeout` to finish, then the destinations, config client and state are closed.
+
+Destinations (`agent.upload.destinations`) are built from the config at start and rebuilt when
+a new revision changes `destination` or `destination_by_group`; the set they replace is
+closed once the batches using it are done.
 `stop()` may be called any number of times.
 
 DICOM threads meet asyncio at exactly one seam: the listener's `on_stored` callback tells the
@@ -46,6 +50,7 @@ from agent.state import AgentState
 from agent.tracing import PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
+from agent.upload.destinations import Destinations, build_destinations, destinations_key
 from agent.uploader import Uploader, UploadLoop
 from common.logging import configure_logging
 from common.messages import HealthReport
@@ -95,6 +100,8 @@ class AgentRuntime:
         self._workers: IntakeWorkers | None = None
         self._data_dir_lock = DataDirLock(settings.data_dir)
         self._upload_loop: UploadLoop | None = None
+        self._uploader: Uploader | None = None
+        self._builtin: Destination | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
         self.link = ControlPlaneLink(
@@ -178,9 +185,15 @@ class AgentRuntime:
             if self._config_client.last_error:
                 self.counters.record_error(self._config_client.last_error, self._clock())
             await self._open_storage(resources)
-            destination = self._destination or await self._builtin_destination()
-            resources.push_async_callback(destination.aclose)
-            upload_loop = self._build_upload_loop(destination, snapshot)
+            builtin = self._destination or await self._builtin_destination()
+            resources.push_async_callback(builtin.aclose)
+            self._builtin = builtin
+            destinations = build_destinations(
+                snapshot.config, builtin, timeout=self.settings.http_timeout
+            )
+            # Runs before the built-in store closes (LIFO), after the uploads drained.
+            resources.push_async_callback(self._retire_destinations)
+            upload_loop = self._build_upload_loop(destinations, snapshot)
             self._pull = self._build_pull_service(snapshot)
             resources.push_async_callback(self._stop_listener)
             await self._start_listener(snapshot)
@@ -266,16 +279,17 @@ class AgentRuntime:
             self.settings.control_plane_url, current_token, timeout=self.settings.http_timeout
         )
 
-    def _build_upload_loop(self, destination: Destination, snapshot: SiteSnapshot) -> UploadLoop:
+    def _build_upload_loop(self, destinations: Destinations, snapshot: SiteSnapshot) -> UploadLoop:
         assert self._state is not None
         uploader = Uploader(
             self._state,
-            destination,
+            destinations,
             concurrency=self.settings.upload_concurrency,
             counters=self.counters,
             clock=self._clock,
             tracer=self._tracer,
         )
+        self._uploader = uploader
         self._upload_loop = UploadLoop(
             self._state,
             Reaper(self._state, clock=self._clock),
@@ -311,6 +325,7 @@ class AgentRuntime:
         previous, self._snapshot = self._snapshot, snapshot
         self._hand_to_pipeline(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):
+            await self._apply_destinations(snapshot)
             return
         log.info("agent.listener_restarting", revision=snapshot.revision)
         await self._stop_listener()
@@ -324,6 +339,24 @@ class AgentRuntime:
             self._hand_to_pipeline(previous)
             await self._start_listener(previous)
             raise ConfigNotApplied(message) from exc
+        await self._apply_destinations(snapshot)
+
+    async def _apply_destinations(self, snapshot: SiteSnapshot) -> None:
+        """Rebuild the destinations if this revision changed them; retire the old set."""
+        uploader, builtin = self._uploader, self._builtin
+        if uploader is None or builtin is None:
+            return
+        if uploader.destinations.key == destinations_key(snapshot.config):
+            return
+        replacement = build_destinations(
+            snapshot.config, builtin, timeout=self.settings.http_timeout
+        )
+        log.info("agent.destinations_changed", revision=snapshot.revision)
+        await uploader.replace_destinations(replacement).retire()
+
+    async def _retire_destinations(self) -> None:
+        if self._uploader is not None:
+            await self._uploader.destinations.retire()
 
     def _hand_to_pipeline(self, snapshot: SiteSnapshot) -> None:
         if self._upload_loop is not None:

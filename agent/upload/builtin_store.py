@@ -218,7 +218,11 @@ def _query(
     except ValidationError as exc:
         # The store would refuse it the same way (422); only where and what, never the value.
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            ": ".join(
+                [".".join(str(part) for part in error["loc"]), error["msg"]]
+                if error["loc"]
+                else [error["msg"]]
+            )
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise UploadError(

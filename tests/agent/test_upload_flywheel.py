@@ -18,6 +18,7 @@ from agent.upload.flywheel import UPLOADED, FlywheelDestination, file_name
 from agent.upload.http_retry import RetryPolicy
 from agent.uploader import UploadBatch, Uploader
 from common.config import RoutingConfig
+from common.routing import RoutingReason
 from tests.agent.test_reaper import T0, series_datasets, spool_datasets
 from tests.agent.test_upload_builtin_store import TARGET
 from tests.support.flywheel_fake import API_KEY, FlywheelFake
@@ -106,7 +107,13 @@ async def test_a_series_without_routing_goes_to_the_sites_fallback_names(
     flywheel: FlywheelFake, state: AgentState, spool: Spool, destination: FlywheelDestination
 ) -> None:
     rows = spool_series(state, spool, 1)
-    unrouted = replace(TARGET, group=None, project=None, routing_string=None)
+    unrouted = replace(
+        TARGET,
+        group=None,
+        project=None,
+        routing_string=None,
+        routing_reason=RoutingReason.no_routing_string,
+    )
 
     await destination.upload_batch(rows, unrouted, RoutingConfig(unsorted_project="Inbox"))
 
