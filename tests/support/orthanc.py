@@ -53,9 +53,17 @@ class Orthanc:
     """
 
     def __init__(
-        self, workdir: Path, *, dicomweb: bool = False, lua_script: str | None = None
+        self,
+        workdir: Path,
+        *,
+        dicomweb: bool = False,
+        lua_script: str | None = None,
+        verbose: bool = True,
     ) -> None:
+        """`verbose=False` drops the per-request log lines (for benchmarks): the retrieval
+        counts (`move_requests`...) then stay at 0."""
         self.workdir = workdir
+        self._verbose = verbose
         self._dicomweb = dicomweb
         self._lua_script = lua_script
         self.dicom_port = free_port()
@@ -77,7 +85,7 @@ class Orthanc:
         config_path.write_text(json.dumps(self._config(), indent=2), encoding="utf-8")
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [executable, "--verbose", str(config_path)],
+                [executable, *(["--verbose"] if self._verbose else []), str(config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=tool_env(),
@@ -108,6 +116,11 @@ class Orthanc:
         """Stop the server and close the REST client."""
         self.stop()
         self.client.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
 
     @property
     def dicomweb_url(self) -> str:
