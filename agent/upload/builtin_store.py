@@ -45,7 +45,6 @@ from common.ingest import (
 # The store's caps on one batch request (docs/architecture.md); more is refused with 413. A
 # proxy in front of the store with a smaller body limit calls for smaller ones.
 STORE_BATCH_LIMITS = BatchLimits(max_instances=MAX_BATCH_INSTANCES, max_bytes=MAX_BATCH_BYTES)
-_MAX_DETAIL_CHARS = MAX_DETAIL_CHARS
 
 _T = TypeVar("_T")
 
@@ -226,7 +225,7 @@ def _query(
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise UploadError(
-            False, f"the series' target cannot be stored: {problems}"[:_MAX_DETAIL_CHARS]
+            False, f"the series' target cannot be stored: {problems}"[:MAX_DETAIL_CHARS]
         ) from None
 
 
@@ -292,7 +291,7 @@ def _item_outcome(
         instance.sop_instance_uid,
     ):
         # The store's refusal names digests and what to do, never a DICOM value.
-        return UploadError(False, f"store refused the instance: {item.error}"[:_MAX_DETAIL_CHARS])
+        return UploadError(False, f"store refused the instance: {item.error}"[:MAX_DETAIL_CHARS])
     if isinstance(item, BatchItemStored) and item.sop_instance_uid == instance.sop_instance_uid:
         return UploadResult(file_id=str(item.file_id), status=str(item.status))
     return UploadError(
@@ -315,7 +314,7 @@ def _error_detail(response: httpx2.Response) -> str:
         )
     else:
         text = response.reason_phrase or "no detail"
-    return text[:_MAX_DETAIL_CHARS]
+    return text[:MAX_DETAIL_CHARS]
 
 
 def _json_or_none(response: httpx2.Response) -> Any:
