@@ -127,3 +127,32 @@ async def test_a_part_orthanc_cannot_read_fails_alone_and_the_readable_ones_are_
         "the DICOMweb archive answered HTTP 400 and named this instance neither stored nor failed"
     )
     assert orthanc.instance_count() == 2
+
+
+DISCARD_MARKED = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  return dicom.ImageComments ~= 'DISCARD-ME'
+end
+"""
+
+
+async def test_orthanc_reports_an_instance_its_lua_filter_discarded_as_stored(
+    tmp_path: Path, state: AgentState, spool: Spool
+) -> None:
+    """Pins the known limit in docs/destinations.md: Orthanc 1.10 with DICOMweb 1.7 answers
+    a discarded instance as stored, so nothing in the answer lets the agent keep it. If this
+    starts failing, Orthanc now reports the refusal: update the docs."""
+    datasets = series_datasets(2, comments=None)
+    datasets[1].ImageComments = "DISCARD-ME"
+    spool_datasets(spool, datasets, T0)
+    rows = state.spooled_instances(datasets[0].SeriesInstanceUID)
+    with running_orthanc(tmp_path / "orthanc", dicomweb=True, lua_script=DISCARD_MARKED) as server:
+        destination = DicomwebDestination(server.dicomweb_url)
+        try:
+            outcomes = await destination.upload_batch(rows, TARGET, ROUTING)
+        finally:
+            await destination.aclose()
+        held = server.instance_count()
+
+    assert [type(outcome) for outcome in outcomes] == [UploadResult, UploadResult]
+    assert held == 1
