@@ -12,7 +12,8 @@ aborted), then the listener (open associations finish), in-flight uploads get
 
 Destinations (`agent.upload.destinations`) are built from the config at start and rebuilt when
 a new revision changes `destination` or `destination_by_group`; the set they replace is
-closed once the batches using it are done.
+closed once the batches using it are done. `upload.concurrency` (else the agent setting) is
+applied with every revision.
 `stop()` may be called any number of times.
 
 DICOM threads meet asyncio at exactly one seam: the listener's `on_stored` callback tells the
@@ -156,6 +157,11 @@ class AgentRuntime:
         )
 
     @property
+    def upload_concurrency(self) -> int | None:
+        """Chunk requests the uploader allows in flight now; None before it runs."""
+        return None if self._uploader is None else self._uploader.concurrency
+
+    @property
     def applied_revision(self) -> int | None:
         """The config revision the agent runs on; None before it has one."""
         return None if self._snapshot is None else self._snapshot.revision
@@ -284,7 +290,7 @@ class AgentRuntime:
         uploader = Uploader(
             self._state,
             destinations,
-            concurrency=self.settings.upload_concurrency,
+            concurrency=self._upload_concurrency(snapshot),
             counters=self.counters,
             clock=self._clock,
             tracer=self._tracer,
@@ -325,7 +331,7 @@ class AgentRuntime:
         previous, self._snapshot = self._snapshot, snapshot
         self._hand_to_pipeline(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):
-            await self._apply_destinations(snapshot)
+            await self._apply_upload_config(snapshot)
             return
         log.info("agent.listener_restarting", revision=snapshot.revision)
         await self._stop_listener()
@@ -339,13 +345,20 @@ class AgentRuntime:
             self._hand_to_pipeline(previous)
             await self._start_listener(previous)
             raise ConfigNotApplied(message) from exc
-        await self._apply_destinations(snapshot)
+        await self._apply_upload_config(snapshot)
 
-    async def _apply_destinations(self, snapshot: SiteSnapshot) -> None:
-        """Rebuild the destinations if this revision changed them; retire the old set."""
+    def _upload_concurrency(self, snapshot: SiteSnapshot) -> int:
+        """The site config's `upload.concurrency`, else the agent's setting."""
+        configured = snapshot.config.upload.concurrency
+        return self.settings.upload_concurrency if configured is None else configured
+
+    async def _apply_upload_config(self, snapshot: SiteSnapshot) -> None:
+        """Rebuild the destinations if this revision changed them and retire the old set;
+        apply its upload concurrency."""
         uploader, builtin = self._uploader, self._builtin
         if uploader is None or builtin is None:
             return
+        await uploader.set_concurrency(self._upload_concurrency(snapshot))
         if uploader.destinations.key == destinations_key(snapshot.config):
             return
         replacement = build_destinations(

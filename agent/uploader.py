@@ -5,7 +5,7 @@ retries are due), reaps those without a decision, and turns the rest into `Uploa
 unless the site's working-hours window is closed, in which case reaping goes on and the
 instances are counted as deferred. `Uploader.upload_batch` picks the series' destination
 (`agent.upload.destinations`: the site's, or its group's), cuts the batch into chunks that fit
-that destination's `batch_limits`, sends them with at most `upload_concurrency` chunk requests
+that destination's `batch_limits`, sends them with at most `concurrency` chunk requests
 in flight across all batches, and books each instance's outcome in the state database:
 confirmed → `mark_uploaded` (only then is the spool file deleted), permanent → `mark_failed`,
 transient → `schedule_retry` with a jittered backoff, so a retry survives a restart. A chunk
@@ -35,6 +35,7 @@ from agent.state import AgentState, InstanceRow, SeriesRow
 from agent.tracing import InstanceTiming, PipelineTracer
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
 from agent.upload.destinations import Destinations
+from agent.upload.slots import Slots
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
 from common.logging import series_key
@@ -130,11 +131,21 @@ class Uploader:
             if isinstance(destination, Destinations)
             else Destinations.single(destination)
         )
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = Slots(concurrency)
         self._counters = counters
         self._clock = clock
         self._tracer = tracer or PipelineTracer()
         self._rng = rng
+
+    @property
+    def concurrency(self) -> int:
+        """Chunk requests allowed in flight at once."""
+        return self._slots.size
+
+    async def set_concurrency(self, concurrency: int) -> None:
+        """Allow `concurrency` chunk requests in flight from now on (requests already sent
+        over a smaller limit finish)."""
+        await self._slots.resize(concurrency)
 
     @property
     def destinations(self) -> Destinations:
@@ -182,7 +193,7 @@ class Uploader:
         batch: UploadBatch,
         routing: RoutingConfig,
     ) -> list[InstanceTiming]:
-        async with self._slots:
+        async with self._slots.slot():
             upload_started = self._clock()
             outcomes: Sequence[UploadResult | Exception]
             try:

@@ -443,6 +443,29 @@ DestinationConfig = Annotated[
 GroupIdKey = Annotated[str, AfterValidator(_check_group_id)]
 
 
+class UploadConfig(_Section):
+    """How the agent sends what it reaped."""
+
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Chunk requests in flight at once, over all destinations; null keeps the "
+        "agent's own setting (DICOM_CONNECTOR_AGENT_UPLOAD_CONCURRENCY, default 4).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bandwidth_limit_yet(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_bandwidth" in data:
+            raise _invalid(
+                "upload",
+                "max_bandwidth is not implemented: uploads are not rate-limited; remove the "
+                "key (limit the agent's bandwidth on its network instead)",
+            )
+        return data
+
+
 class SiteConfig(_Section):
     """One site's config document: every key of DESIGN.md "Site config", with its default."""
 
@@ -466,6 +489,7 @@ class SiteConfig(_Section):
         default_factory=dict,
         description="Per-group overrides of destination, keyed by group id.",
     )
+    upload: UploadConfig = Field(default_factory=UploadConfig)
 
     @model_validator(mode="after")
     def _pull_needs_sources(self) -> Self:

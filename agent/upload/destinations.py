@@ -68,6 +68,11 @@ class Destinations:
         """Every series to `destination` (not closed by this set)."""
         return cls((BuiltinDestination(), ()), destination, {}, [])
 
+    @property
+    def leases(self) -> int:
+        """Batches using this set right now."""
+        return self._leases
+
     def for_target(self, target: HierarchyTarget, routing: RoutingConfig) -> Destination:
         """The destination of a series with this target."""
         group = target.group if target.group is not None else routing.unknown_group

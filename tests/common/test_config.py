@@ -185,7 +185,7 @@ def test_every_problem_is_listed_in_one_error() -> None:
             "routnig: {}",
             "routnig: unknown key (did you mean 'routing'?); allowed keys here: mode, dicom, "
             "pull, routing, upload_policy, timing, hierarchy, deid, destination, "
-            "destination_by_group",
+            "destination_by_group, upload",
         ),
         (
             "dicom: {peers: [{ae_title: MR1, host: h, port: 104}]}",
@@ -335,9 +335,10 @@ def test_json_schema_describes_every_key_and_refuses_unknown_ones() -> None:
         "deid",
         "destination",
         "destination_by_group",
+        "upload",
     ]
     objects = _objects(schema)
-    assert len(objects) == 13
+    assert len(objects) == 14
     assert all(obj.get("additionalProperties") is False for obj in objects)
     json.dumps(schema)
 

@@ -106,14 +106,18 @@ def test_destination_by_group_overrides_per_group_and_round_trips_through_json()
             "destination_by_group.neuro: unknown key 'extra' for kind dicomweb; allowed keys:"
             " kind, url, token_file",
         ),
-        ("upload: {concurrency: 8}", None),
+        (
+            "upload: {concurrency: 8, max_bandwidth: 20MB/s}",
+            "upload: max_bandwidth is not implemented: uploads are not rate-limited; remove the"
+            " key (limit the agent's bandwidth on its network instead)",
+        ),
+        ("upload: {concurrency: 0}", "upload.concurrency: 0 is too small; use at least 1"),
     ],
 )
-def test_a_bad_destination_is_refused_naming_the_key(text: str, problem: str | None) -> None:
-    problems = problems_of(text)
+def test_a_bad_destination_or_upload_key_is_refused_naming_the_key(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]
 
-    if problem is None:
-        # `upload` (bandwidth, concurrency per site) is not implemented: refused, not ignored.
-        assert problems[0].startswith("upload: unknown key")
-    else:
-        assert problems == [problem]
+
+def test_upload_concurrency_defaults_to_the_agents_own_setting() -> None:
+    assert load_site_config("").upload.concurrency is None
+    assert load_site_config("upload: {concurrency: 8}").upload.concurrency == 8
