@@ -439,6 +439,15 @@ def report(machine: list[str], args: argparse.Namespace, results: list[Measureme
     verdict = "met" if stow >= STOW_TARGET_RATIO else "NOT met"
     lines.append(f"target STOW-RS >= {STOW_TARGET_RATIO}x the sink: {verdict}")
     lines.append(f"stow-rs: {rest:.2f}x Orthanc's own REST upload into the same Orthanc")
+    # What the agent alone could reach if the archive cost nothing: instances per second of
+    # the agent's own CPU, against the sink's in the same round.
+    cpu_bound = statistics.median(
+        baseline.client_ms_per_instance / stow.client_ms_per_instance
+        for stow, baseline in zip(by_name["stow-rs"], by_name[BASELINE], strict=True)
+    )
+    lines.append(
+        f"stow-rs, agent side alone (instances per agent CPU second): {cpu_bound:.2f}x the sink"
+    )
     lines += deid_cost_section(args)
     return "\n".join(lines)
 
