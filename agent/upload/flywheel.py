@@ -2,7 +2,8 @@
 
 One chunk of a series is one request through `fw-client` (Flywheel's HTTP client): a
 `multipart/form-data` body with a `metadata` field (JSON, Flywheel's `labelupload.json`
-shape) and one file field per instance (`file1`, `file2`, ...). The metadata names the
+shape) and one file field per instance (`file1`, `file2`, ...), streamed from the spool files
+with a Content-Length (`agent.upload.multipart.FormDataBody`). The metadata names the
 hierarchy by label and carries the UIDs:
 
 ```json
@@ -37,10 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx2
 from fw_client.client import FWClient
@@ -49,7 +50,7 @@ from agent.retry import is_retryable
 from agent.state import InstanceRow
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.http_retry import MAX_DETAIL_CHARS, RetryPolicy, with_retries
-from agent.upload.multipart import unreadable
+from agent.upload.multipart import FormDataBody, SpooledPart, open_part
 from agent.upload.secret_file import read_secret
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
@@ -128,22 +129,22 @@ class FlywheelDestination:
         retried later; other 4xx: permanent).
         """
         outcomes: dict[int, UploadResult | UploadError] = {}
-        with ExitStack() as files:
-            readable: dict[int, IO[bytes]] = {}
+        parts: dict[int, SpooledPart] = {}
+        try:
             for index, instance in enumerate(instances):
                 try:
-                    readable[index] = files.enter_context(
-                        await asyncio.to_thread(instance.path.open, "rb")
-                    )
-                except OSError as exc:
-                    outcomes[index] = unreadable(instance, exc)
-            if readable:
-                sent = [instances[index] for index in readable]
-                handles = list(readable.values())
+                    parts[index] = await open_part(instance)
+                except UploadError as exc:
+                    outcomes[index] = exc
+            if parts:
+                sent = list(parts.values())
                 answered = await with_retries(
-                    lambda: self._post_once(sent, handles, target, routing), self._retry, _PEER
+                    lambda: self._post_once(sent, target, routing), self._retry, _PEER
                 )
-                outcomes.update(zip(readable, answered, strict=True))
+                outcomes.update(zip(parts, answered, strict=True))
+        finally:
+            for part in parts.values():
+                os.close(part.descriptor)
         return [outcomes[index] for index in range(len(instances))]
 
     async def aclose(self) -> None:
@@ -171,24 +172,21 @@ class FlywheelDestination:
         return self._client
 
     async def _post_once(
-        self,
-        sent: Sequence[InstanceRow],
-        handles: Sequence[IO[bytes]],
-        target: HierarchyTarget,
-        routing: RoutingConfig,
+        self, parts: Sequence[SpooledPart], target: HierarchyTarget, routing: RoutingConfig
     ) -> list[UploadResult | UploadError]:
         client = await self._client_for_current_key()
-        for handle in handles:
-            handle.seek(0)
+        sent = [part.instance for part in parts]
         metadata = label_upload_metadata(sent, target, routing)
-        files = {
-            f"file{number}": (file_name(instance), handle, "application/dicom")
-            for number, (instance, handle) in enumerate(zip(sent, handles, strict=True), 1)
-        }
+        body = FormDataBody(
+            {"metadata": json.dumps(metadata)}, parts, [file_name(row) for row in sent]
+        )
         response = await client.apost(
             LABEL_UPLOAD_PATH,
-            data={"metadata": json.dumps(metadata)},
-            files=files,
+            content=body.chunks(),
+            headers={
+                "content-type": body.content_type,
+                "content-length": str(body.content_length),
+            },
             raw=True,
         )
         return _outcomes(response, sent, _labels(metadata))

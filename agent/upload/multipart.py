@@ -1,5 +1,7 @@
 """A streamed `multipart/related; type="application/dicom"` body (the STOW-RS shape, DICOM
-PS3.18) of spooled instances, for `POST /api/v1/ingest/batch` and for STOW-RS itself.
+PS3.18) of spooled instances, for `POST /api/v1/ingest/batch` and for STOW-RS itself; and
+the same as `multipart/form-data` (text fields, then one file field per instance) for
+Flywheel's upload.
 
 Each part carries one spooled file with the header `Content-Type: application/dicom`, and for
 the built-in store also `X-Sop-Instance-Uid` and `X-Sha256` (`common.ingest`). The body's
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.state import InstanceRow
@@ -47,7 +49,10 @@ class RelatedBody:
         # the files need not be scanned for it first.
         self.boundary = f"dicom-connector-{uuid.uuid4().hex}"
         self._parts = tuple(parts)
-        self._heads = [self._head(part.instance) for part in self._parts]
+        self._lead = self._leading_parts()
+        self._heads = [
+            self._head(number, part.instance) for number, part in enumerate(self._parts, 1)
+        ]
         self._close = b"--" + self.boundary.encode("ascii") + b"--" + _CRLF
 
     @property
@@ -59,10 +64,12 @@ class RelatedBody:
     def content_length(self) -> int:
         """The exact number of bytes `chunks()` yields."""
         framing = sum(len(head) + len(_CRLF) for head in self._heads) + len(self._close)
-        return framing + sum(part.size for part in self._parts)
+        return len(self._lead) + framing + sum(part.size for part in self._parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, part after part; raises `UploadError` (retryable) if a file shrank."""
+        if self._lead:
+            yield self._lead
         for head, part in zip(self._heads, self._parts, strict=True):
             yield head
             offset = 0
@@ -82,7 +89,12 @@ class RelatedBody:
             yield _CRLF
         yield self._close
 
-    def _head(self, instance: InstanceRow) -> bytes:
+    def _leading_parts(self) -> bytes:
+        """Parts before the files (none in a multipart/related body)."""
+        return b""
+
+    def _head(self, number: int, instance: InstanceRow) -> bytes:
+        """The delimiter and headers of the `number`th file's part (from 1)."""
         lines = [f"--{self.boundary}", f"Content-Type: {DICOM_MEDIA_TYPE}"]
         if self._instance_headers:
             lines.append(f"{SOP_INSTANCE_UID_HEADER}: {instance.sop_instance_uid}")
@@ -113,3 +125,48 @@ def unreadable(instance: InstanceRow, exc: OSError) -> UploadError:
     return UploadError(
         False, f"spool file of instance {instance.id} cannot be read: {exc.strerror}"
     )
+
+
+class FormDataBody(RelatedBody):
+    """A streamed `multipart/form-data` body: text fields first, then one file field per
+    spool file (`file1`, `file2`, ...), each with its own file name (RFC 7578)."""
+
+    def __init__(
+        self, fields: Mapping[str, str], parts: Sequence[SpooledPart], file_names: Sequence[str]
+    ) -> None:
+        self._fields = dict(fields)
+        self._file_names = tuple(file_names)
+        if len(self._file_names) != len(parts):
+            raise ValueError(f"{len(parts)} files need as many names, got {len(file_names)}")
+        super().__init__(parts, instance_headers=False)
+
+    @property
+    def content_type(self) -> str:
+        """The request's Content-Type header, boundary included."""
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def _leading_parts(self) -> bytes:
+        return b"".join(
+            f"--{self.boundary}\r\n"
+            f'Content-Disposition: form-data; name="{_quoted(name)}"\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n".encode("ascii")
+            + value.encode("utf-8")
+            + _CRLF
+            for name, value in self._fields.items()
+        )
+
+    def _head(self, number: int, instance: InstanceRow) -> bytes:
+        file_name = _quoted(self._file_names[number - 1])
+        lines = (
+            f"--{self.boundary}",
+            f'Content-Disposition: form-data; name="file{number}"; filename="{file_name}"',
+            f"Content-Type: {DICOM_MEDIA_TYPE}",
+        )
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def _quoted(value: str) -> str:
+    """`value` for a quoted header parameter; refuses what cannot be sent as is."""
+    if not value.isascii() or any(char in value for char in '"\\\r\n'):
+        raise ValueError("a form field or file name must be ASCII without quotes or line breaks")
+    return value

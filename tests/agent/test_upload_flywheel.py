@@ -3,9 +3,12 @@ flywheel_fake.py: the documented label upload, in memory; no Flywheel runs here)
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from email.parser import BytesParser
+from email.policy import HTTP
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from agent.state import AgentState, InstanceRow, InstanceState
 from agent.upload.base import UploadError, UploadResult
 from agent.upload.flywheel import UPLOADED, FlywheelDestination, file_name
 from agent.upload.http_retry import RetryPolicy
+from agent.upload.multipart import FormDataBody, open_part
 from agent.uploader import UploadBatch, Uploader
 from common.config import RoutingConfig
 from common.routing import RoutingReason
@@ -188,3 +192,34 @@ async def test_a_refusal_fails_the_instances_with_flywheels_message_without_our_
     assert raised.value.message == (
         "Flywheel answered HTTP 403: User does not have read-write access to group <redacted>"
     )
+
+
+async def test_a_form_data_body_is_as_long_as_announced_and_parses_into_its_fields_and_files(
+    state: AgentState, spool: Spool
+) -> None:
+    rows = spool_series(state, spool, 2)
+    parts = [await open_part(row) for row in rows]
+    try:
+        body = FormDataBody({"metadata": '{"label": "Säo"}'}, parts, ["a.dcm", "b.dcm"])
+        data = b"".join([chunk async for chunk in body.chunks()])
+    finally:
+        for part in parts:
+            os.close(part.descriptor)
+
+    assert len(data) == body.content_length
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {body.content_type}\r\n\r\n".encode() + data
+    )
+    fields = [
+        (
+            part.get_param("name", header="content-disposition"),
+            part.get_filename(),
+            part.get_payload(decode=True),
+        )
+        for part in message.get_payload()
+    ]
+    assert fields == [
+        ("metadata", None, '{"label": "Säo"}'.encode()),
+        ("file1", "a.dcm", rows[0].path.read_bytes()),
+        ("file2", "b.dcm", rows[1].path.read_bytes()),
+    ]
