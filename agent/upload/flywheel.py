@@ -104,16 +104,17 @@ class FlywheelDestination:
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
         batch_limits: BatchLimits = FLYWHEEL_BATCH_LIMITS,
-        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self._url = url.rstrip("/")
         self._api_key_file = api_key_file
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._batch_limits = batch_limits
-        self._transport = transport
         self._client: FWClient | None = None
         self._client_key: str | None = None
+        # Requests in flight per client: a client replaced by a new key is closed when its
+        # last request is done, not under it.
+        self._in_flight: dict[FWClient, int] = {}
 
     @property
     def batch_limits(self) -> BatchLimits:
@@ -148,16 +149,16 @@ class FlywheelDestination:
         return [outcomes[index] for index in range(len(instances))]
 
     async def aclose(self) -> None:
-        """Close the current client; idempotent."""
-        client, self._client, self._client_key = self._client, None, None
-        if client is not None:
-            await client.aclose()
-            client.close()
+        """Close the clients; idempotent (the uploader has no request in flight by then)."""
+        clients = {*self._in_flight, *([self._client] if self._client else [])}
+        self._client, self._client_key, self._in_flight = None, None, {}
+        for client in clients:
+            await _close(client)
 
     async def _client_for_current_key(self) -> FWClient:
         key = await asyncio.to_thread(read_secret, self._api_key_file, "API key")
         if self._client is None or key != self._client_key:
-            await self.aclose()
+            previous = self._client
             # fw-client's own retries are off: ours (with_retries) and the durable queue
             # decide, the same way for every destination.
             self._client = FWClient(
@@ -166,15 +167,34 @@ class FlywheelDestination:
                 client_name=_CLIENT_NAME,
                 timeout=self._timeout,
                 retry_total=0,
-                async_transport=self._transport,
             )
             self._client_key = key
+            if previous is not None and not self._in_flight.get(previous):
+                self._in_flight.pop(previous, None)
+                await _close(previous)
         return self._client
 
     async def _post_once(
         self, parts: Sequence[SpooledPart], target: HierarchyTarget, routing: RoutingConfig
     ) -> list[UploadResult | UploadError]:
         client = await self._client_for_current_key()
+        self._in_flight[client] = self._in_flight.get(client, 0) + 1
+        try:
+            return await self._send(client, parts, target, routing)
+        finally:
+            remaining = self._in_flight.pop(client, 1) - 1
+            if remaining or client is self._client:
+                self._in_flight[client] = remaining
+            else:
+                await _close(client)
+
+    async def _send(
+        self,
+        client: FWClient,
+        parts: Sequence[SpooledPart],
+        target: HierarchyTarget,
+        routing: RoutingConfig,
+    ) -> list[UploadResult | UploadError]:
         sent = [part.instance for part in parts]
         metadata = label_upload_metadata(sent, target, routing)
         body = FormDataBody(
@@ -190,6 +210,11 @@ class FlywheelDestination:
             raw=True,
         )
         return _outcomes(response, sent, _labels(metadata))
+
+
+async def _close(client: FWClient) -> None:
+    await client.aclose()
+    client.close()
 
 
 def _outcomes(
