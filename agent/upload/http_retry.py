@@ -56,6 +56,11 @@ async def with_retries(send: Callable[[], Awaitable[_T]], policy: RetryPolicy, p
 
 def transport_message(exc: httpx2.HTTPError, peer: str) -> str:
     """A transport failure in words, without the request URL (its path or query may hold
-    hierarchy labels or UIDs)."""
-    reason = str(exc) or type(exc).__name__
+    hierarchy labels or UIDs).
+
+    The reason is the exception's own message (`args[0]`), not `str(exc)`: fw-client, loaded
+    with the Flywheel destination, rewrites `str()` of every httpx2 error in the process to
+    start with the request's method and URL.
+    """
+    reason = str(exc.args[0]) if exc.args and exc.args[0] else type(exc).__name__
     return f"request to {peer} failed ({type(exc).__name__}): {reason}"[:MAX_DETAIL_CHARS]

@@ -3,8 +3,10 @@ flywheel_fake.py: the documented label upload, in memory; no Flywheel runs here)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from email.parser import BytesParser
@@ -25,6 +27,7 @@ from common.config import RoutingConfig
 from common.routing import RoutingReason
 from tests.agent.test_reaper import T0, series_datasets, spool_datasets
 from tests.agent.test_upload_builtin_store import TARGET
+from tests.agent.test_upload_loop import wait_until
 from tests.support.flywheel_fake import API_KEY, FlywheelFake
 
 ROUTING = RoutingConfig()
@@ -223,3 +226,29 @@ async def test_a_form_data_body_is_as_long_as_announced_and_parses_into_its_fiel
         ("file1", "a.dcm", rows[0].path.read_bytes()),
         ("file2", "b.dcm", rows[1].path.read_bytes()),
     ]
+
+
+async def test_a_key_rotated_while_a_chunk_is_in_flight_lets_that_chunk_finish(
+    flywheel: FlywheelFake,
+    state: AgentState,
+    spool: Spool,
+    destination: FlywheelDestination,
+    key_file: Path,
+) -> None:
+    first, second = spool_series(state, spool, 1), spool_series(state, spool, 1)
+    flywheel.other_keys.add("rotated-key-4567")
+    flywheel.hold = threading.Event()
+    old_key = asyncio.create_task(destination.upload_batch(first, TARGET, ROUTING))
+    await wait_until(lambda: flywheel.waiting == 1)
+    rotate_key(key_file, "rotated-key-4567")
+    new_key = asyncio.create_task(destination.upload_batch(second, TARGET, ROUTING))
+    # The new key's chunk goes out while the old key's is still answered: replacing the
+    # client neither closes the old one under its request nor waits for it (the fake holds
+    # answers for 30 s).
+    await wait_until(lambda: flywheel.waiting == 2, within=10)
+
+    flywheel.hold.set()
+    outcomes = await old_key + await new_key
+
+    assert [type(o) for o in outcomes] == [UploadResult, UploadResult]
+    assert flywheel.statuses == [200, 200]

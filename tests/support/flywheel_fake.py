@@ -19,11 +19,13 @@ upsert_top_down_hierarchy, `api/schemas/input/labelupload.json`) implements it:
   name, replacing a file of the same name (its `version` goes up); the answer is the list of
   saved files.
 
-`fail_next` scripts whole-request failures, as for the store double.
+`fail_next` scripts whole-request failures, as for the store double; `hold` keeps answers
+waiting (a slow Flywheel); `other_keys` are accepted too (a key being rotated).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import json
@@ -42,6 +44,7 @@ from starlette.routing import Route
 from tests.support.http_server import UvicornThread
 
 API_KEY = "fake-flywheel-key-0123"
+_KEY_KINDS = ("scitran-user", "Bearer")
 _CONTAINER_KEYS = {
     "group": {"_id"},
     "project": {"label", "public", "metadata", "files"},
@@ -99,6 +102,11 @@ class FlywheelFake:
     """The label upload of a Flywheel site, in memory."""
 
     api_key: str = API_KEY
+    # Also accepted, e.g. the key an admin is rotating to.
+    other_keys: set[str] = field(default_factory=set)
+    # While set and not released, an upload's answer waits (a slow Flywheel).
+    hold: threading.Event | None = None
+    waiting: int = 0
     groups: set[str] = field(default_factory=lambda: {"neuro", "unknown"})
     read_only_groups: set[str] = field(default_factory=set)
     projects: set[tuple[str, str]] = field(default_factory=set)
@@ -134,8 +142,15 @@ class FlywheelFake:
 
     async def _answer(self, request: Request) -> Response:
         authorization = request.headers.get("authorization", "")
-        if authorization not in (f"scitran-user {self.api_key}", f"Bearer {self.api_key}"):
+        keys = {self.api_key, *self.other_keys}
+        if authorization not in {f"{kind} {key}" for key in keys for kind in _KEY_KINDS}:
             return _error(401, "Invalid or missing API key")
+        if self.hold is not None:
+            with self._lock:
+                self.waiting += 1
+            await asyncio.to_thread(self.hold.wait, 30)
+            with self._lock:
+                self.waiting -= 1
         with self._lock:
             scripted = self.fail_next.popleft() if self.fail_next else None
         if scripted is not None:
