@@ -29,9 +29,7 @@ second file. An instance is confirmed only when the answer's list of saved files
 
 The API key is read from `api_key_file` on every request; a new key builds a new client.
 Error messages carry the HTTP status and Flywheel's message with any of our labels cut out,
-never a DICOM value. fw-client is imported when the first request is sent, not with this
-module: it patches httpx2's errors process-wide, which agents without a Flywheel destination
-are spared.
+never a DICOM value.
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -43,9 +41,10 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx2
+from fw_client.client import FWClient
 
 from agent.retry import is_retryable
 from agent.state import InstanceRow
@@ -56,9 +55,6 @@ from agent.upload.secret_file import read_secret
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
 from common.ingest import MAX_BATCH_BYTES, MAX_BATCH_INSTANCES
-
-if TYPE_CHECKING:
-    from fw_client.client import FWClient
 
 LABEL_UPLOAD_PATH = "/api/upload/label"
 UPLOADED = "uploaded"
@@ -162,10 +158,6 @@ class FlywheelDestination:
     async def _client_for_current_key(self) -> FWClient:
         key = await asyncio.to_thread(read_secret, self._api_key_file, "API key")
         if self._client is None or key != self._client_key:
-            # Imported only when a Flywheel destination sends: importing fw_client rewrites
-            # str() and attribute lookup of every httpx2 error in the process.
-            from fw_client.client import FWClient
-
             previous = self._client
             # fw-client's own retries are off: ours (with_retries) and the durable queue
             # decide, the same way for every destination.
