@@ -44,6 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+
+# fw_client patches httpx2 when imported (the bases of Client and AsyncClient, Response
+# methods, the errors' str() and attribute lookup): a client created before the import stops
+# working after it. Imported with this module, hence with the agent's runtime, it is in place
+# before any HTTP client of the agent exists; see docs/destinations.md.
 from fw_client.client import FWClient
 
 from agent.retry import is_retryable
