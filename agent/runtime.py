@@ -8,7 +8,12 @@ which brings every newer config (`apply_config`) and reports health. Shutdown (S
 `stop()` or cancellation) runs the same code path every time, whatever was started: the link
 closes first (no config is applied while stopping), pulling stops (its associations are
 aborted), then the listener (open associations finish), in-flight uploads get
-`upload_drain_timeout` to finish, then the destination, config client and state are closed.
+`upload_drain_timeout` to finish, then the destinations, config client and state are closed.
+
+Destinations (`agent.upload.destinations`) are built from the config at start and rebuilt when
+a new revision changes `destination` or `destination_by_group`; the set they replace is
+closed once the batches using it are done. `upload.concurrency` (else the agent setting) is
+applied with every revision.
 `stop()` may be called any number of times.
 
 DICOM threads meet asyncio at exactly one seam: the listener's `on_stored` callback tells the
@@ -50,6 +55,7 @@ from agent.tls import control_plane_ssl_context
 from agent.tracing import PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
+from agent.upload.destinations import Destinations, build_destinations, destinations_key
 from agent.uploader import Uploader, UploadLoop
 from common.deid.errors import DeidError
 from common.logging import configure_logging, series_key
@@ -106,6 +112,8 @@ class AgentRuntime:
         self._data_dir_lock = DataDirLock(settings.data_dir)
         self._upload_loop: UploadLoop | None = None
         self._outgoing: Outgoing | None = None
+        self._uploader: Uploader | None = None
+        self._builtin: Destination | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
         self.link = ControlPlaneLink(
@@ -161,6 +169,11 @@ class AgentRuntime:
         )
 
     @property
+    def upload_concurrency(self) -> int | None:
+        """Chunk requests the uploader allows in flight now; None before it runs."""
+        return None if self._uploader is None else self._uploader.concurrency
+
+    @property
     def applied_revision(self) -> int | None:
         """The config revision the agent runs on; None before it has one."""
         return None if self._snapshot is None else self._snapshot.revision
@@ -209,9 +222,15 @@ class AgentRuntime:
             if self._config_client.last_error:
                 self.counters.record_error(self._config_client.last_error, self._clock())
             await self._open_storage(resources)
-            destination = self._destination or await self._builtin_destination()
-            resources.push_async_callback(destination.aclose)
-            upload_loop = self._build_upload_loop(destination, snapshot)
+            builtin = self._destination or await self._builtin_destination()
+            resources.push_async_callback(builtin.aclose)
+            self._builtin = builtin
+            destinations = build_destinations(
+                snapshot.config, builtin, timeout=self.settings.http_timeout
+            )
+            # Runs before the built-in store closes (LIFO), after the uploads drained.
+            resources.push_async_callback(self._retire_destinations)
+            upload_loop = self._build_upload_loop(destinations, snapshot)
             self._pull = self._build_pull_service(snapshot)
             resources.push_async_callback(self._stop_listener)
             await self._start_listener(snapshot)
@@ -302,17 +321,18 @@ class AgentRuntime:
             verify=self._tls,
         )
 
-    def _build_upload_loop(self, destination: Destination, snapshot: SiteSnapshot) -> UploadLoop:
+    def _build_upload_loop(self, destinations: Destinations, snapshot: SiteSnapshot) -> UploadLoop:
         assert self._state is not None
         uploader = Uploader(
             self._state,
-            destination,
-            concurrency=self.settings.upload_concurrency,
+            destinations,
+            concurrency=self._upload_concurrency(snapshot),
             counters=self.counters,
             clock=self._clock,
             tracer=self._tracer,
             outgoing=self._outgoing,
         )
+        self._uploader = uploader
         self._upload_loop = UploadLoop(
             self._state,
             Reaper(self._state, clock=self._clock),
@@ -357,6 +377,7 @@ class AgentRuntime:
         previous, self._snapshot = self._snapshot, snapshot
         self._hand_to_pipeline(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):
+            await self._apply_upload_config(snapshot)
             return
         log.info("agent.listener_restarting", revision=snapshot.revision)
         await self._stop_listener()
@@ -370,6 +391,31 @@ class AgentRuntime:
             self._hand_to_pipeline(previous)
             await self._start_listener(previous)
             raise ConfigNotApplied(message) from exc
+        await self._apply_upload_config(snapshot)
+
+    def _upload_concurrency(self, snapshot: SiteSnapshot) -> int:
+        """The site config's `upload.concurrency`, else the agent's setting."""
+        configured = snapshot.config.upload.concurrency
+        return self.settings.upload_concurrency if configured is None else configured
+
+    async def _apply_upload_config(self, snapshot: SiteSnapshot) -> None:
+        """Rebuild the destinations if this revision changed them and retire the old set;
+        apply its upload concurrency."""
+        uploader, builtin = self._uploader, self._builtin
+        if uploader is None or builtin is None:
+            return
+        await uploader.set_concurrency(self._upload_concurrency(snapshot))
+        if uploader.destinations.key == destinations_key(snapshot.config):
+            return
+        replacement = build_destinations(
+            snapshot.config, builtin, timeout=self.settings.http_timeout
+        )
+        log.info("agent.destinations_changed", revision=snapshot.revision)
+        await uploader.replace_destinations(replacement).retire()
+
+    async def _retire_destinations(self) -> None:
+        if self._uploader is not None:
+            await self._uploader.destinations.retire()
 
     def _hand_to_pipeline(self, snapshot: SiteSnapshot) -> None:
         if self._upload_loop is not None:

@@ -6,8 +6,9 @@ unless the site's working-hours window is closed, in which case reaping goes on 
 instances are counted as deferred. Under a de-identifying profile every due instance of a
 series is de-identified (`agent.outgoing`) before any batch of it is sent, so a series that
 cannot be de-identified sends nothing: it is failed as a whole, with the reason, and so is
-every instance of it that arrives later. `Uploader.upload_batch` cuts a batch into chunks that fit
-the destination's `batch_limits`, sends them with at most `upload_concurrency` chunk requests
+every instance of it that arrives later. `Uploader.upload_batch` picks the series' destination
+(`agent.upload.destinations`: the site's, or its group's), cuts the batch into chunks that fit
+that destination's `batch_limits`, sends them with at most `concurrency` chunk requests
 in flight across all batches, and books each instance's outcome in the state database:
 confirmed → `mark_uploaded` (only then is the spool file deleted), permanent → `mark_failed`,
 transient → `schedule_retry` with a jittered backoff, so a retry survives a restart. A chunk
@@ -38,6 +39,8 @@ from agent.site import SiteSnapshot
 from agent.state import AgentState, InstanceRow, SeriesRow
 from agent.tracing import InstanceTiming, PipelineTracer
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
+from agent.upload.destinations import Destinations
+from agent.upload.slots import Slots
 from common.config import RoutingConfig
 from common.deid.errors import DeidError
 from common.hierarchy import HierarchyTarget
@@ -120,12 +123,12 @@ def _within_bytes(
 
 
 class Uploader:
-    """Uploads batches to a destination, `concurrency` chunk requests at a time overall."""
+    """Uploads batches to their destinations, `concurrency` chunk requests at a time overall."""
 
     def __init__(
         self,
         state: AgentState,
-        destination: Destination,
+        destination: Destination | Destinations,
         *,
         concurrency: int,
         counters: PipelineCounters,
@@ -136,24 +139,50 @@ class Uploader:
     ) -> None:
         self._state = state
         self._outgoing = outgoing
-        self._destination = destination
-        self._slots = asyncio.Semaphore(concurrency)
+        self._destinations = (
+            destination
+            if isinstance(destination, Destinations)
+            else Destinations.single(destination)
+        )
+        self._slots = Slots(concurrency)
         self._counters = counters
         self._clock = clock
         self._tracer = tracer or PipelineTracer()
         self._rng = rng
 
+    @property
+    def concurrency(self) -> int:
+        """Chunk requests allowed in flight at once."""
+        return self._slots.size
+
+    async def set_concurrency(self, concurrency: int) -> None:
+        """Allow `concurrency` chunk requests in flight from now on (requests already sent
+        over a smaller limit finish)."""
+        await self._slots.resize(concurrency)
+
+    @property
+    def destinations(self) -> Destinations:
+        """The destinations batches are sent to now."""
+        return self._destinations
+
+    def replace_destinations(self, destinations: Destinations) -> Destinations:
+        """Send the next batches to `destinations`; return the previous set (to retire it)."""
+        previous, self._destinations = self._destinations, destinations
+        return previous
+
     async def upload_batch(self, batch: UploadBatch, routing: RoutingConfig) -> BatchReport:
         """Upload every instance of `batch` and book each outcome in the state database.
 
-        The instances go in chunks that fit the destination's `batch_limits`, at most
-        `concurrency` chunk requests in flight across all batches.
+        The series' destination is chosen once for the whole batch; the instances go in
+        chunks that fit its `batch_limits`, at most `concurrency` chunk requests in flight
+        across all batches.
         """
         started = self._clock()
-        chunks = split_into_chunks(batch.instances, self._destination.batch_limits)
-        per_chunk = await asyncio.gather(
-            *(self._upload_chunk(chunk, batch, routing) for chunk in chunks)
-        )
+        async with self._destinations.lease(batch.target, routing) as destination:
+            chunks = split_into_chunks(batch.instances, destination.batch_limits)
+            per_chunk = await asyncio.gather(
+                *(self._upload_chunk(destination, chunk, batch, routing) for chunk in chunks)
+            )
         timings = [timing for chunk_timings in per_chunk for timing in chunk_timings]
         self._tracer.record_batch(batch.series_instance_uid, timings)
         report = BatchReport(
@@ -171,13 +200,17 @@ class Uploader:
         return report
 
     async def _upload_chunk(
-        self, chunk: Sequence[InstanceRow], batch: UploadBatch, routing: RoutingConfig
+        self,
+        destination: Destination,
+        chunk: Sequence[InstanceRow],
+        batch: UploadBatch,
+        routing: RoutingConfig,
     ) -> list[InstanceTiming]:
-        async with self._slots:
+        async with self._slots.slot():
             upload_started = self._clock()
             outcomes: Sequence[UploadResult | Exception]
             try:
-                outcomes = await self._destination.upload_batch(chunk, batch.target, routing)
+                outcomes = await destination.upload_batch(chunk, batch.target, routing)
                 if len(outcomes) != len(chunk):
                     raise ValueError(
                         f"the destination returned {len(outcomes)} outcomes for"

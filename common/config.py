@@ -16,6 +16,7 @@ import datetime as dt
 import difflib
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Self, get_args
 
@@ -487,6 +488,131 @@ def _deid_profile_problem(problems: list[tuple[str, str]]) -> PydanticCustomErro
     )
 
 
+def _check_http_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _invalid(
+            "url",
+            f"{_short_repr(value)} is not an http:// or https:// URL with a host "
+            "(e.g. https://pacs.example.org/dicom-web)",
+        )
+    if parts.username is not None or parts.password is not None:
+        # A URL is shown in health and logs; a secret in it would be too.
+        raise _invalid(
+            "url",
+            "the URL carries a user name or password; remove it and put the credential "
+            "in the destination's token or key file",
+        )
+    return value.rstrip("/")
+
+
+def _check_secret_file(value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise _invalid(
+            "secret_file",
+            f"{_short_repr(value)} is not an absolute path; name the file on the agent's "
+            "machine that holds the secret (e.g. /etc/dicom-connector/pacs-token)",
+        )
+    return value
+
+
+HttpUrlText = Annotated[
+    str, AfterValidator(_check_http_url), Field(json_schema_extra={"format": "uri"})
+]
+SecretFile = Annotated[str, AfterValidator(_check_secret_file)]
+
+
+class BuiltinDestination(_Section):
+    """The control plane's own hierarchy store (the default)."""
+
+    kind: Literal["builtin"] = "builtin"
+
+
+class DicomwebDestination(_Section):
+    """A DICOMweb archive; instances go in with STOW-RS (DICOM PS3.18)."""
+
+    kind: Literal["dicomweb"]
+    url: HttpUrlText = Field(description="The DICOMweb base URL; STOW-RS posts to {url}/studies.")
+    token_file: SecretFile | None = Field(
+        default=None,
+        description="File on the agent's machine holding a bearer token, read on every "
+        "request; none sends no Authorization header.",
+    )
+
+
+class FlywheelDestination(_Section):
+    """A Flywheel site; instances go in with its label upload (`POST /api/upload/label`)."""
+
+    kind: Literal["flywheel"]
+    url: HttpUrlText = Field(description="The Flywheel site, e.g. https://x.flywheel.io.")
+    api_key_file: SecretFile = Field(
+        description="File on the agent's machine holding the Flywheel API key, read on "
+        "every request."
+    )
+
+
+_DESTINATION_KINDS: dict[str, type[_Section]] = {
+    "builtin": BuiltinDestination,
+    "dicomweb": DicomwebDestination,
+    "flywheel": FlywheelDestination,
+}
+
+
+def _check_destination_shape(value: Any) -> Any:
+    """Name a missing or unknown `kind`, or a key the chosen kind does not have, clearly."""
+    kinds = ", ".join(_DESTINATION_KINDS)
+    if not isinstance(value, dict):
+        raise _invalid(
+            "destination",
+            f"{_short_repr(value)} is not a mapping; use {{kind: K, ...}} with K one of {kinds}",
+        )
+    kind = value.get("kind")
+    if kind is None:
+        raise _invalid("destination", f"kind is missing; use one of {kinds}")
+    model = _DESTINATION_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise _invalid("destination", f"kind {_short_repr(kind)} is not allowed; use {kinds}")
+    unknown = [key for key in value if key not in model.model_fields]
+    if unknown:
+        allowed = ", ".join(model.model_fields)
+        raise _invalid(
+            "destination",
+            f"unknown key {_short_repr(unknown[0])} for kind {kind}; allowed keys: {allowed}",
+        )
+    return value
+
+
+DestinationConfig = Annotated[
+    BuiltinDestination | DicomwebDestination | FlywheelDestination,
+    Field(discriminator="kind"),
+    BeforeValidator(_check_destination_shape),
+]
+GroupIdKey = Annotated[str, AfterValidator(_check_group_id)]
+
+
+class UploadConfig(_Section):
+    """How the agent sends what it reaped."""
+
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Chunk requests in flight at once, over all destinations; null keeps the "
+        "agent's own setting (DICOM_CONNECTOR_AGENT_UPLOAD_CONCURRENCY, default 4).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bandwidth_limit_yet(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_bandwidth" in data:
+            raise _invalid(
+                "upload",
+                "max_bandwidth is not implemented: uploads are not rate-limited; remove the "
+                "key (limit the agent's bandwidth on its network instead)",
+            )
+        return data
+
+
 class SiteConfig(_Section):
     """One site's config document: every key of DESIGN.md "Site config", with its default."""
 
@@ -503,6 +629,15 @@ class SiteConfig(_Section):
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     hierarchy: HierarchyConfig = Field(default_factory=HierarchyConfig)
     deid: DeidConfig = Field(default_factory=DeidConfig)
+    destination: DestinationConfig = Field(
+        default_factory=BuiltinDestination,
+        description="Where reaped series go: builtin, dicomweb or flywheel.",
+    )
+    destination_by_group: dict[GroupIdKey, DestinationConfig] = Field(
+        default_factory=dict,
+        description="Per-group overrides of destination, keyed by group id.",
+    )
+    upload: UploadConfig = Field(default_factory=UploadConfig)
 
     @model_validator(mode="after")
     def _pull_needs_sources(self) -> Self:

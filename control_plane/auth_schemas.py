@@ -11,7 +11,7 @@ from typing import Any, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from common.config import PositiveDuration
-from control_plane.schemas import StorableLabel
+from common.ingest import StorableLabel
 
 DEFAULT_TOKEN_LIFETIME = dt.timedelta(days=90)
 MAX_TOKEN_LIFETIME = dt.timedelta(days=3 * 365)

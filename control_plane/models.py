@@ -30,10 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-LABEL_LENGTH = 255
-UID_LENGTH = 64
+from common.ingest import LABEL_LENGTH, ROUTING_STRING_LENGTH, UID_LENGTH
+
 SHA256_HEX_LENGTH = 64
-ROUTING_STRING_LENGTH = 1024
 REASON_LENGTH = 2000
 DEID_SALT_LENGTH = 64
 

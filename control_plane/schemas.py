@@ -13,59 +13,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from common.config import RoutingConfig, SiteConfig
-from common.routing import (
-    RoutingReason,
-    contains_control_characters,
-    group_id_problem,
-    label_problem,
-)
+from common.config import SiteConfig
+from common.ingest import GroupId, ProjectLabel, StorableLabel
+from common.routing import RoutingReason
 from control_plane.fleet_schemas import AgentHealth, NoHealth
-from control_plane.models import LABEL_LENGTH, ROUTING_STRING_LENGTH, UID_LENGTH
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_ROUTING_DEFAULTS = RoutingConfig()
-
-
-def _check_group_id(value: str) -> str:
-    problem = group_id_problem(value)
-    if problem is not None:
-        raise ValueError(f"the group id {problem}")
-    return value
-
-
-def _check_project_label(value: str) -> str:
-    # Project labels are what a routing string names, so they follow the routing grammar.
-    problem = label_problem(value)
-    if problem is not None:
-        raise ValueError(f"the project label {problem}")
-    return value
-
-
-def _check_storable_label(value: str) -> str:
-    # Subject, session and acquisition labels come from DICOM headers the agent already
-    # vetted; the store only refuses what it cannot keep or show faithfully.
-    if not value:
-        raise ValueError("the label is empty")
-    if len(value) > LABEL_LENGTH:
-        raise ValueError(f"the label is longer than {LABEL_LENGTH} characters")
-    if contains_control_characters(value):
-        raise ValueError("the label contains a control or invisible formatting character")
-    return value
-
-
-def _check_uid(value: str) -> str:
-    if len(value) > UID_LENGTH or not _UID.fullmatch(value):
-        raise ValueError(f"not a DICOM UID (digits and dots, at most {UID_LENGTH} characters)")
-    return value
-
-
-def _check_sha256(value: str) -> str:
-    if not _SHA256_HEX.fullmatch(value):
-        raise ValueError("not a sha256 digest; send 64 lowercase hexadecimal characters")
-    return value
 
 
 def is_valid_name(value: str) -> bool:
@@ -91,11 +44,6 @@ def _check_timezone(value: str) -> str:
     return value
 
 
-GroupId = Annotated[str, AfterValidator(_check_group_id)]
-ProjectLabel = Annotated[str, AfterValidator(_check_project_label)]
-StorableLabel = Annotated[str, AfterValidator(_check_storable_label)]
-Uid = Annotated[str, AfterValidator(_check_uid)]
-Sha256Hex = Annotated[str, AfterValidator(_check_sha256)]
 Name = Annotated[str, AfterValidator(_check_name)]
 TimezoneName = Annotated[str, AfterValidator(_check_timezone)]
 
@@ -180,77 +128,6 @@ class AcquisitionFilter(BaseModel):
     project: StorableLabel | None = None
     subject: StorableLabel | None = None
     session: StorableLabel | None = None
-
-
-class IngestStatus(StrEnum):
-    """What ingest did with the instance."""
-
-    created = "created"
-    exists = "exists"
-    replaced = "replaced"
-
-
-class IngestTarget(BaseModel):
-    """Where instances go: the query of `POST /api/v1/ingest/batch`, which every instance of
-    the batch shares (see docs/architecture.md)."""
-
-    group: GroupId | None = None
-    project: ProjectLabel | None = None
-    subject: StorableLabel
-    session: StorableLabel
-    acquisition: StorableLabel
-    acquisition_key: StorableLabel | None = None
-    series_instance_uid: Uid
-    study_instance_uid: Uid | None = None
-    routing_reason: RoutingReason | None = None
-    routing_string: str | None = Field(default=None, max_length=ROUTING_STRING_LENGTH)
-    unknown_group: GroupId = _ROUTING_DEFAULTS.unknown_group
-    unsorted_project: ProjectLabel = _ROUTING_DEFAULTS.unsorted_project
-
-    @model_validator(mode="after")
-    def _routing_is_consistent(self) -> "IngestTarget":
-        if (self.group is None) != (self.project is None):
-            raise ValueError("group and project go together: send both or neither")
-        routed = self.group is not None
-        if self.routing_reason is None:
-            self.routing_reason = (
-                RoutingReason.routed if routed else RoutingReason.no_routing_string
-            )
-        elif routed != (self.routing_reason is RoutingReason.routed):
-            raise ValueError(
-                "routing_reason must be 'routed' exactly when group and project are sent"
-            )
-        return self
-
-    @property
-    def reason(self) -> RoutingReason:
-        """The agent's routing outcome (defaulted by the validator, so never None here)."""
-        return self.routing_reason or RoutingReason.no_routing_string
-
-    @property
-    def grouping_key(self) -> str:
-        """What groups instances into one acquisition (the series UID unless told otherwise)."""
-        return self.acquisition_key or self.series_instance_uid
-
-
-class IngestParams(IngestTarget):
-    """Query of `POST /api/v1/ingest` (see docs/architecture.md); the body is the Part-10 file.
-
-    The target of one instance plus what a batch part carries in its headers instead.
-    """
-
-    sop_instance_uid: Uid
-    sha256: Sha256Hex
-
-
-class IngestResult(BaseModel):
-    """Answer of `POST /api/v1/ingest`."""
-
-    file_id: uuid.UUID
-    status: IngestStatus
-    group: str
-    project: str
-    routing_reason: RoutingReason
 
 
 class SiteCreate(BaseModel):

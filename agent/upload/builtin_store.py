@@ -20,24 +20,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import IO, Any, TypeVar
 
 import httpx2
-import stamina
+from pydantic import ValidationError
 
 from agent.http_retry import is_retryable
 from agent.state import InstanceRow
-from agent.tls import describe_verification_failure, verification_failure
 from agent.upload.base import BatchLimits, UploadError, UploadResult
-from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart
+from agent.upload.http_retry import MAX_DETAIL_CHARS, RetryPolicy, with_retries
+from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart, open_part, unreadable
 from common.config import RoutingConfig
 from common.hierarchy import HierarchyTarget
+from common.ingest import (
+    DICOM_MEDIA_TYPE,
+    INGEST_BATCH_PATH,
+    INGEST_PATH,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_INSTANCES,
+    BatchItemRefused,
+    BatchItemStored,
+    BatchResult,
+    IngestParams,
+    IngestResult,
+    IngestTarget,
+)
 
-INGEST_PATH = "/api/v1/ingest"
-BATCH_PATH = "/api/v1/ingest/batch"
-MIB = 1024 * 1024
 # The store's caps on one batch request (docs/architecture.md); more is refused with 413. A
 # proxy in front of the store with a smaller body limit calls for smaller ones.
-STORE_BATCH_LIMITS = BatchLimits(max_instances=64, max_bytes=64 * MIB)
-_CONFIRMED_STATUSES = frozenset({"created", "exists", "replaced"})
-_MAX_DETAIL_CHARS = 300
+STORE_BATCH_LIMITS = BatchLimits(max_instances=MAX_BATCH_INSTANCES, max_bytes=MAX_BATCH_BYTES)
 
 _T = TypeVar("_T")
 
@@ -59,15 +67,13 @@ class BuiltinStoreDestination:
         batch_limits: BatchLimits = STORE_BATCH_LIMITS,
     ) -> None:
         self._url = base_url.rstrip("/") + INGEST_PATH
-        self._batch_url = base_url.rstrip("/") + BATCH_PATH
+        self._batch_url = base_url.rstrip("/") + INGEST_BATCH_PATH
         # A callable is asked on every request, so a rotated token file takes effect without
         # a restart.
         self._token = token if callable(token) else lambda: token
         self._owns_client = client is None
         self._client = client or httpx2.AsyncClient(timeout=timeout, verify=verify)
-        self._retry_attempts = retry_attempts
-        self._retry_wait_initial = retry_wait_initial
-        self._retry_wait_max = retry_wait_max
+        self._retry = RetryPolicy(retry_attempts, retry_wait_initial, retry_wait_max)
         self._batch_limits = batch_limits
 
     @property
@@ -93,11 +99,11 @@ class BuiltinStoreDestination:
         try:
             for index, instance in enumerate(instances):
                 try:
-                    parts[index] = await _open_part(instance)
+                    parts[index] = await open_part(instance)
                 except UploadError as exc:
                     outcomes[index] = exc
             if parts:
-                params = target_params(instances[0], target, routing)
+                params = _query(target_params, instances[0], target, routing)
                 sent = await self._with_retries(
                     lambda: self._post_batch_once(list(parts.values()), params)
                 )
@@ -115,7 +121,7 @@ class BuiltinStoreDestination:
         Raises `UploadError` (retryable for transport errors, 5xx, 408/425/429; permanent for
         other 4xx and for a spool file that cannot be read).
         """
-        params = ingest_params(instance, target, routing)
+        params = _query(ingest_params, instance, target, routing)
         return await self._with_retries(lambda: self._post_once(instance, params))
 
     def _auth_headers(self) -> dict[str, str]:
@@ -127,21 +133,7 @@ class BuiltinStoreDestination:
             await self._client.aclose()
 
     async def _with_retries(self, send: Callable[[], Awaitable[_T]]) -> _T:
-        try:
-            async for attempt in stamina.retry_context(
-                on=is_retryable,
-                attempts=self._retry_attempts,
-                timeout=None,
-                wait_initial=self._retry_wait_initial,
-                wait_max=self._retry_wait_max,
-                # stamina's default jitter (1 s) would dwarf waits meant to be ~0.1-0.4 s.
-                wait_jitter=self._retry_wait_initial,
-            ):
-                with attempt:
-                    return await send()
-        except httpx2.HTTPError as exc:
-            raise UploadError(is_retryable(exc), _transport_message(exc)) from exc
-        raise AssertionError("stamina.retry_context yields until success or raises")
+        return await with_retries(send, self._retry, "the store")
 
     async def _post_batch_once(
         self, parts: list[SpooledPart], params: dict[str, str]
@@ -169,7 +161,7 @@ class BuiltinStoreDestination:
                 content=_chunks(handle),
                 headers={
                     **self._auth_headers(),
-                    "Content-Type": "application/dicom",
+                    "Content-Type": DICOM_MEDIA_TYPE,
                     "Content-Length": str(size),
                 },
             )
@@ -180,61 +172,70 @@ class BuiltinStoreDestination:
 
 def ingest_params(
     instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
-) -> dict[str, str]:
-    """The query parameters of `POST /api/v1/ingest` for one instance (absent when unknown)."""
-    return target_params(instance, target, routing) | {
-        "sop_instance_uid": instance.sop_instance_uid,
-        "sha256": instance.sha256,
-    }
+) -> IngestParams:
+    """The query of `POST /api/v1/ingest` for one instance.
+
+    Raises `pydantic.ValidationError` when the store could not accept the target.
+    """
+    return IngestParams(
+        **target_params(instance, target, routing).model_dump(),
+        sop_instance_uid=instance.sop_instance_uid,
+        sha256=instance.sha256,
+    )
 
 
 def target_params(
     instance: InstanceRow, target: HierarchyTarget, routing: RoutingConfig
+) -> IngestTarget:
+    """The query of `POST /api/v1/ingest/batch`: what the instances of `instance`'s series
+    share.
+
+    Raises `pydantic.ValidationError` when the store could not accept the target.
+    """
+    return IngestTarget(
+        group=target.group,
+        project=target.project,
+        subject=target.subject,
+        session=target.session,
+        acquisition=target.acquisition,
+        acquisition_key=target.acquisition_key,
+        series_instance_uid=instance.series_instance_uid,
+        study_instance_uid=instance.study_instance_uid,
+        routing_reason=target.routing_reason,
+        routing_string=target.routing_string,
+        unknown_group=routing.unknown_group,
+        unsorted_project=routing.unsorted_project,
+    )
+
+
+def _query(
+    build: Callable[[InstanceRow, HierarchyTarget, RoutingConfig], IngestTarget],
+    instance: InstanceRow,
+    target: HierarchyTarget,
+    routing: RoutingConfig,
 ) -> dict[str, str]:
-    """The query parameters of `POST /api/v1/ingest/batch`: what the instances of `instance`'s
-    series share (absent when unknown)."""
-    params: dict[str, str | None] = {
-        "group": target.group,
-        "project": target.project,
-        "subject": target.subject,
-        "session": target.session,
-        "acquisition": target.acquisition,
-        "acquisition_key": target.acquisition_key,
-        "series_instance_uid": instance.series_instance_uid,
-        "study_instance_uid": instance.study_instance_uid,
-        "routing_reason": str(target.routing_reason),
-        "routing_string": target.routing_string,
-        "unknown_group": routing.unknown_group,
-        "unsorted_project": routing.unsorted_project,
-    }
-    return {key: value for key, value in params.items() if value is not None}
+    try:
+        return build(instance, target, routing).query_params()
+    except ValidationError as exc:
+        # The store would refuse it the same way (422); only where and what, never the value.
+        problems = "; ".join(
+            ": ".join(
+                [".".join(str(part) for part in error["loc"]), error["msg"]]
+                if error["loc"]
+                else [error["msg"]]
+            )
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise UploadError(
+            False, f"the series' target cannot be stored: {problems}"[:MAX_DETAIL_CHARS]
+        ) from None
 
 
 async def _open_spool_file(instance: InstanceRow) -> IO[bytes]:
     try:
         return await asyncio.to_thread(instance.path.open, "rb")
     except OSError as exc:
-        raise _unreadable(instance, exc) from exc
-
-
-async def _open_part(instance: InstanceRow) -> SpooledPart:
-    try:
-        descriptor = await asyncio.to_thread(os.open, instance.path, os.O_RDONLY)
-    except OSError as exc:
-        raise _unreadable(instance, exc) from exc
-    try:
-        size = os.fstat(descriptor).st_size
-    except OSError as exc:
-        os.close(descriptor)
-        raise _unreadable(instance, exc) from exc
-    return SpooledPart(instance, descriptor, size)
-
-
-def _unreadable(instance: InstanceRow, exc: OSError) -> UploadError:
-    # The path names a content hash, not a patient, but strerror is all support needs.
-    return UploadError(
-        False, f"spool file of instance {instance.id} cannot be read: {exc.strerror}"
-    )
+        raise unreadable(instance, exc) from exc
 
 
 async def _chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:
@@ -249,17 +250,16 @@ def _confirmation(response: httpx2.Response) -> UploadResult:
             retryable,
             f"store answered HTTP {response.status_code}: {_error_detail(response)}",
         )
-    body = _json_or_none(response)
-    file_id = body.get("file_id") if isinstance(body, dict) else None
-    status = body.get("status") if isinstance(body, dict) else None
-    if not isinstance(file_id, str) or not file_id or status not in _CONFIRMED_STATUSES:
+    try:
+        result = IngestResult.model_validate_json(response.content)
+    except ValidationError:
         # Not our store's answer (a proxy? a wrong URL?): nothing was confirmed, so the
         # instance must stay spooled; retrying keeps it safe while health shows the error.
         raise UploadError(
             True,
             "store answered 200 without a file_id and a status of created/exists/replaced",
-        )
-    return UploadResult(file_id=file_id, status=status)
+        ) from None
+    return UploadResult(file_id=str(result.file_id), status=str(result.status))
 
 
 def _batch_confirmation(
@@ -270,31 +270,35 @@ def _batch_confirmation(
             is_retryable(response.status_code),
             f"store answered HTTP {response.status_code}: {_error_detail(response)}",
         )
-    body = _json_or_none(response)
-    items = body.get("items") if isinstance(body, dict) else None
-    if not isinstance(items, list) or len(items) != len(sent):
+    try:
+        items = BatchResult.model_validate_json(response.content).items
+    except ValidationError:
+        items = []
+    if len(items) != len(sent):
         # As for a single upload: nothing is confirmed, so every instance stays spooled.
-        raise UploadError(True, f"store answered 200 without one item per part ({len(sent)})")
+        raise UploadError(
+            True,
+            f"store answered 200 without one item per part ({len(sent)}), each with a"
+            " file_id and a known status or an error",
+        )
     return [_item_outcome(item, instance) for item, instance in zip(items, sent, strict=True)]
 
 
-def _item_outcome(item: Any, instance: InstanceRow) -> UploadResult | UploadError:
-    answered_uid = item.get("sop_instance_uid") if isinstance(item, dict) else None
-    error = item.get("error") if isinstance(item, dict) else None
+def _item_outcome(
+    item: BatchItemStored | BatchItemRefused, instance: InstanceRow
+) -> UploadResult | UploadError:
     # A refused part names no UID when the store found none valid in its headers.
-    if isinstance(error, str) and answered_uid in (None, instance.sop_instance_uid):
+    if isinstance(item, BatchItemRefused) and item.sop_instance_uid in (
+        None,
+        instance.sop_instance_uid,
+    ):
         # The store's refusal names digests and what to do, never a DICOM value.
-        return UploadError(False, f"store refused the instance: {error}"[:_MAX_DETAIL_CHARS])
-    if not isinstance(item, dict) or answered_uid != instance.sop_instance_uid:
-        return UploadError(
-            True, "store answered 200 with items that do not match the parts sent, in order"
-        )
-    file_id, status = item.get("file_id"), item.get("status")
-    if not isinstance(file_id, str) or not file_id or status not in _CONFIRMED_STATUSES:
-        return UploadError(
-            True, "store answered 200 with an item without a file_id and a known status"
-        )
-    return UploadResult(file_id=file_id, status=status)
+        return UploadError(False, f"store refused the instance: {item.error}"[:MAX_DETAIL_CHARS])
+    if isinstance(item, BatchItemStored) and item.sop_instance_uid == instance.sop_instance_uid:
+        return UploadResult(file_id=str(item.file_id), status=str(item.status))
+    return UploadError(
+        True, "store answered 200 with items that do not match the parts sent, in order"
+    )
 
 
 def _error_detail(response: httpx2.Response) -> str:
@@ -312,7 +316,7 @@ def _error_detail(response: httpx2.Response) -> str:
         )
     else:
         text = response.reason_phrase or "no detail"
-    return text[:_MAX_DETAIL_CHARS]
+    return text[:MAX_DETAIL_CHARS]
 
 
 def _json_or_none(response: httpx2.Response) -> Any:
@@ -320,13 +324,3 @@ def _json_or_none(response: httpx2.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _transport_message(exc: httpx2.HTTPError) -> str:
-    # str(exc) of a transport error is the socket-level reason; the request URL (whose query
-    # holds subject and session labels) is deliberately left out.
-    refused = verification_failure(exc)
-    if refused is not None:
-        return describe_verification_failure(refused, "the store")[:_MAX_DETAIL_CHARS]
-    reason = str(exc) or type(exc).__name__
-    return f"request to the store failed ({type(exc).__name__}): {reason}"[:_MAX_DETAIL_CHARS]

@@ -19,11 +19,11 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.ingest import IngestParams, IngestResult, IngestStatus, IngestTarget
 from control_plane.errors import BusyError, RejectedUploadError
 from control_plane.hierarchy.blobs import BlobStore, ReceivedBlob
 from control_plane.hierarchy.placement import Destination, Placement, destination_of, place
 from control_plane.models import File, utc_now
-from control_plane.schemas import IngestParams, IngestResult, IngestStatus, IngestTarget
 
 # Enough for every realistic pile-up of agents on one new session; each attempt after the
 # first sees the rows that made the previous one collide.

@@ -17,20 +17,22 @@ from dataclasses import dataclass
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.errors import BatchTooLargeError, RejectedUploadError
-from control_plane.hierarchy.blobs import BlobStore
-from control_plane.hierarchy.ingest import ReceivedInstance, receive_instance, record
-from control_plane.hierarchy.ingest_schemas import (
+from common.ingest import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_INSTANCES,
+    SHA256_HEADER,
+    SOP_INSTANCE_UID_HEADER,
     BatchItemRefused,
     BatchItemStored,
     BatchResult,
+    IngestTarget,
+    Sha256Hex,
+    Uid,
 )
+from control_plane.errors import BatchTooLargeError, RejectedUploadError
+from control_plane.hierarchy.blobs import BlobStore
+from control_plane.hierarchy.ingest import ReceivedInstance, receive_instance, record
 from control_plane.hierarchy.multipart import DICOM_TYPE, Part, read_parts, related_boundary
-from control_plane.schemas import IngestTarget, Sha256Hex, Uid
-
-SOP_INSTANCE_UID_HEADER = "X-Sop-Instance-Uid"
-SHA256_HEADER = "X-Sha256"
-MIB = 1024 * 1024
 
 _UID = TypeAdapter(Uid)
 _SHA256 = TypeAdapter(Sha256Hex)
@@ -45,8 +47,8 @@ class BatchLimits:
     `POST /api/v1/ingest` alone).
     """
 
-    max_instances: int = 64
-    max_bytes: int = 64 * MIB
+    max_instances: int = MAX_BATCH_INSTANCES
+    max_bytes: int = MAX_BATCH_BYTES
 
 
 class _ByteBudget:

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from email.message import Message
 
+from common.ingest import DICOM_MEDIA_TYPE
 from control_plane.errors import RejectedUploadError, UnsupportedMediaTypeError
 
 RELATED_TYPE = "multipart/related"
-DICOM_TYPE = "application/dicom"
+DICOM_TYPE = DICOM_MEDIA_TYPE
 # Part headers are a handful of short lines; more than this is not a client of ours.
 MAX_HEADER_BYTES = 8 * 1024
 # RFC 2046 caps boundaries at 70 characters.

@@ -16,9 +16,9 @@ from typing import TypeVar
 from sqlalchemy import Select, exists, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.ingest import IngestTarget
 from common.routing import RoutingReason
 from control_plane.models import Acquisition, Base, Group, Project, Session, Subject
-from control_plane.schemas import IngestTarget
 
 _RowT = TypeVar("_RowT", bound=Base)
 

@@ -18,10 +18,11 @@ import httpx2
 import pytest
 from pydantic import ValidationError
 
-from agent.config_client import ConfigClient, ConfigUnavailable, SiteSnapshot
+from agent.config_client import ConfigClient, ConfigUnavailable
 from agent.link import ControlPlaneLink
 from agent.runtime import AgentRuntime
 from agent.settings import AgentSettings
+from agent.site import SiteSnapshot
 from agent.tls import control_plane_ssl_context
 from common.messages import HealthReport
 from control_plane.main import create_app

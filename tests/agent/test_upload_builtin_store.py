@@ -197,7 +197,7 @@ async def test_store_down_schedules_a_durable_retry_and_keeps_the_file(
         reopened.close()
 
 
-async def test_a_refusal_that_echoes_the_request_keeps_the_values_out_of_the_error(
+async def test_a_target_the_store_would_refuse_fails_before_sending_without_its_values(
     store: StoreDouble, state: AgentState, spool: Spool, destination: BuiltinStoreDestination
 ) -> None:
     [row] = spooled(state, spool)
@@ -216,6 +216,7 @@ async def test_a_refusal_that_echoes_the_request_keeps_the_values_out_of_the_err
         await destination.upload(row, leaky, ROUTING)
 
     assert not raised.value.retryable
-    assert "query.subject: Field required" in raised.value.message
+    assert "subject: Value error, the label is empty" in raised.value.message
+    assert store.ingest_statuses == []  # the same contract model refused it on the agent
     assert "SECRET" not in raised.value.message
     assert row.sop_instance_uid not in raised.value.message

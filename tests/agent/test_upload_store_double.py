@@ -3,11 +3,11 @@
 `StoreDouble` is a small Starlette app served by uvicorn on 127.0.0.1 (port 0) in its own
 thread (`UvicornThread`, which also serves the real control plane in other tests). It
 implements `GET /api/v1/agent/config`, `POST /api/v1/ingest` and `POST /api/v1/ingest/batch`
-as docs/architecture.md specifies them (bearer token, query parameters, multipart/related
-parts with their headers, sha256 check per instance, idempotence on (sop_instance_uid,
-sha256), fallback group), so the agent is tested against a real HTTP peer. Scripted answers
-(`fail_next`, `config_status`) let tests play an unhealthy store; `fail_next` applies to
-either ingest route.
+as docs/architecture.md specifies them (bearer token, query parameters validated with the
+`common.ingest` models, multipart/related parts with their headers, sha256 check per instance,
+idempotence on (sop_instance_uid, sha256), fallback group), so the agent is tested against a
+real HTTP peer. Scripted answers (`fail_next`, `config_status`) let tests play an unhealthy
+store; `fail_next` applies to either ingest route.
 """
 
 from __future__ import annotations
@@ -16,61 +16,34 @@ import collections
 import hashlib
 import re
 import threading
-import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-AGENT_TOKEN = "agent-secret-token"
-_REQUIRED = (
-    "subject",
-    "session",
-    "acquisition",
-    "acquisition_key",
-    "series_instance_uid",
-    "study_instance_uid",
-    "sop_instance_uid",
-    "sha256",
-    "routing_reason",
-    "unknown_group",
-    "unsorted_project",
+from common.ingest import (
+    DICOM_MEDIA_TYPE,
+    INGEST_BATCH_PATH,
+    INGEST_PATH,
+    SHA256_HEADER,
+    SOP_INSTANCE_UID_HEADER,
+    BatchResult,
+    IngestParams,
+    IngestTarget,
 )
-_PER_INSTANCE = ("sop_instance_uid", "sha256")
+from tests.support.http_server import UvicornThread
+from tests.support.related_body import split_related
+
+AGENT_TOKEN = "agent-secret-token"
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
-
-
-class UvicornThread:
-    """Serves an ASGI app with uvicorn on 127.0.0.1 (port 0) in a thread of its own."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
-
-    def start(self) -> str:
-        """Start serving (lifespan included); return the base URL."""
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start; see its log above")
-            time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread; idempotent."""
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
 
 
 @dataclass
@@ -109,8 +82,8 @@ class StoreDouble:
         return Starlette(
             routes=[
                 Route("/api/v1/agent/config", self._config, methods=["GET"]),
-                Route("/api/v1/ingest", self._ingest, methods=["POST"]),
-                Route("/api/v1/ingest/batch", self._ingest_batch, methods=["POST"]),
+                Route(INGEST_PATH, self._ingest, methods=["POST"]),
+                Route(INGEST_BATCH_PATH, self._ingest_batch, methods=["POST"]),
             ]
         )
 
@@ -150,17 +123,12 @@ class StoreDouble:
             scripted = self.fail_next.popleft() if self.fail_next else None
         if scripted is not None:
             return self._answer(JSONResponse({"detail": "scripted failure"}, status_code=scripted))
-        if request.headers.get("content-type") != "application/dicom":
+        if request.headers.get("content-type") != DICOM_MEDIA_TYPE:
             return self._answer(JSONResponse({"detail": "send application/dicom"}, 415))
         params = dict(request.query_params)
-        missing = [name for name in _REQUIRED if not params.get(name)]
-        if missing:
-            # Shaped like FastAPI's validation errors, which echo the input back.
-            detail = [
-                {"loc": ["query", name], "msg": "Field required", "input": params}
-                for name in missing
-            ]
-            return self._answer(JSONResponse({"detail": detail}, status_code=422))
+        invalid = _invalid_query(IngestParams, params)
+        if invalid is not None:
+            return self._answer(invalid)
         digest = hashlib.sha256()
         chunks = []
         async for chunk in request.stream():
@@ -184,36 +152,35 @@ class StoreDouble:
         if not content_type.startswith("multipart/related") or boundary is None:
             return self._answer(JSONResponse({"detail": "send multipart/related"}, 415))
         params = dict(request.query_params)
-        missing = [name for name in _REQUIRED if name not in _PER_INSTANCE and not params.get(name)]
-        if missing:
-            detail = [
-                {"loc": ["query", name], "msg": "Field required", "input": params}
-                for name in missing
-            ]
-            return self._answer(JSONResponse({"detail": detail}, status_code=422))
+        invalid = _invalid_query(IngestTarget, params)
+        if invalid is not None:
+            return self._answer(invalid)
         body = await request.body()
-        parts = _split_related(body, boundary.group(1).encode())
+        parts = split_related(body, boundary.group(1).encode())
         with self._lock:
             self.batch_sizes.append(len(parts))
         items: list[dict[str, str]] = []
         placed: dict[str, str] = {}
         for headers, data in parts:
-            sop = headers.get("x-sop-instance-uid", "")
-            if hashlib.sha256(data).hexdigest() != headers.get("x-sha256"):
+            sop = headers.get(SOP_INSTANCE_UID_HEADER.lower(), "")
+            digest = headers.get(SHA256_HEADER.lower())
+            if hashlib.sha256(data).hexdigest() != digest:
                 items.append({"sop_instance_uid": sop, "error": "sha256 does not match"})
                 continue
-            instance = params | {"sop_instance_uid": sop, "sha256": headers["x-sha256"]}
+            instance = params | {"sop_instance_uid": sop, "sha256": digest}
             placed = self._file(instance, data)
             items.append(
                 {"sop_instance_uid": sop, "file_id": placed["file_id"], "status": placed["status"]}
             )
-        answer = {
-            "items": items,
-            "group": placed.get("group"),
-            "project": placed.get("project"),
-            "routing_reason": placed.get("routing_reason"),
-        }
-        return self._answer(JSONResponse(answer))
+        answer = BatchResult.model_validate(
+            {
+                "items": items,
+                "group": placed.get("group"),
+                "project": placed.get("project"),
+                "routing_reason": placed.get("routing_reason"),
+            }
+        )
+        return self._answer(JSONResponse(answer.model_dump(mode="json")))
 
     def _file(self, params: dict[str, str], data: bytes) -> dict[str, str]:
         group, project, reason = self._resolve(params)
@@ -227,7 +194,7 @@ class StoreDouble:
                 if known is not None:
                     self.replaced.append(sop)
                 stored = StoredFile(
-                    f"file-{len(self.files) + len(self.replaced)}",
+                    str(uuid.uuid4()),
                     params["sha256"],
                     data,
                     params,
@@ -261,20 +228,18 @@ class StoreDouble:
         return response
 
 
-def _split_related(body: bytes, boundary: bytes) -> list[tuple[dict[str, str], bytes]]:
-    """The parts of a whole multipart body: (lower-cased headers, bytes) each."""
-    segments = (b"\r\n" + body).split(b"\r\n--" + boundary)
-    parts = []
-    for segment in segments[1:-1]:
-        head, _, data = segment.partition(b"\r\n\r\n")
-        lines = head.decode("ascii").split("\r\n")[1:]
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-        parts.append((headers, data))
-    assert segments[-1].startswith(b"--"), "the body does not end with the close delimiter"
-    return parts
+def _invalid_query(model: type[BaseModel], params: dict[str, str]) -> Response | None:
+    """The store's 422 for a query its model refuses, shaped like FastAPI's (which echoes the
+    input back), or None."""
+    try:
+        model.model_validate(params)
+    except ValidationError as exc:
+        detail = [
+            {"loc": ["query", *error["loc"]], "msg": error["msg"], "input": params}
+            for error in exc.errors(include_url=False)
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+    return None
 
 
 @pytest.fixture
@@ -287,9 +252,17 @@ def store() -> Iterator[StoreDouble]:
 
 
 def _params(data: bytes, **overrides: str) -> dict[str, str]:
-    params = {name: "x" for name in _REQUIRED}
-    params.update(sha256=hashlib.sha256(data).hexdigest(), unknown_group="unknown")
-    params.update(unsorted_project="Unsorted", routing_reason="no_routing_string")
+    params = {
+        "subject": "sub-1",
+        "session": "ses-1",
+        "acquisition": "T1",
+        "series_instance_uid": "1.2.3.4",
+        "sop_instance_uid": "1.2.3.4.1",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "unknown_group": "unknown",
+        "unsorted_project": "Unsorted",
+        "routing_reason": "no_routing_string",
+    }
     params.update(overrides)
     return params
 

@@ -185,7 +185,8 @@ def test_every_problem_is_listed_in_one_error() -> None:
         (
             "routnig: {}",
             "routnig: unknown key (did you mean 'routing'?); allowed keys here: mode, dicom, "
-            "pull, routing, upload_policy, timing, metadata, hierarchy, deid",
+            "pull, routing, upload_policy, timing, metadata, hierarchy, deid, destination, "
+            "destination_by_group, upload",
         ),
         (
             "dicom: {peers: [{ae_title: MR1, host: h, port: 104}]}",
@@ -334,6 +335,9 @@ def test_json_schema_describes_every_key_and_refuses_unknown_ones() -> None:
         "metadata",
         "hierarchy",
         "deid",
+        "destination",
+        "destination_by_group",
+        "upload",
     ]
     objects = _objects(schema)
     # The document itself and every section and list-item model below it.

@@ -11,10 +11,10 @@ import httpx2
 import pytest
 from sqlalchemy import func, select
 
+from common.ingest import IngestTarget
 from control_plane.errors import BatchTooLargeError
 from control_plane.hierarchy.ingest_batch import BatchLimits, ingest_batch
 from control_plane.models import File, Session
-from control_plane.schemas import IngestTarget
 from tests.control_plane.harness import ControlPlane, post_ingest
 from tests.control_plane.instances import DEFAULT_SERIES_UID, new_uid, part10, sha256_hex
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,16 @@ def require_executable(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = f"{name} is not installed (run `make test`, which installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def require_file(path: Path, package: str) -> Path:
+    """Return `path`, or skip (outside CI) / fail (in CI) when the file is missing."""
+    if not path.exists():
+        message = f"{path} is missing: install the Debian package {package} (make system-deps)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

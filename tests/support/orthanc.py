@@ -9,6 +9,10 @@ Orthanc 1.10 keeps no count of C-MOVE or C-GET requests (its `/changes` list onl
 deleted resources, `/exports` stays empty for C-MOVE, the metrics hold only the duration of the
 last one), so the count comes from its log: started with `--verbose`, it writes one
 "Incoming Move request" (or "Incoming Get request") line per request when it accepts one.
+
+`Orthanc(workdir, dicomweb=True)` loads Debian's DICOMweb plugin (package orthanc-dicomweb)
+and serves STOW-RS at `dicomweb_url`; `lua_script` installs Lua callbacks, such as a
+`ReceivedInstanceFilter` that refuses some instances.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import httpx2
 from pydicom import Dataset
 
 from tests.support.dicom_factory import encode_part10
-from tests.support.environment import free_port, require_executable, tool_env
+from tests.support.environment import free_port, require_executable, require_file, tool_env
 
 ORTHANC_AE_TITLE = "ORTHANC"
+# Where Debian's orthanc-dicomweb package installs the plugin (`dpkg -L orthanc-dicomweb`).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web"
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 _MOVE_LINE = "Incoming Move request from AET"
@@ -45,8 +52,20 @@ class Orthanc:
     back (a source that went away and returned).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        dicomweb: bool = False,
+        lua_script: str | None = None,
+        verbose: bool = True,
+    ) -> None:
+        """`verbose=False` drops the per-request log lines (for benchmarks): the retrieval
+        counts (`move_requests`...) then stay at 0."""
         self.workdir = workdir
+        self._verbose = verbose
+        self._dicomweb = dicomweb
+        self._lua_script = lua_script
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.ae_title = ORTHANC_AE_TITLE
@@ -59,12 +78,14 @@ class Orthanc:
         if self._proc is not None:
             return
         executable = require_executable("Orthanc")
+        if self._dicomweb:
+            require_file(DICOMWEB_PLUGIN, "orthanc-dicomweb")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self._config(), indent=2), encoding="utf-8")
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [executable, "--verbose", str(config_path)],
+                [executable, *(["--verbose"] if self._verbose else []), str(config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=tool_env(),
@@ -95,6 +116,26 @@ class Orthanc:
         """Stop the server and close the REST client."""
         self.stop()
         self.client.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb base URL (STOW-RS posts to `{dicomweb_url}/studies`)."""
+        return f"http://127.0.0.1:{self.http_port}{DICOMWEB_ROOT}"
+
+    def instance_count(self) -> int:
+        """How many instances Orthanc holds."""
+        return int(self.statistics()["CountInstances"])
+
+    def holds_instance(self, sop_instance_uid: str) -> bool:
+        """Whether Orthanc holds an instance with this SOP Instance UID."""
+        response = self.client.post("/tools/lookup", content=sop_instance_uid)
+        response.raise_for_status()
+        return any(match["Type"] == "Instance" for match in response.json())
 
     @property
     def running(self) -> bool:
@@ -165,6 +206,17 @@ class Orthanc:
         raise AssertionError(f"Orthanc holds no {level.lower()} with the UID that was given")
 
     def _config(self) -> dict[str, Any]:
+        config = self._base_config()
+        if self._dicomweb:
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": f"{DICOMWEB_ROOT}/"}
+        if self._lua_script is not None:
+            script = self.workdir / "callbacks.lua"
+            script.write_text(self._lua_script, encoding="utf-8")
+            config["LuaScripts"] = [str(script)]
+        return config
+
+    def _base_config(self) -> dict[str, Any]:
         return {
             "Name": "pull-test-pacs",
             "StorageDirectory": str(self.workdir / "storage"),
@@ -224,9 +276,11 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(workdir: Path) -> Iterator[Orthanc]:
+def running_orthanc(
+    workdir: Path, *, dicomweb: bool = False, lua_script: str | None = None
+) -> Iterator[Orthanc]:
     """An Orthanc that is stopped however the block ends."""
-    server = Orthanc(workdir)
+    server = Orthanc(workdir, dicomweb=dicomweb, lua_script=lua_script)
     try:
         server.start()
         yield server

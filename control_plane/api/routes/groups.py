@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, status
 
+from common.ingest import GroupId
 from control_plane.deps import ReaderDep, SessionDep, SupportDep
 from control_plane.hierarchy import groups
 from control_plane.schemas import (
     GroupCreate,
-    GroupId,
     GroupPublic,
     ItemList,
     ProjectCreate,

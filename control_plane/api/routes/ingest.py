@@ -5,24 +5,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from control_plane.deps import BlobsDep, IngestDep, SessionDep
-from control_plane.hierarchy.ingest import ingest
-from control_plane.hierarchy.ingest_batch import (
+from common.ingest import (
+    INGEST_BATCH_PATH,
+    INGEST_PATH,
     SHA256_HEADER,
     SOP_INSTANCE_UID_HEADER,
-    BatchLimits,
-    ingest_batch,
+    BatchResult,
+    IngestParams,
+    IngestResult,
+    IngestTarget,
 )
-from control_plane.hierarchy.ingest_schemas import BatchResult
-from control_plane.schemas import IngestParams, IngestResult, IngestTarget
+from control_plane.deps import BlobsDep, IngestDep, SessionDep
+from control_plane.hierarchy.ingest import ingest
+from control_plane.hierarchy.ingest_batch import BatchLimits, ingest_batch
 
 router = APIRouter(tags=["agent"])
+
+# The contract names full paths; this router is mounted under /api/v1.
+_API_PREFIX = "/api/v1"
 
 BATCH_LIMITS = BatchLimits()
 
 
 @router.post(
-    "/ingest",
+    INGEST_PATH.removeprefix(_API_PREFIX),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -42,7 +48,7 @@ async def ingest_instance(
 
 
 @router.post(
-    "/ingest/batch",
+    INGEST_BATCH_PATH.removeprefix(_API_PREFIX),
     openapi_extra={
         "requestBody": {
             "required": True,
