@@ -334,7 +334,7 @@ def test_json_schema_describes_every_key_and_refuses_unknown_ones() -> None:
         "deid",
     ]
     objects = _objects(schema)
-    assert len(objects) == 10
+    assert len(objects) == 12  # + DicomTls, DicomTimeouts
     assert all(obj.get("additionalProperties") is False for obj in objects)
     json.dumps(schema)
 
