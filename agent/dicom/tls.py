@@ -11,7 +11,7 @@ Both sides: TLS 1.2 at least, TLS 1.2 suites limited to ECDHE key exchange with 
 its validity period. The SCU checks the source's certificate against `ca` but not its host name:
 DICOM peers are addressed by IP address and AE title, and the CA is the site's own.
 
-Imports the standard library and `cryptography` (to read a certificate's expiry) only, no
+Imports the standard library, `common` and `cryptography` (to read a certificate's expiry), no
 pynetdicom: the SCP and SCU hand the contexts over.
 """
 
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+
+from common.config import DicomTls
 
 __all__ = ["MODERN_TLS12_CIPHERS", "TlsContexts", "TlsError", "TlsFiles", "certificate_not_after"]
 
@@ -44,6 +46,13 @@ class TlsFiles:
     key: Path
     ca: Path
     require_client_cert: bool = True
+
+    @classmethod
+    def of(cls, config: DicomTls | None) -> TlsFiles | None:
+        """The files named by the `dicom.tls` section; None without one."""
+        if config is None:
+            return None
+        return cls(Path(config.cert), Path(config.key), Path(config.ca), config.require_client_cert)
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
