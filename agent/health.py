@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.state import AgentState
-from common.messages import MAX_TEXT_LENGTH, HealthReport
+from common.messages import MAX_TEXT_LENGTH, DicomRejectionCount, HealthReport
+
+_DAY_SECONDS = 86400.0
 
 __all__ = [
     "HealthSnapshot",
@@ -114,6 +116,11 @@ class HealthSnapshot:
     query_time_threshold: float | None = None
     query_over_threshold: bool = False
     pull_sources: tuple[PullSourceHealth, ...] = ()
+    # (reason, source address, count) of refused associations, largest first.
+    dicom_rejections: tuple[tuple[str, str, int], ...] = ()
+    tls_certificate_not_after: float | None = None
+    tls_certificate_days_left: float | None = None
+    tls_problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the CLI and the health report)."""
@@ -133,6 +140,9 @@ def take_snapshot(
     now: float,
     pull_sources: Sequence[PullSourceHealth] = (),
     query_time_threshold: float | None = None,
+    dicom_rejections: Sequence[tuple[str, str, int]] = (),
+    tls_certificate_not_after: float | None = None,
+    tls_problem: str | None = None,
 ) -> HealthSnapshot:
     """Compute the health snapshot (blocking: reads the state database and the disk)."""
     stats = state.stats()
@@ -175,6 +185,14 @@ def take_snapshot(
             and last_query > query_time_threshold
         ),
         pull_sources=tuple(pull_sources),
+        dicom_rejections=tuple(dicom_rejections),
+        tls_certificate_not_after=tls_certificate_not_after,
+        tls_certificate_days_left=(
+            None
+            if tls_certificate_not_after is None
+            else (tls_certificate_not_after - now) / _DAY_SECONDS
+        ),
+        tls_problem=tls_problem,
     )
 
 
@@ -199,4 +217,17 @@ def health_report(snapshot: HealthSnapshot) -> HealthReport:
         disk_reserve_bytes=snapshot.disk_reserve_bytes,
         last_error=None if last_error is None else last_error[:MAX_TEXT_LENGTH],
         last_error_at=None if at is None else dt.datetime.fromtimestamp(at, dt.UTC),
+        dicom_rejections=[
+            DicomRejectionCount(reason=reason, source=source[:64], count=count)
+            for reason, source, count in snapshot.dicom_rejections[:512]
+        ],
+        tls_certificate_expires_at=(
+            None
+            if snapshot.tls_certificate_not_after is None
+            else dt.datetime.fromtimestamp(snapshot.tls_certificate_not_after, dt.UTC)
+        ),
+        tls_certificate_days_left=snapshot.tls_certificate_days_left,
+        tls_problem=None
+        if snapshot.tls_problem is None
+        else snapshot.tls_problem[:MAX_TEXT_LENGTH],
     )

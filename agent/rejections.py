@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["MAX_SOURCES", "OTHER_SOURCES", "RejectionCounter", "RejectionReason"]
+__all__ = ["MAX_SOURCES", "OTHER_SOURCES", "Key", "RejectionCounter", "RejectionReason"]
 
 MAX_SOURCES = 256
 OTHER_SOURCES = "other"

@@ -88,6 +88,7 @@ class LinkAgent:
     timezone: str
     token_digest: str
     state: LinkState
+    deployment: str = "edge"  # edge | in-cluster: in-cluster agents refuse configs without TLS
 
 
 async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | None:
@@ -104,6 +105,7 @@ async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | No
                 Site.id,
                 Site.name,
                 Site.timezone,
+                Agent.deployment,
                 *LinkState.columns_of_agent(),
             )
             .join(Site, Agent.site_id == Site.id)
@@ -119,7 +121,8 @@ async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | No
         site=row[4],
         timezone=row[5],
         token_digest=digest,
-        state=LinkState.from_row(row[6:]),
+        state=LinkState.from_row(row[7:]),
+        deployment=row[6],
     )
 
 

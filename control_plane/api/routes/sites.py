@@ -63,6 +63,7 @@ async def put_site_config(
     site_row = await sites.site_by_name(session, site)
     site_id, site_name, timezone = site_row.id, site_row.name, site_row.timezone
     config = config_revisions.parse_config(await request.body())
+    await config_revisions.check_deployments(session, site_row, config)
     revision = await config_revisions.store_config(session, site_row, config, principal.name)
     await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config))
     return ConfigRevisionNumber(revision=revision)
