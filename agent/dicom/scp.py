@@ -74,6 +74,10 @@ _log = structlog.get_logger(__name__)
 DEFAULT_DUL_LOOP_DELAY = 0.0002
 # Larger receive PDUs mean fewer PDU decodes per instance; peers send up to what we announce.
 _MAXIMUM_PDU_SIZE = 1 << 20
+# The longest PDU read from a peer: the P-DATA size we announce, with room for an association
+# request of many presentation contexts. pynetdicom reads whatever length a PDU header claims
+# (up to 4 GiB) into memory; a longer one closes the connection instead.
+_MAXIMUM_RECEIVED_PDU = _MAXIMUM_PDU_SIZE + (64 << 10)
 _LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 _REJECTED_PERMANENT, _REJECTED_TRANSIENT = 0x01, 0x02
 _SERVICE_USER, _SERVICE_PROVIDER_PRESENTATION = 0x01, 0x03
@@ -280,8 +284,10 @@ class DicomListener:
                     assoc.unbind(logging_event, handler)
             with self._tallies_lock:
                 self._tallies[assoc] = _AssociationTally(peer_host=str(assoc.requestor.address))
+            _guard_transport(assoc, self._timeouts.artim)
         except Exception:
             _log.exception("dicom connection set-up failed")
+            event.assoc.abort()
 
     def _handle_association_request(self, event: Event) -> None:
         try:
@@ -305,6 +311,7 @@ class DicomListener:
                 # attribute on every pass. Set only now, so connections that never ask for an
                 # association (TCP probes) idle at pynetdicom's cheaper default.
                 assoc.dul._run_loop_delay = self._dul_loop_delay
+                _transport_socket(assoc).settimeout(self._timeouts.network)
                 return
             self.rejections.record(refusal, _source(host))
             _log.warning("association rejected", peer_ae=calling, peer_host=host, reason=refusal)
@@ -512,6 +519,46 @@ def _start_server(
     # AssociationServer.shutdown() removes the server from this list, as start_server's are.
     ae._servers.append(server)
     return server
+
+
+def _transport_socket(assoc: Association) -> socket.socket:
+    transport = assoc.dul.socket
+    assert transport is not None
+    assert transport.socket is not None
+    return transport.socket
+
+
+def _guard_transport(assoc: Association, timeout: float) -> None:
+    """Bound what a peer can make the association's DUL thread do while reading a PDU.
+
+    pynetdicom reads a PDU with blocking `recv` calls on a socket without a timeout, for as
+    many bytes as the PDU's header claims: a peer that stops halfway keeps the thread (and
+    the connection) forever, since the ARTIM and idle timers are checked between PDUs and an
+    abort waits for that thread; one that claims 4 GiB is buffered as it sends. So the socket
+    gets a timeout (ARTIM until the association is accepted, then the network timeout), and a
+    PDU longer than `_MAXIMUM_RECEIVED_PDU` ends the connection before its body is read.
+    """
+    transport = assoc.dul.socket
+    assert transport is not None
+    raw = _transport_socket(assoc)
+    raw.settimeout(timeout)
+    read = transport.recv
+    host = str(assoc.requestor.address)
+
+    def recv(count: int) -> bytearray:
+        if count <= _MAXIMUM_RECEIVED_PDU:
+            return read(count)
+        _log.warning(
+            "dicom connection closed",
+            peer_host=host,
+            reason=f"a PDU of {count} bytes, over the {_MAXIMUM_RECEIVED_PDU} allowed",
+        )
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        return bytearray()  # pynetdicom: "PDU shorter than expected", transport closed
+
+    # pynetdicom has no hook for the transport's reads; the DUL calls this attribute.
+    transport.recv = recv  # type: ignore[method-assign,assignment]
 
 
 def _established(server: ThreadedAssociationServer) -> list[Association]:
