@@ -21,7 +21,10 @@ from typing import Any
 
 from agent.state import AgentState
 from common.logging import series_key
-from common.messages import MAX_TEXT_LENGTH, FailedSeriesReport, HealthReport
+from common.messages import MAX_TEXT_LENGTH, DicomRejectionCount, FailedSeriesReport, HealthReport
+
+_DAY_SECONDS = 86400.0
+
 
 __all__ = [
     "FailedSeriesHealth",
@@ -129,6 +132,11 @@ class HealthSnapshot:
     failed_series: int = 0
     failed_series_recent: tuple[FailedSeriesHealth, ...] = ()
     skipped_series: dict[str, int] = dataclasses.field(default_factory=dict)
+    # (reason, source address, count) of refused associations, largest first.
+    dicom_rejections: tuple[tuple[str, str, int], ...] = ()
+    tls_certificate_not_after: float | None = None
+    tls_certificate_days_left: float | None = None
+    tls_problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the CLI and the health report)."""
@@ -148,6 +156,9 @@ def take_snapshot(
     now: float,
     pull_sources: Sequence[PullSourceHealth] = (),
     query_time_threshold: float | None = None,
+    dicom_rejections: Sequence[tuple[str, str, int]] = (),
+    tls_certificate_not_after: float | None = None,
+    tls_problem: str | None = None,
 ) -> HealthSnapshot:
     """Compute the health snapshot (blocking: reads the state database and the disk)."""
     stats = state.stats()
@@ -203,6 +214,14 @@ def take_snapshot(
             )
             for failed in recent_failures
         ),
+        dicom_rejections=tuple(dicom_rejections),
+        tls_certificate_not_after=tls_certificate_not_after,
+        tls_certificate_days_left=(
+            None
+            if tls_certificate_not_after is None
+            else (tls_certificate_not_after - now) / _DAY_SECONDS
+        ),
+        tls_problem=tls_problem,
     )
 
 
@@ -238,4 +257,17 @@ def health_report(snapshot: HealthSnapshot) -> HealthReport:
             )
             for failed in snapshot.failed_series_recent
         ],
+        dicom_rejections=[
+            DicomRejectionCount(reason=reason, source=source[:64], count=count)
+            for reason, source, count in snapshot.dicom_rejections[:512]
+        ],
+        tls_certificate_expires_at=(
+            None
+            if snapshot.tls_certificate_not_after is None
+            else dt.datetime.fromtimestamp(snapshot.tls_certificate_not_after, dt.UTC)
+        ),
+        tls_certificate_days_left=snapshot.tls_certificate_days_left,
+        tls_problem=None
+        if snapshot.tls_problem is None
+        else snapshot.tls_problem[:MAX_TEXT_LENGTH],
     )

@@ -174,6 +174,8 @@ class ControlPlaneLink:
         self.agent_id: uuid.UUID | None = None
         """The id the control plane gave this agent (learnt from the welcome)."""
         self.site: str | None = None
+        self.deployment: str | None = None
+        """edge or in-cluster, as the welcome said; None before one."""
         self.connected = False
         """Whether the link is up (welcomed and not closed since)."""
         self.last_error: str | None = None
@@ -290,6 +292,7 @@ class ControlPlaneLink:
 
     def _welcomed(self, welcome: Welcome) -> None:
         self.agent_id, self.site = welcome.agent_id, welcome.site
+        self.deployment = welcome.deployment
         self.token_refused = False
         self.last_error = None
         self._set_connected(True)

@@ -38,8 +38,10 @@ from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient
 from agent.data_dir_lock import DataDirLock
+from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.intake import identify_spooled
-from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
+from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener, ScpTimeouts
+from agent.dicom.tls import TlsContexts, TlsError, TlsFiles
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.link import ConfigNotApplied, ControlPlaneLink
@@ -47,6 +49,7 @@ from agent.outgoing import DeidProfile, Outgoing
 from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
 from agent.reaper import Reaper
+from agent.rejections import RejectionCounter
 from agent.settings import AgentSettings
 from agent.site import SiteSnapshot
 from agent.spool import Spool
@@ -58,6 +61,7 @@ from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.upload.destinations import Destinations, build_destinations, destinations_key
 from agent.uploader import Uploader, UploadLoop
 from common.deid.errors import DeidError
+from common.deployment import IN_CLUSTER, in_cluster_problems
 from common.logging import configure_logging, series_key
 from common.messages import HealthReport
 from common.telemetry import configure_tracing
@@ -67,11 +71,14 @@ _LOCK_GRACE_SECONDS = 10.0
 SPOOL_DIR_NAME = "spool"
 # De-identified copies waiting to be sent (agent.outgoing): derived data, wiped at start.
 OUTGOING_DIR_NAME = "outgoing"
+ASSOCIATION_SLOTS_DIR_NAME = "association-slots"
 SERVICE_NAME = "dicom-connector-agent"
 
 log = structlog.get_logger(__name__)
 
-ListenerKey = tuple[str, int, tuple[tuple[str, str], ...]]
+# What restarts the listener when a config revision changes it: AE title, port, peers, the
+# association cap, the timeouts and whether TLS is on. New TLS files do not: they are swapped in.
+ListenerKey = tuple[str, int, tuple[tuple[str, str], ...], int, tuple[float, float, float], bool]
 
 
 class AgentRuntime:
@@ -91,13 +98,13 @@ class AgentRuntime:
         self._tracer = PipelineTracer(tracer_provider)
         self._destination = destination
         # One TLS context for the link, the config fetch and uploads (agent.tls).
-        self._tls = control_plane_ssl_context(settings.control_plane_ca)
+        self._control_plane_tls = control_plane_ssl_context(settings.control_plane_ca)
         self._config_client = config_client or ConfigClient(
             settings.control_plane_url,
             settings.token_file,
             settings.data_dir,
             timeout=settings.http_timeout,
-            verify=self._tls,
+            verify=self._control_plane_tls,
         )
         self.counters = PipelineCounters()
         self._stop_requested = asyncio.Event()
@@ -108,6 +115,7 @@ class AgentRuntime:
         self._spool: Spool | None = None
         self._listener: DicomListener | None = None
         self._listener_key: ListenerKey | None = None
+        self._tls: TlsContexts | None = None
         self._workers: IntakeWorkers | None = None
         self._data_dir_lock = DataDirLock(settings.data_dir)
         self._upload_loop: UploadLoop | None = None
@@ -125,7 +133,7 @@ class AgentRuntime:
             backoff_cap=settings.link_backoff_cap,
             unauthorized_retry_interval=settings.link_unauthorized_retry_interval,
             open_timeout=settings.link_open_timeout,
-            ssl_context=self._tls,
+            ssl_context=self._control_plane_tls,
         )
         """The websocket to the control plane (up while `link.connected`)."""
 
@@ -166,7 +174,16 @@ class AgentRuntime:
             now=now,
             pull_sources=self._pull.health() if self._pull else (),
             query_time_threshold=timing.query_time_threshold.total_seconds() if pulling else None,
+            dicom_rejections=self._rejection_counts(),
+            tls_certificate_not_after=None if self._tls is None else self._tls.not_after,
+            tls_problem=None if self._tls is None else self._tls.problem,
         )
+
+    def _rejection_counts(self) -> list[tuple[str, str, int]]:
+        parts = [] if self._workers is None else self._workers.rejections()
+        if self._listener is not None:
+            parts.append(self._listener.rejections.counts())
+        return RejectionCounter.merged(parts)
 
     @property
     def upload_concurrency(self) -> int | None:
@@ -318,7 +335,7 @@ class AgentRuntime:
             self.settings.control_plane_url,
             current_token,
             timeout=self.settings.http_timeout,
-            verify=self._tls,
+            verify=self._control_plane_tls,
         )
 
     def _build_upload_loop(self, destinations: Destinations, snapshot: SiteSnapshot) -> UploadLoop:
@@ -374,6 +391,15 @@ class AgentRuntime:
                 f"the de-identification profile of revision {snapshot.revision} cannot be "
                 f"used: {exc}"
             ) from exc
+        if self.link.deployment == IN_CLUSTER and (
+            problems := in_cluster_problems(snapshot.config)
+        ):
+            raise ConfigNotApplied(
+                "this agent runs in-cluster, where connectors use mutual TLS and push only: "
+                + "; ".join(problems)
+            )
+        if self._listener is not None and self._listener_key == self._key_of(snapshot):
+            await self._use_tls(snapshot)
         previous, self._snapshot = self._snapshot, snapshot
         self._hand_to_pipeline(snapshot)
         if self._listener is None or self._listener_key == self._key_of(snapshot):
@@ -417,6 +443,20 @@ class AgentRuntime:
         if self._uploader is not None:
             await self._uploader.destinations.retire()
 
+    async def _use_tls(self, snapshot: SiteSnapshot) -> None:
+        """Swap in the TLS files of `snapshot` for the next association (every intake process);
+        `ConfigNotApplied` when they cannot be used (the files in force stay)."""
+        tls, files = snapshot.config.dicom.tls, TlsFiles.of(snapshot.config.dicom.tls)
+        if self._tls is None or tls is None or files is None or files == self._tls.files:
+            return
+        try:
+            await asyncio.to_thread(self._tls.use, files)
+        except TlsError as exc:
+            raise ConfigNotApplied(f"revision {snapshot.revision}: {exc}") from exc
+        if self._workers is not None:
+            await self._workers.use_tls(tls)
+        log.info("agent.tls_files_changed", revision=snapshot.revision)
+
     def _hand_to_pipeline(self, snapshot: SiteSnapshot) -> None:
         if self._upload_loop is not None:
             self._upload_loop.snapshot = snapshot
@@ -428,15 +468,34 @@ class AgentRuntime:
         dicom = snapshot.config.dicom
         port = self.settings.dicom_port_override
         peers = tuple((peer.ae_title, peer.host) for peer in dicom.peers)
-        return (dicom.ae_title, dicom.port if port is None else port, peers)
+        timeouts = dicom.timeouts
+        return (
+            dicom.ae_title,
+            dicom.port if port is None else port,
+            peers,
+            dicom.max_associations,
+            (
+                timeouts.artim.total_seconds(),
+                timeouts.dimse.total_seconds(),
+                timeouts.network.total_seconds(),
+            ),
+            dicom.tls is not None,
+        )
 
     async def _start_listener(self, snapshot: SiteSnapshot) -> None:
         assert self._spool is not None
         key = self._key_of(snapshot)
-        ae_title, port, peers = key
+        ae_title, port, peers, max_associations, (artim, dimse, network), _ = key
         delay = self.settings.dul_loop_delay
         dul_loop_delay = DEFAULT_DUL_LOOP_DELAY if delay is None else delay
         processes = self.settings.intake_processes or len(os.sched_getaffinity(0))
+        files = TlsFiles.of(snapshot.config.dicom.tls)
+        tls = None if files is None else await asyncio.to_thread(TlsContexts, files)
+        limit = await asyncio.to_thread(
+            AssociationLimit,
+            max_associations,
+            self.settings.data_dir / ASSOCIATION_SLOTS_DIR_NAME,
+        )
         listener = DicomListener(
             ae_title=ae_title,
             host=self.settings.dicom_host,
@@ -446,18 +505,30 @@ class AgentRuntime:
             on_stored=self._on_stored,
             dul_loop_delay=dul_loop_delay,
             share_port=processes > 1,
+            tls=tls,
+            association_limit=limit,
+            timeouts=ScpTimeouts(artim=artim, dimse=dimse, network=network),
         )
-        self.dicom_port = await asyncio.to_thread(listener.start)
-        self._listener, self._listener_key = listener, key
+        try:
+            self.dicom_port = await asyncio.to_thread(listener.start)
+        except BaseException:
+            limit.close()
+            raise
+        self._listener, self._listener_key, self._tls = listener, key, tls
         log.info("agent.listening", ae_title=ae_title, port=self.dicom_port)
         if processes > 1:
-            await self._start_workers(processes - 1, key, self.dicom_port, dul_loop_delay)
+            await self._start_workers(processes - 1, snapshot, key, self.dicom_port, dul_loop_delay)
 
     async def _start_workers(
-        self, count: int, key: ListenerKey, port: int, dul_loop_delay: float
+        self,
+        count: int,
+        snapshot: SiteSnapshot,
+        key: ListenerKey,
+        port: int,
+        dul_loop_delay: float,
     ) -> None:
         """Start the extra intake processes; without them intake goes on in this one."""
-        ae_title, _, peers = key
+        ae_title, _, peers, max_associations, timeouts, _ = key
         spec = IntakeWorkerSpec(
             state_path=self.settings.data_dir / STATE_FILE_NAME,
             spool_dir=self.settings.data_dir / SPOOL_DIR_NAME,
@@ -468,6 +539,10 @@ class AgentRuntime:
             peers=peers,
             dul_loop_delay=dul_loop_delay,
             drain_timeout=self.settings.association_drain_timeout,
+            tls=snapshot.config.dicom.tls,
+            max_associations=max_associations,
+            association_slots_dir=self.settings.data_dir / ASSOCIATION_SLOTS_DIR_NAME,
+            timeouts=timeouts,
         )
         workers = IntakeWorkers(count, spec, self._data_dir_lock.fd)
         try:

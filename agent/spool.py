@@ -39,7 +39,7 @@ import structlog
 
 from agent.state import AddOutcome, AgentState, SpooledInstance, StateFullError
 
-__all__ = ["RecoveryReport", "Spool", "SpoolFull", "SpoolIdentity"]
+__all__ = ["RecoveryReport", "Spool", "SpoolFull", "SpoolIdentity", "WriteFile", "write_durably"]
 
 _log = structlog.get_logger(__name__)
 
@@ -63,6 +63,9 @@ class SpoolIdentity:
     study_instance_uid: str
     transfer_syntax_uid: str
 
+
+WriteFile = Callable[[Path, memoryview], None]
+"""Writes the bytes into an existing slot and fsyncs it; raises `OSError` (ENOSPC: disk full)."""
 
 Identify = Callable[[memoryview], SpoolIdentity | None]
 """Reads the UIDs of a whole Part-10 file; None when the bytes are not one (cut short)."""
@@ -89,11 +92,14 @@ class Spool:
         reserve_bytes: int = 0,
         *,
         slot_batch: int = SLOT_BATCH,
+        write_file: WriteFile | None = None,
     ) -> None:
         """Create the spool directories under `root` (made durable) if they are missing.
 
         `reserve_bytes` is the free space to keep on the spool's filesystem: a store that would
         go below it raises `SpoolFull`, so the state database and the OS keep room to work.
+        `write_file` is the seam tests use to run out of disk where mounting a small
+        filesystem is not allowed (CI); it defaults to `write_durably`.
         """
         if reserve_bytes < 0:
             raise ValueError(f"reserve_bytes must be >= 0, got {reserve_bytes}")
@@ -103,6 +109,7 @@ class Spool:
         self._slots = self._root / "slots"
         self._state = state
         self._reserve_bytes = reserve_bytes
+        self._write_file = write_file or write_durably
         self._make_layout()
         self._pool = _SlotPool(self._slots, slot_batch)
 
@@ -132,7 +139,7 @@ class Spool:
         self._check_free_space(len(data))
         slot = self._take_slot()
         try:
-            _write_durably(slot, data)
+            self._write_file(slot, data)
         except BaseException as exc:
             self._give_back(slot)
             if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE:
@@ -386,7 +393,8 @@ def _make_directory(path: Path) -> bool:
     return True
 
 
-def _write_durably(path: Path, data: memoryview) -> None:
+def write_durably(path: Path, data: memoryview) -> None:
+    """Write `data` into the existing file `path` and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         written = 0

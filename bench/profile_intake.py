@@ -173,7 +173,7 @@ def _category(frames: Sequence[re.Match[str]], role: str) -> str:
         text = _source_line(path, int(frame["line"]))
         if function.endswith("_fsync_directory"):
             return "spool: fsync directory (slot batch)"
-        if function.endswith("_write_durably"):
+        if function.endswith("write_durably"):
             return "spool: fsync file" if "fsync" in text else "spool: open + write slot"
         if function.endswith("Spool.store"):
             if "sha256" in text:

@@ -315,6 +315,38 @@ def health(ctx: typer.Context, site: str) -> None:
             for a in answer["agents"]
         ],
     )
+    _dicom_security(ctx, answer["agents"])
+
+
+def _dicom_security(ctx: typer.Context, agents: list[dict[str, Any]]) -> None:
+    """Each agent's refused DICOM associations (by reason and source address) and its TLS
+    certificate's expiry, from its latest health report: the admin guide asks sites to watch
+    for unauthorised addresses."""
+    refused: list[tuple[object, ...]] = []
+    certificates: list[tuple[object, ...]] = []
+    for summary in agents:
+        report = (_call(ctx, "GET", f"/api/v1/agents/{summary['id']}").get("health") or {}).get(
+            "report"
+        ) or {}
+        for row in report.get("dicom_rejections") or []:
+            refused.append((summary["name"], row["reason"], row["source"], row["count"]))
+        if report.get("tls_certificate_expires_at"):
+            days = report.get("tls_certificate_days_left")
+            certificates.append(
+                (
+                    summary["name"],
+                    report["tls_certificate_expires_at"],
+                    "" if days is None else f"{days:.0f}",
+                )
+            )
+    if refused:
+        _table(
+            "refused DICOM associations (since each agent started)",
+            ["agent", "reason", "source address", "count"],
+            refused,
+        )
+    if certificates:
+        _table("DICOM TLS certificates", ["agent", "expires at", "days left"], certificates)
 
 
 @admin_app.command("fleet")

@@ -44,6 +44,8 @@ __all__ = [
     "DeidConfig",
     "DicomConfig",
     "DicomPeer",
+    "DicomTimeouts",
+    "DicomTls",
     "HierarchyConfig",
     "MetadataConfig",
     "MetadataPattern",
@@ -177,11 +179,75 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _positive_duration(value: dt.timedelta) -> dt.timedelta:
+    if value <= dt.timedelta(0):
+        raise _invalid("duration", f"'{format_duration(value)}' is too short; use more than 0s")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive_duration)]
+
+
 class DicomPeer(_Section):
     """A DICOM node allowed to send to the connector's SCP."""
 
     ae_title: AETitle
     host: Host
+
+
+def _check_file_path(value: str) -> str:
+    if not value.strip() or contains_control_characters(value) or len(value) > 4096:
+        raise _invalid(
+            "path",
+            f"{_short_repr(value)} is not a file path; use the path of a PEM file on the "
+            "agent's machine (e.g. /etc/dicom-connector/tls/agent.crt)",
+        )
+    return value
+
+
+FilePath = Annotated[
+    str, AfterValidator(_check_file_path), Field(json_schema_extra={"minLength": 1})
+]
+
+
+class DicomTls(_Section):
+    """TLS on the connector's SCP and SCU (DICOM PS3.15 secure transport).
+
+    Paths name PEM files on the agent's machine; they are read when a config revision is
+    applied and again when their content changes, so a renewed certificate is used by the next
+    association without a restart.
+    """
+
+    cert: FilePath = Field(description="The agent's certificate (PEM), chain after it if any.")
+    key: FilePath = Field(description="The private key of `cert` (PEM, unencrypted).")
+    ca: FilePath = Field(
+        description="The CA certificate(s) (PEM) that peers' certificates must chain to."
+    )
+    require_client_cert: bool = Field(
+        default=True,
+        description="The SCP refuses peers without a certificate from `ca` (mutual TLS).",
+    )
+
+
+class DicomTimeouts(_Section):
+    """How long the SCP waits for a peer before it gives up on an association."""
+
+    artim: PositiveDuration = Field(
+        default=dt.timedelta(seconds=30),
+        description="From connection to association request, and for a release answer "
+        "(the ARTIM timer); also bounds the TLS handshake.",
+        json_schema_extra={"default": "30s"},
+    )
+    dimse: PositiveDuration = Field(
+        default=dt.timedelta(seconds=60),
+        description="Longest wait for the next DIMSE message or answer on an association.",
+        json_schema_extra={"default": "60s"},
+    )
+    network: PositiveDuration = Field(
+        default=dt.timedelta(seconds=120),
+        description="An association with no traffic for this long is aborted.",
+        json_schema_extra={"default": "120s"},
+    )
 
 
 class DicomConfig(_Section):
@@ -193,15 +259,17 @@ class DicomConfig(_Section):
         default_factory=list,
         description="Allowlist of sending nodes; an empty list accepts any peer.",
     )
-
-
-def _positive_duration(value: dt.timedelta) -> dt.timedelta:
-    if value <= dt.timedelta(0):
-        raise _invalid("duration", f"'{format_duration(value)}' is too short; use more than 0s")
-    return value
-
-
-PositiveDuration = Annotated[Duration, AfterValidator(_positive_duration)]
+    tls: DicomTls | None = Field(
+        default=None, description="TLS (and mutual TLS) on the SCP and SCU; null: plain TCP."
+    )
+    max_associations: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Open associations over all the agent's intake processes; one more is "
+        "rejected (transient, local limit exceeded).",
+    )
+    timeouts: DicomTimeouts = Field(default_factory=DicomTimeouts)
 
 
 class PullSource(_Section):

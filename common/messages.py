@@ -72,6 +72,7 @@ __all__ = [
     "CommandResult",
     "ConfigMessage",
     "ConfigResult",
+    "DicomRejectionCount",
     "Error",
     "ErrorCode",
     "Health",
@@ -153,6 +154,11 @@ class Welcome(_Frame):
     heartbeat_interval_s: float = Field(gt=0, allow_inf_nan=False)
     agent_id: uuid.UUID
     site: str
+    deployment: Literal["edge", "in-cluster"] = Field(
+        default="edge",
+        description="How the agent was registered; an in-cluster agent refuses a config "
+        "without dicom.tls or with mode pull (the admin guide: mTLS and push only).",
+    )
 
 
 class ConfigMessage(_Frame):
@@ -225,6 +231,25 @@ class FailedSeriesReport(BaseModel):
     instances: Count = Field(description="Instances of the series kept on the agent.")
 
 
+class DicomRejectionCount(BaseModel):
+    """Associations (or TLS handshakes) the agent's SCP refused, for one reason and source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Literal[
+        "unlisted_address",
+        "calling_ae_not_recognised",
+        "called_ae_not_recognised",
+        "association_limit",
+        "tls_handshake_failed",
+    ]
+    source: str = Field(max_length=64, description="The peer's IP address, or `other`.")
+    count: Count
+
+
+TLS_EXPIRY_WARNING_DAYS: Final = 30
+
+
 class HealthReport(BaseModel):
     """One reading of an agent's health. Durations in seconds, sizes in bytes, counts since
     the agent process started unless said otherwise; null where there is nothing to say yet."""
@@ -269,6 +294,26 @@ class HealthReport(BaseModel):
     )
     last_error: Text | None = Field(description="The latest error, a PHI-free sentence.")
     last_error_at: AwareDatetime | None
+    dicom_rejections: list[DicomRejectionCount] = Field(
+        default_factory=list,
+        max_length=512,
+        description="Refused associations and TLS handshakes by reason and source address "
+        "since the agent started, over all its intake processes, largest first.",
+    )
+    tls_certificate_expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the agent's DICOM TLS certificate expires; null without TLS.",
+    )
+    tls_certificate_days_left: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description=f"Days until then when the report was made (negative: expired); health "
+        f"degrades {TLS_EXPIRY_WARNING_DAYS} days ahead.",
+    )
+    tls_problem: Text | None = Field(
+        default=None,
+        description="Why renewed TLS files could not be loaded (the previous ones stay in use).",
+    )
 
 
 class Health(_Frame):

@@ -179,6 +179,7 @@ class AgentLink:
                 heartbeat_interval_s=self._context.heartbeat_interval_s,
                 agent_id=self.agent.agent_id,
                 site=self.agent.site,
+                deployment=self.agent.deployment,
             )
         )
         offer = await self._context.current_config(self.agent)

@@ -6,15 +6,33 @@ returns a status: nothing else happens in it (no routing, no upload). Success go
 after the file and its state row are durable. The one hand-over to the rest of the agent is
 `on_stored(series_instance_uid)`, which the runtime binds to `loop.call_soon_threadsafe`.
 
+Before an association is accepted (`EVT_REQUESTED`) the listener checks, in this order, and
+answers A-ASSOCIATE-RJ rejected-permanent from the service user when one fails: the source
+address is in `dicom.peers` (else reason 0x01 no-reason-given: an unknown machine learns
+nothing about what would have been accepted), the calling AE title is listed with that address
+(0x03 calling-AE-title-not-recognised), the called AE title is ours (0x07
+called-AE-title-not-recognised; checked whenever `dicom.peers` is set). Then it takes one of
+`dicom.max_associations` slots shared by every intake process (`AssociationLimit`); none left:
+rejected-transient from the service provider (presentation), 0x02 local-limit-exceeded. Every
+refusal, and every failed TLS handshake, is counted by reason and source address
+(`DicomListener.rejections`).
+
+With TLS the handshake runs on the connection's own thread, bounded by the ARTIM timeout,
+never on the accept thread (pynetdicom's default), where one silent client would stall every
+other. Its context comes from `TlsContexts`, so a renewed certificate serves the next
+association.
+
 This package is the only place pynetdicom is imported. Log lines carry AE titles, hosts,
 statuses and series keys, never DICOM values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,13 +54,16 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.intake import StoreRefused, status_dataset, store_received
 from agent.dicom.status import Status
+from agent.dicom.tls import TlsContexts
+from agent.rejections import RejectionCounter, RejectionReason
 from agent.spool import Spool
 from agent.state import AddOutcome
 from common.logging import series_key
 
-__all__ = ["DEFAULT_DUL_LOOP_DELAY", "DicomListener"]
+__all__ = ["DEFAULT_DUL_LOOP_DELAY", "DicomListener", "ScpTimeouts"]
 
 _log = structlog.get_logger(__name__)
 
@@ -53,11 +74,49 @@ _log = structlog.get_logger(__name__)
 DEFAULT_DUL_LOOP_DELAY = 0.0002
 # Larger receive PDUs mean fewer PDU decodes per instance; peers send up to what we announce.
 _MAXIMUM_PDU_SIZE = 1 << 20
+# The longest PDU read from a peer: the P-DATA size we announce, with room for an association
+# request of many presentation contexts. pynetdicom reads whatever length a PDU header claims
+# (up to 4 GiB) into memory; a longer one closes the connection instead.
+_MAXIMUM_RECEIVED_PDU = _MAXIMUM_PDU_SIZE + (64 << 10)
 _LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
-_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+_REJECTED_PERMANENT, _REJECTED_TRANSIENT = 0x01, 0x02
+_SERVICE_USER, _SERVICE_PROVIDER_PRESENTATION = 0x01, 0x03
+_NO_REASON_GIVEN, _CALLING_AE_NOT_RECOGNISED, _CALLED_AE_NOT_RECOGNISED = 0x01, 0x03, 0x07
+_LOCAL_LIMIT_EXCEEDED = 0x02
+# (result, source, diagnostic) of each A-ASSOCIATE-RJ the listener sends.
+_REJECT = {
+    RejectionReason.unlisted_address: (_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON_GIVEN),
+    RejectionReason.calling_ae_not_recognised: (
+        _REJECTED_PERMANENT,
+        _SERVICE_USER,
+        _CALLING_AE_NOT_RECOGNISED,
+    ),
+    RejectionReason.called_ae_not_recognised: (
+        _REJECTED_PERMANENT,
+        _SERVICE_USER,
+        _CALLED_AE_NOT_RECOGNISED,
+    ),
+    RejectionReason.association_limit: (
+        _REJECTED_TRANSIENT,
+        _SERVICE_PROVIDER_PRESENTATION,
+        _LOCAL_LIMIT_EXCEEDED,
+    ),
+}
+# A sanity bound for pynetdicom's own per-process count, which includes connections that have
+# not asked for an association yet; the limit that matters is `AssociationLimit`'s.
+_PYNETDICOM_MAXIMUM_ASSOCIATIONS = 4096
 _ABORT_JOIN_SECONDS = 5.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class ScpTimeouts:
+    """Seconds the SCP waits for a peer (`dicom.timeouts`)."""
+
+    artim: float = 30.0  # connection → A-ASSOCIATE-RQ, release answers, the TLS handshake
+    dimse: float = 60.0  # the next DIMSE message
+    network: float = 120.0  # no traffic at all on an association
 
 
 @dataclass
@@ -71,6 +130,7 @@ class _AssociationTally:
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
+    slot: int | None = None
 
 
 class DicomListener:
@@ -86,22 +146,28 @@ class DicomListener:
         spool: Spool,
         on_stored: Callable[[str], None] | None = None,
         dul_loop_delay: float = DEFAULT_DUL_LOOP_DELAY,
-        maximum_associations: int = 32,
+        maximum_associations: int = 16,
         require_called_aet: bool = False,
         share_port: bool = False,
+        tls: TlsContexts | None = None,
+        association_limit: AssociationLimit | None = None,
+        timeouts: ScpTimeouts = ScpTimeouts(),
     ) -> None:
         """Configure the listener; nothing is bound until `start`.
 
         `peers` is the allowlist of (AE title, host); empty accepts any peer. Hosts may be
         names, resolved at `start`. `dul_loop_delay` is the idle sleep of each association's
         DUL thread (latency against idle CPU, see `DEFAULT_DUL_LOOP_DELAY`).
-        `maximum_associations` beyond which new ones are rejected (transient, local limit).
-        `require_called_aet` rejects associations addressed to another AE title; off by
-        default, as in dcmtk's storescp and Orthanc: the allowlist (calling AE title and host)
-        is the access control, and refusing on the called AE title would turn a harmless typo
-        on a scanner into a support call. `share_port` binds with SO_REUSEPORT, so the
-        agent's intake processes listen on one port and the kernel spreads associations over
-        them (`agent.intake_workers`); only processes of the same user can join.
+        `maximum_associations` beyond which new ones are rejected (transient, local limit),
+        counted in this process unless `association_limit` (shared by every intake process)
+        is given; the listener closes that one when it stops.
+        `require_called_aet` rejects associations addressed to another AE title; without an
+        allowlist it is off by default, as in dcmtk's storescp and Orthanc (a harmless typo on
+        a scanner should not become a support call); with `peers` it is always on, because
+        an allowlisted site asked for strict checks. `share_port` binds with SO_REUSEPORT, so
+        the agent's intake processes listen on one port and the kernel spreads associations
+        over them (`agent.intake_workers`); only processes of the same user can join. `tls`
+        makes the SCP speak TLS only.
         """
         if dul_loop_delay < 0:
             raise ValueError(f"dul_loop_delay must be >= 0 seconds, got {dul_loop_delay}")
@@ -112,10 +178,15 @@ class DicomListener:
         self._spool = spool
         self._on_stored = on_stored
         self._dul_loop_delay = dul_loop_delay
-        self._maximum_associations = maximum_associations
-        self._require_called_aet = require_called_aet
+        self._limit = association_limit or AssociationLimit(maximum_associations)
+        self._require_called_aet = require_called_aet or bool(self._peers)
         self._share_port = share_port
+        self._tls = tls
+        self._timeouts = timeouts
+        self.rejections = RejectionCounter()
+        """Refused associations and TLS handshakes, by reason and source address."""
         self._allowed: frozenset[tuple[str, IPAddress]] = frozenset()
+        self._allowed_hosts: frozenset[IPAddress] = frozenset()
         self._server: ThreadedAssociationServer | None = None
         self._started = False
         self._lifecycle = threading.Lock()
@@ -144,10 +215,13 @@ class DicomListener:
             if self._started:
                 raise RuntimeError("a DicomListener starts once; create a new one to restart")
             self._allowed = _resolve_peers(self._peers)
+            self._allowed_hosts = frozenset(address for _, address in self._allowed)
             ae = AE(ae_title=self._ae_title)
-            ae.maximum_associations = self._maximum_associations
+            ae.maximum_associations = _PYNETDICOM_MAXIMUM_ASSOCIATIONS
             ae.maximum_pdu_size = _MAXIMUM_PDU_SIZE
-            ae.require_called_aet = self._require_called_aet
+            ae.acse_timeout = self._timeouts.artim
+            ae.dimse_timeout = self._timeouts.dimse
+            ae.network_timeout = self._timeouts.network
             for syntax in _storage_sop_classes():
                 ae.add_supported_context(syntax, ALL_TRANSFER_SYNTAXES)
             ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -159,10 +233,15 @@ class DicomListener:
                 (evt.EVT_CONN_CLOSE, self._handle_connection_close),
             ]
             address = (self._host, self._requested_port)
-            if self._share_port:
-                self._server = _start_shared_port_server(ae, address, handlers)
-            else:
-                self._server = ae.start_server(address, block=False, evt_handlers=handlers)
+            self._server = _start_server(
+                ae,
+                address,
+                handlers,
+                share_port=self._share_port,
+                tls=self._tls,
+                handshake_timeout=self._timeouts.artim,
+                on_handshake_failed=self._handshake_failed,
+            )
             self._started = True
             port = self.port
         _log.info("dicom listener started", ae_title=self._ae_title, port=port)
@@ -189,6 +268,7 @@ class DicomListener:
         for assoc in leftover:
             if assoc.is_established:
                 assoc.join(timeout=max(0.0, join_deadline - time.monotonic()))
+        self._limit.close()
         _log.info("dicom listener stopped", ae_title=self._ae_title, count=len(leftover))
 
     def _handle_connection_open(self, event: Event) -> None:
@@ -204,8 +284,10 @@ class DicomListener:
                     assoc.unbind(logging_event, handler)
             with self._tallies_lock:
                 self._tallies[assoc] = _AssociationTally(peer_host=str(assoc.requestor.address))
+            _guard_transport(assoc, self._timeouts.artim)
         except Exception:
             _log.exception("dicom connection set-up failed")
+            event.assoc.abort()
 
     def _handle_association_request(self, event: Event) -> None:
         try:
@@ -215,23 +297,44 @@ class DicomListener:
             tally = self._tally(assoc)
             if tally is not None:
                 tally.peer_ae = calling
-            if not self._allowed or _peer_address(host, calling) in self._allowed:
+            refusal = self._refusal(assoc, calling, host)
+            if refusal is None:
+                slot = self._limit.acquire()
+                if slot is None:
+                    refusal = RejectionReason.association_limit
+                elif tally is None:
+                    self._limit.release(slot)
+                else:
+                    tally.slot = slot
+            if refusal is None:
                 # pynetdicom offers no public knob for this delay; the DUL thread reads the
                 # attribute on every pass. Set only now, so connections that never ask for an
                 # association (TCP probes) idle at pynetdicom's cheaper default.
                 assoc.dul._run_loop_delay = self._dul_loop_delay
+                _transport_socket(assoc).settimeout(self._timeouts.network)
                 return
-            _log.warning(
-                "association rejected",
-                peer_ae=calling,
-                peer_host=host,
-                reason="peer not in the dicom.peers allowlist",
-            )
-            assoc.acse.send_reject(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+            self.rejections.record(refusal, _source(host))
+            _log.warning("association rejected", peer_ae=calling, peer_host=host, reason=refusal)
+            assoc.acse.send_reject(*_REJECT[refusal])
             assoc.kill()
         except Exception:
             _log.exception("association request check failed")
             event.assoc.abort()
+
+    def _refusal(self, assoc: Association, calling: str, host: str) -> RejectionReason | None:
+        """Why the allowlist or the called AE title refuses this request; None if neither."""
+        if self._allowed:
+            address = _peer_address(host, calling)
+            if address is None or address[1] not in self._allowed_hosts:
+                return RejectionReason.unlisted_address
+            if address not in self._allowed:
+                return RejectionReason.calling_ae_not_recognised
+        if self._require_called_aet and _called_ae_title(assoc) != self._ae_title.strip():
+            return RejectionReason.called_ae_not_recognised
+        return None
+
+    def _handshake_failed(self, host: str) -> None:
+        self.rejections.record(RejectionReason.tls_handshake_failed, _source(host))
 
     def _handle_echo(self, event: Event) -> int:
         return int(Status.SUCCESS)
@@ -298,6 +401,8 @@ class DicomListener:
                 tally = self._tallies.pop(event.assoc, None)
             if tally is None:
                 return
+            if tally.slot is not None:
+                self._limit.release(tally.slot)
             _log.info(
                 "association closed",
                 count=tally.stored,
@@ -314,29 +419,146 @@ class DicomListener:
             return self._tallies.get(assoc)
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with SO_REUSEPORT as well."""
+class _AgentServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, optionally bound with SO_REUSEPORT, doing TLS handshakes
+    on each connection's own thread with a deadline (pynetdicom does them on the accept thread,
+    without one)."""
+
+    def __init__(
+        self,
+        *args: object,
+        share_port: bool,
+        tls: TlsContexts | None,
+        handshake_timeout: float,
+        on_handshake_failed: Callable[[str], None],
+        **kwargs: object,
+    ) -> None:
+        self._share_port = share_port
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._on_handshake_failed = on_handshake_failed
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def server_bind(self) -> None:
         assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self._share_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        return client, address
 
-def _start_shared_port_server(
-    ae: AE, address: tuple[str, int], handlers: list[EventHandlerType]
+    def process_request_thread(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        if self._tls is not None and isinstance(request, socket.socket):
+            secured = self._handshake(request, client_address)
+            if secured is None:
+                return
+            request = secured
+        super().process_request_thread(request, client_address)
+
+    def _handshake(
+        self, plain: socket.socket, client_address: tuple[str, int] | str
+    ) -> ssl.SSLSocket | None:
+        assert self._tls is not None
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        try:
+            plain.settimeout(self._handshake_timeout)
+            secured = self._tls.server().wrap_socket(plain, server_side=True)
+            secured.settimeout(None)
+        except (OSError, ValueError) as exc:
+            self._on_handshake_failed(host)
+            _log.warning("tls handshake failed", peer_host=host, reason=_handshake_problem(exc))
+            with contextlib.suppress(OSError):
+                plain.close()
+            return None
+        return secured
+
+
+def _handshake_problem(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate refused: {exc.verify_message}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no TLS handshake within the ARTIM timeout"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return type(exc).__name__
+
+
+def _start_server(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[EventHandlerType],
+    *,
+    share_port: bool,
+    tls: TlsContexts | None,
+    handshake_timeout: float,
+    on_handshake_failed: Callable[[str], None],
 ) -> ThreadedAssociationServer:
-    """What `AE.start_server(block=False)` does, with `_SharedPortServer`: pynetdicom has no
-    option for the socket, only for the server class of `make_server`."""
+    """What `AE.start_server(block=False)` does, with `_AgentServer`: pynetdicom has no
+    option for the socket or the handshake, only for the server class of `make_server`."""
     server = cast(
         ThreadedAssociationServer,
-        ae.make_server(address, evt_handlers=handlers, server_class=_SharedPortServer),
+        ae.make_server(
+            address,
+            evt_handlers=handlers,
+            server_class=_AgentServer,
+            share_port=share_port,
+            tls=tls,
+            handshake_timeout=handshake_timeout,
+            on_handshake_failed=on_handshake_failed,
+        ),
     )
     thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
     thread.start()
     # AssociationServer.shutdown() removes the server from this list, as start_server's are.
     ae._servers.append(server)
     return server
+
+
+def _transport_socket(assoc: Association) -> socket.socket:
+    transport = assoc.dul.socket
+    assert transport is not None
+    assert transport.socket is not None
+    return transport.socket
+
+
+def _guard_transport(assoc: Association, timeout: float) -> None:
+    """Bound what a peer can make the association's DUL thread do while reading a PDU.
+
+    pynetdicom reads a PDU with blocking `recv` calls on a socket without a timeout, for as
+    many bytes as the PDU's header claims: a peer that stops halfway keeps the thread (and
+    the connection) forever, since the ARTIM and idle timers are checked between PDUs and an
+    abort waits for that thread; one that claims 4 GiB is buffered as it sends. So the socket
+    gets a timeout (ARTIM until the association is accepted, then the network timeout), and a
+    PDU longer than `_MAXIMUM_RECEIVED_PDU` ends the connection before its body is read.
+    """
+    transport = assoc.dul.socket
+    assert transport is not None
+    raw = _transport_socket(assoc)
+    raw.settimeout(timeout)
+    read = transport.recv
+    host = str(assoc.requestor.address)
+
+    def recv(count: int) -> bytearray:
+        if count <= _MAXIMUM_RECEIVED_PDU:
+            return read(count)
+        _log.warning(
+            "dicom connection closed",
+            peer_host=host,
+            reason=f"a PDU of {count} bytes, over the {_MAXIMUM_RECEIVED_PDU} allowed",
+        )
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        return bytearray()  # pynetdicom: "PDU shorter than expected", transport closed
+
+    # pynetdicom has no hook for the transport's reads; the DUL calls this attribute.
+    transport.recv = recv  # type: ignore[method-assign,assignment]
 
 
 def _established(server: ThreadedAssociationServer) -> list[Association]:
@@ -376,6 +598,18 @@ def _peer_address(host: str, ae_title: str) -> tuple[str, IPAddress] | None:
         return ae_title, _normalise(host)
     except ValueError:
         return None
+
+
+def _source(host: str) -> str:
+    try:
+        return str(_normalise(host))
+    except ValueError:
+        return "unknown"
+
+
+def _called_ae_title(assoc: Association) -> str:
+    request = assoc.requestor.primitive
+    return "" if request is None else str(request.called_ae_title).strip()
 
 
 def _calling_ae_title(assoc: Association) -> str | None:

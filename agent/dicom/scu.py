@@ -62,6 +62,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from agent.dicom.intake import StoreRefused, status_dataset, store_received
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY
 from agent.dicom.status import Status
+from agent.dicom.tls import TlsFiles, client_context
 from agent.spool import Spool
 from agent.state import AddOutcome
 
@@ -232,15 +233,19 @@ class Scu:
         calling_ae_title: str,
         timeout: float,
         dul_loop_delay: float = DEFAULT_DUL_LOOP_DELAY,
+        tls: TlsFiles | None = None,
     ) -> None:
         """`timeout` bounds the TCP connect, the association negotiation, each DIMSE answer
-        and idle network time, in seconds."""
+        and idle network time, in seconds. `tls`: associate over TLS, presenting that
+        certificate and checking the source's against its CA; the files are read for each
+        association, so a renewed certificate is used by the next one."""
         if timeout <= 0:
             raise ValueError(f"timeout must be more than 0 seconds, got {timeout}")
         self.source = source
         self._calling_ae_title = calling_ae_title
         self._timeout = timeout
         self._dul_loop_delay = dul_loop_delay
+        self._tls = tls
         self._open: set[Association] = set()
         self._open_lock = threading.Lock()
         self._aborted = False
@@ -334,12 +339,16 @@ class Scu:
             if self._aborted:
                 raise SourceError(f"no {purpose} with {self.source}: the agent is stopping")
         try:
+            tls_args = None
+            if self._tls is not None:
+                tls_args = (client_context(self._tls), self.source.host)
             assoc = ae.associate(
                 self.source.host,
                 self.source.port,
                 ae_title=self.source.ae_title,
                 ext_neg=list(roles) or None,
                 evt_handlers=list(handlers) or None,
+                tls_args=tls_args,
             )
         except (OSError, RuntimeError, ValueError) as exc:
             raise SourceError(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from agent.dicom.scu import Scu, SourceAddress, SourceError, SpoolSink
+from agent.dicom.tls import TlsFiles
 from agent.health import PipelineCounters, PullSourceHealth
 from agent.pull.ledger import PullLedger, RoundChanges, TrackedSeries
 from agent.pull.query import QueryRounds
@@ -309,6 +310,7 @@ class SourcePoller:
             SourceAddress(source.ae_title, source.host, source.port),
             calling_ae_title=own_ae_title,
             timeout=source.timeout.total_seconds(),
+            tls=TlsFiles.of(snapshot.config.dicom.tls),
         )
         self._scus.append(scu)
         retriever = Retriever(

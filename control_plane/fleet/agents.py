@@ -103,6 +103,7 @@ class LinkAgent:
     token_digest: str
     state: LinkState
     deid_salt: str = field(repr=False)
+    deployment: str = "edge"  # edge | in-cluster: in-cluster agents refuse configs without TLS
 
 
 async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | None:
@@ -120,6 +121,7 @@ async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | No
                 Site.name,
                 Site.timezone,
                 Site.deid_salt,
+                Agent.deployment,
                 *LinkState.columns_of_agent(),
             )
             .join(Site, Agent.site_id == Site.id)
@@ -135,8 +137,9 @@ async def authenticate_link(session: AsyncSession, token: str) -> LinkAgent | No
         site=row[4],
         timezone=row[5],
         token_digest=digest,
-        state=LinkState.from_row(row[7:]),
+        state=LinkState.from_row(row[8:]),
         deid_salt=row[6],
+        deployment=row[7],
     )
 
 

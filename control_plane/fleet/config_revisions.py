@@ -15,11 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.config import ConfigError, SiteConfig, dictionary_problems, load_site_config
+from common.deployment import IN_CLUSTER, in_cluster_problems
 from control_plane import audit
 from control_plane.dicom_dictionary import keyword_vr
 from control_plane.errors import BusyError, InvalidConfigError
 from control_plane.fleet.config_diff import config_diff
-from control_plane.models import ConfigRevision, Site
+from control_plane.models import Agent, ConfigRevision, Site
 from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
 from control_plane.security import Principal
 
@@ -56,6 +57,21 @@ def parse_config(document: bytes) -> SiteConfig:
             list(exc.problems),
         ) from exc
     return config
+
+
+async def check_deployments(session: AsyncSession, site: Site, config: SiteConfig) -> None:
+    """Refuse (`InvalidConfigError`) a config that the site's agents, all of them in-cluster,
+    would refuse: in-cluster connectors use mutual TLS and push only."""
+    kinds = set(
+        (await session.scalars(select(Agent.deployment).where(Agent.site_id == site.id))).all()
+    )
+    problems = in_cluster_problems(config) if kinds == {IN_CLUSTER} else []
+    if problems:
+        raise InvalidConfigError(
+            f"every agent of site {site.name} runs in-cluster, and in-cluster connectors use "
+            "mutual TLS and push only; fix the keys listed in `problems`",
+            problems,
+        )
 
 
 def _canonical(config: SiteConfig) -> dict[str, Any]:

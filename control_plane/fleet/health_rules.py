@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from common.config import SiteConfig
 from common.durations import format_duration
-from common.messages import HealthReport
+from common.messages import TLS_EXPIRY_WARNING_DAYS, HealthReport
 
 MISSED_HEARTBEATS = 3
 # Below this share of its filesystem free, an agent is about to refuse images.
@@ -176,6 +176,7 @@ def judge_report(report: HealthReport, thresholds: Thresholds) -> list[tuple[Age
                 + (f" (latest: {latest})" if latest else ""),
             )
         )
+    findings.extend(_tls_findings(report))
     if report.failed_instances:
         findings.append(
             (
@@ -184,6 +185,31 @@ def judge_report(report: HealthReport, thresholds: Thresholds) -> list[tuple[Age
                 " spool for support",
             )
         )
+    return findings
+
+
+def _tls_findings(report: HealthReport) -> list[tuple[AgentStatus, str]]:
+    findings: list[tuple[AgentStatus, str]] = []
+    days = report.tls_certificate_days_left
+    if days is not None and days <= 0:
+        findings.append(
+            (
+                AgentStatus.unhealthy,
+                "the agent's DICOM TLS certificate has expired: peers refuse it; install a "
+                "renewed certificate at the dicom.tls.cert path",
+            )
+        )
+    elif days is not None and days <= TLS_EXPIRY_WARNING_DAYS:
+        findings.append(
+            (
+                AgentStatus.degraded,
+                f"the agent's DICOM TLS certificate expires in {math.floor(days)} day(s); "
+                "renew it (write it over the dicom.tls.cert file or name new files in a config "
+                "revision)",
+            )
+        )
+    if report.tls_problem:
+        findings.append((AgentStatus.degraded, report.tls_problem))
     return findings
 
 

@@ -1,11 +1,11 @@
-"""Fixtures for the agent tests: a state database, a spool, running DICOM listeners, a tiny disk.
+"""Fixtures for the agent tests: a state database, a spool, running DICOM listeners.
 
-Every listener a test starts is stopped at teardown; the tiny tmpfs is unmounted.
+Every listener a test starts is stopped at teardown. Disk-full tests use
+`tests.support.full_disk` (no mount needed, so they run in CI too).
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,29 +54,3 @@ def start_listener(spool: Spool) -> Iterator[Callable[..., DicomListener]]:
     yield start
     for listener in started:
         listener.stop(timeout=5)
-
-
-@pytest.fixture
-def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted for the test, so writes hit a real ENOSPC.
-
-    Skips (also in CI) when this machine does not let the test mount: that needs root or
-    CAP_SYS_ADMIN, which unprivileged containers do not grant.
-    """
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    try:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        pytest.skip("cannot mount a tmpfs here: there is no mount command")
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)

@@ -43,6 +43,7 @@ from tests.support.dicom_factory import (
     make_instance,
     make_series,
 )
+from tests.support.full_disk import FillingDisk
 from tests.support.spool_files import filled_slots
 
 StartListener = Callable[..., DicomListener]
@@ -350,13 +351,14 @@ def test_a_spool_below_its_reserve_gets_out_of_resources_and_no_file(
     assert state.stats().spooled_count == 0
 
 
-def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file(
-    tiny_filesystem: Path,
+def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file_then_serves_again(
+    tmp_path: Path,
     state: AgentState,
     start_listener: StartListener,
     open_association: Callable[..., Association],
 ) -> None:
-    small = Spool(tiny_filesystem / "spool", state)
+    disk = FillingDisk(free=1 << 20)
+    small = Spool(tmp_path / "small-spool", state, write_file=disk)
     listener = start_listener(spool=small)
     series = make_series(
         12,
@@ -375,6 +377,10 @@ def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file(
     rows = state.spooled_instances(series[0].SeriesInstanceUID)
     assert len(rows) == statuses.count(Status.SUCCESS)
     assert stored_files(small) == sorted(row.path for row in rows)
+
+    disk.free = 1 << 30  # space returns: the same association and a new one store again
+    assert assoc.send_c_store(instance()).Status == Status.SUCCESS
+    assert open_association(listener.port).send_c_store(instance()).Status == Status.SUCCESS
 
 
 def test_peers_outside_the_allowlist_are_rejected_calling_ae_not_recognised(

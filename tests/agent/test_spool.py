@@ -12,6 +12,7 @@ from agent.dicom.intake import identify_spooled
 from agent.spool import Spool, SpoolFull
 from agent.state import AddOutcome, AgentState
 from tests.support.dicom_factory import encode_part10, make_instance
+from tests.support.full_disk import FillingDisk
 from tests.support.spool_files import filled_slots
 
 SERIES = "1.2.826.0.1.3680043.8.498.11"
@@ -102,11 +103,12 @@ def test_store_raises_spool_full_below_the_reserve_and_leaves_nothing(
 
 
 def test_store_raises_spool_full_on_a_full_disk_and_leaves_no_partial_file(
-    tiny_filesystem: Path, state: AgentState
+    tmp_path: Path, state: AgentState
 ) -> None:
-    spool = Spool(tiny_filesystem / "spool", state)
+    disk = FillingDisk(free=1 << 20)
+    spool = Spool(tmp_path / "spool", state, write_file=disk)
     outcomes: list[AddOutcome | SpoolFull] = []
-    # 1 MiB of tmpfs holds a handful of ~130 KB instances; the loop ends with SpoolFull.
+    # 1 MiB holds a handful of ~130 KB instances; the loop ends with SpoolFull.
     while not outcomes or not isinstance(outcomes[-1], SpoolFull):
         sop = f"1.2.3.{len(outcomes)}"
         try:
@@ -120,6 +122,10 @@ def test_store_raises_spool_full_on_a_full_disk_and_leaves_no_partial_file(
     assert set(spool_files(spool)) == recorded
     for row in state.spooled_instances(SERIES):
         assert hashlib.sha256(row.path.read_bytes()).hexdigest() == row.sha256
+    assert disk.refused == 1
+
+    disk.free = 1 << 20  # space returns
+    assert store(spool, part10("1.2.3.999"), "1.2.3.999") is AddOutcome.new
 
 
 def test_recover_frees_empty_slots_and_deletes_slots_cut_short(

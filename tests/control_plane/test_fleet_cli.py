@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +12,20 @@ import httpx2
 import pytest
 import uvicorn
 from typer.testing import CliRunner
+from websockets.sync.client import connect
 
 from cli.main import app
+from common.messages import (
+    DicomRejectionCount,
+    Health,
+    Hello,
+    Welcome,
+    encode_message,
+    parse_message,
+)
 from control_plane.main import create_app
 from control_plane.settings import ControlPlaneSettings
-from tests.control_plane.harness import ADMIN_TOKEN, bearer
+from tests.control_plane.harness import ADMIN_TOKEN, HEALTHY, bearer
 from tests.support.dicom_factory import encode_part10, make_instance
 
 
@@ -169,3 +180,41 @@ def test_deid_preview_of_a_file_that_is_not_dicom_fails_naming_why(
 
     assert result.exit_code == 1
     assert "not a DICOM Part-10 instance" in result.output
+
+
+def test_health_shows_refused_associations_by_source_and_the_tls_certificate(
+    base_url: str,
+) -> None:
+    _, token = _register(base_url)
+    report = HEALTHY.model_copy(
+        update={
+            "dicom_rejections": [
+                DicomRejectionCount(reason="unlisted_address", source="203.0.113.7", count=42),
+                DicomRejectionCount(reason="tls_handshake_failed", source="10.1.2.3", count=3),
+            ],
+            "tls_certificate_expires_at": dt.datetime(2027, 1, 1, tzinfo=dt.UTC),
+            "tls_certificate_days_left": 12.4,
+        }
+    )
+    link = base_url.replace("http://", "ws://") + "/api/v1/agent/link"
+    with connect(link, additional_headers=bearer(token), proxy=None) as websocket:
+        hello = Hello(
+            agent_id=None, agent_version="1.0", applied_revision=None, protocol_versions=[1]
+        )
+        websocket.send(encode_message(hello))
+        assert isinstance(parse_message(websocket.recv()), Welcome)
+        websocket.send(encode_message(Health(report=report)))
+        deadline = time.monotonic() + 30
+        output = _admin(base_url, "health", "hospital-a")
+        while "203.0.113.7" not in output and time.monotonic() < deadline:
+            time.sleep(0.1)
+            output = _admin(base_url, "health", "hospital-a")
+
+    assert "refused DICOM associations" in output
+    assert "unlisted_address" in output
+    assert "203.0.113.7" in output
+    assert "42" in output
+    assert "tls_handshake_failed" in output
+    assert "DICOM TLS certificates" in output
+    assert "2027-01-01" in output
+    assert "expires in 12 day(s)" in output

@@ -180,3 +180,30 @@ def test_worst_orders_ok_degraded_unhealthy_missing() -> None:
     assert worst([AgentStatus.ok, AgentStatus.degraded]) is AgentStatus.degraded
     assert worst([AgentStatus.unhealthy, AgentStatus.degraded]) is AgentStatus.unhealthy
     assert worst([AgentStatus.unhealthy, AgentStatus.missing]) is AgentStatus.missing
+
+
+def test_a_tls_certificate_within_30_days_of_expiry_degrades_with_the_days_left() -> None:
+    report = HEALTHY.model_copy(update={"tls_certificate_days_left": 12.5})
+
+    verdict = verdict_of_report(report, THRESHOLDS)
+
+    assert verdict.status is AgentStatus.degraded
+    assert verdict.reasons == (
+        "the agent's DICOM TLS certificate expires in 12 day(s); renew it (write it over the "
+        "dicom.tls.cert file or name new files in a config revision)",
+    )
+
+
+def test_an_expired_tls_certificate_is_unhealthy_and_a_far_one_is_fine() -> None:
+    expired = HEALTHY.model_copy(update={"tls_certificate_days_left": -0.5})
+    far = HEALTHY.model_copy(update={"tls_certificate_days_left": 31.0})
+
+    assert verdict_of_report(expired, THRESHOLDS).status is AgentStatus.unhealthy
+    assert verdict_of_report(far, THRESHOLDS).status is AgentStatus.ok
+
+
+def test_a_tls_renewal_that_could_not_be_loaded_degrades_with_its_reason() -> None:
+    problem = "dicom.tls.cert: cannot read a PEM certificate; the previous certificate stays"
+    report = HEALTHY.model_copy(update={"tls_problem": problem})
+
+    assert verdict_of_report(report, THRESHOLDS).reasons == (problem,)

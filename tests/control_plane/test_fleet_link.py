@@ -76,13 +76,15 @@ class Server:
         assert response.is_success, (method, path, response.status_code, response.text)
         return response.json() if response.content else None
 
-    async def register(self, site: str = "hospital-a", name: str = "edge-1") -> tuple[str, str]:
+    async def register(
+        self, site: str = "hospital-a", name: str = "edge-1", deployment: str = "edge"
+    ) -> tuple[str, str]:
         """Create the site if needed and an agent in it; (agent id, token)."""
         existing = await self.call("GET", "/api/v1/sites")
         if all(entry["name"] != site for entry in existing["items"]):
             await self.call("POST", "/api/v1/sites", json={"name": site, "timezone": "UTC"})
         created = await self.call(
-            "POST", f"/api/v1/sites/{site}/agents", json={"name": name, "deployment": "edge"}
+            "POST", f"/api/v1/sites/{site}/agents", json={"name": name, "deployment": deployment}
         )
         return created["id"], created["token"]
 
@@ -203,6 +205,7 @@ async def test_hello_is_welcomed_and_sent_the_current_config_when_the_agent_runs
     assert welcome.site == "hospital-a"
     assert welcome.protocol_version == 1
     assert welcome.heartbeat_interval_s == HEARTBEAT_S
+    assert welcome.deployment == "edge"
     assert (config.revision, config.site, config.timezone) == (revision, "hospital-a", "UTC")
     assert config.site_config().dicom.ae_title == "SITE_A"
 
@@ -235,6 +238,15 @@ async def test_each_site_has_its_own_deid_salt_which_reaches_its_agents_and_no_a
         answer = await server.admin.get(path)
         assert answer.is_success, path
         assert salts[0] not in answer.text, path
+
+
+async def test_the_welcome_tells_an_in_cluster_agent_its_deployment(server: Server) -> None:
+    _, token = await server.register(name="pod-1", deployment="in-cluster")
+
+    async with linked(server, token) as peer:
+        welcome = await peer.hello(applied_revision=None)
+
+    assert welcome.deployment == "in-cluster"
 
 
 async def test_hello_with_the_current_revision_is_sent_no_config(server: Server) -> None:

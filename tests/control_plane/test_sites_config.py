@@ -224,3 +224,47 @@ async def test_agent_reads_the_current_config_of_its_site(
     )
     assert answer["config"]["routing"]["unknown_group"] == "triage"
     assert SiteConfig.model_validate(answer["config"]).routing.unknown_group == "triage"
+
+
+async def _add_agent(control_plane: ControlPlane, site: str, name: str, deployment: str) -> None:
+    response = await control_plane.admin.post(
+        f"/api/v1/sites/{site}/agents", json={"name": name, "deployment": deployment}
+    )
+    assert response.status_code == 201, response.text
+
+
+_TLS = {"cert": "/etc/dc/agent.crt", "key": "/etc/dc/agent.key", "ca": "/etc/dc/ca.crt"}
+_PULL = {"mode": "pull", "pull": {"sources": [{"ae_title": "PACS", "host": "pacs", "port": 104}]}}
+
+
+async def test_a_site_of_in_cluster_agents_refuses_a_config_without_mtls_or_in_pull_mode(
+    control_plane: ControlPlane, site: str
+) -> None:
+    await _add_agent(control_plane, site, "pod-1", "in-cluster")
+
+    plain = await control_plane.admin.put(f"/api/v1/sites/{site}/config", content="{}")
+    pulling = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config", content=json.dumps({"dicom": {"tls": _TLS}, **_PULL})
+    )
+    one_way = {"dicom": {"tls": _TLS | {"require_client_cert": False}}}
+    no_client_cert = await control_plane.admin.put(
+        f"/api/v1/sites/{site}/config", content=json.dumps(one_way)
+    )
+
+    assert (plain.status_code, pulling.status_code, no_client_cert.status_code) == (422, 422, 422)
+    assert "in-cluster" in plain.json()["detail"]["message"]
+    assert plain.json()["detail"]["problems"][0].startswith("dicom.tls:")
+    assert pulling.json()["detail"]["problems"][0].startswith("mode:")
+    assert no_client_cert.json()["detail"]["problems"][0].startswith(
+        "dicom.tls.require_client_cert:"
+    )
+    assert await _put(control_plane, site, {"dicom": {"tls": _TLS}}) == 1
+
+
+async def test_a_site_with_an_edge_agent_too_may_store_a_plain_config(
+    control_plane: ControlPlane, site: str
+) -> None:
+    await _add_agent(control_plane, site, "pod-1", "in-cluster")
+    await _add_agent(control_plane, site, "vm-1", "edge")
+
+    assert await _put(control_plane, site, _PULL) == 1

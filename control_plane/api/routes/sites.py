@@ -69,6 +69,7 @@ async def put_site_config(
     site_id, site_name, timezone = site_row.id, site_row.name, site_row.timezone
     salt = site_row.deid_salt
     config = config_revisions.parse_config(await request.body())
+    await config_revisions.check_deployments(session, site_row, config)
     revision = await config_revisions.store_config(session, site_row, config, principal)
     await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config, salt))
     return ConfigRevisionNumber(revision=revision)
