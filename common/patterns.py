@@ -78,9 +78,16 @@ def check_pattern(pattern: str) -> str:
         if close and name not in LABEL_GROUPS:
             raise ValueError(
                 f"names a group {name!r}: did you mean {close[0]!r}? Groups named "
-                f"{', '.join(LABEL_GROUPS)} fill those labels; any other name is kept as "
-                "session metadata, so a misspelt label would be lost there"
+                f"{', '.join(LABEL_GROUPS)} fill those labels"
             )
+    extra = sorted(name for name in compiled.groupindex if name not in LABEL_GROUPS)
+    if extra:
+        # Refused rather than dropped: the store cannot keep session metadata yet.
+        raise ValueError(
+            f"names the group(s) {', '.join(map(repr, extra))}; only "
+            f"{', '.join(LABEL_GROUPS)} can be extracted for now (the store does not keep "
+            "extra session metadata yet); use a non-capturing group (?:...) for the rest"
+        )
     return pattern
 
 
