@@ -217,4 +217,14 @@ def engine_reason(message: str) -> str:
 
 
 def _plain(document: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(key): value for key, value in document.items()}
+    # A config may arrive as any mapping (a frozen or ordered one, a JSON column's); YAML and
+    # fw-file-rs take plain dicts and lists only, at every depth.
+    return {str(key): _plain_value(value) for key, value in document.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return _plain(value)
+    if isinstance(value, list | tuple):
+        return [_plain_value(item) for item in value]
+    return value

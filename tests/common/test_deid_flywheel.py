@@ -275,3 +275,19 @@ def test_one_deidentifier_serves_many_threads_with_the_same_results() -> None:
 
 def test_the_salt_never_shows_in_the_deidentifiers_repr() -> None:
     assert SALT not in repr(_deidentifier())
+
+
+def test_a_profile_held_in_other_mapping_types_is_checked_like_a_plain_one() -> None:
+    from types import MappingProxyType
+
+    from common.deid.flywheel import profile_problems
+
+    nested = MappingProxyType(
+        {
+            "version": 1,
+            "dicom": MappingProxyType(
+                {"fields": (MappingProxyType({"name": "PatientName", "remove": True}),)}
+            ),
+        }
+    )
+    assert profile_problems(nested) == []
