@@ -53,8 +53,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import httpx2  # noqa: E402
+from _instances import write_instances  # noqa: E402
 from _machine import describe, process_cpu_seconds  # noqa: E402  (bench/, the script's dir)
 from _processes import free_port, wait_for_port  # noqa: E402
+from deid_cost import measure_deid_cost  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from agent.state import InstanceRow, InstanceState  # noqa: E402
@@ -381,13 +383,27 @@ def control_plane(workdir: Path) -> Iterator[tuple[str, int]]:
 
 
 def deid_cost_section(args: argparse.Namespace) -> list[str]:
-    """HOOK for the integrator: the de-identification cost per 130 KB instance.
-
-    bench/deid_cost.py (`measure_deid_cost`, written separately) measures it under `basic` and
-    a 30-rule Flywheel profile; once merged, its lines are reported here, after the upload
-    table, so one run shows both halves of issue 7's targets.
-    """
-    return []
+    """The de-identification cost per ~130 KB instance under `basic` and a 30-rule Flywheel
+    profile (bench/deid_cost.py), measured in the same run as the uploads."""
+    with tempfile.TemporaryDirectory(prefix="deid-cost-") as tmp:
+        paths = write_instances(min(args.instances, 200), Path(tmp), series=4)
+        costs = measure_deid_cost(paths, rounds=args.rounds)
+    lines = [
+        "",
+        "De-identification, µs per instance (target: at most 1,000 µs added):",
+        "",
+        "| run | µs per instance | added to reading | CPU µs added |",
+        "|---|---:|---:|---:|",
+    ]
+    for cost in costs:
+        if cost.name.startswith("read only"):
+            lines.append(f"| {cost.name} | {cost.per_instance_us:.0f} | - | - |")
+        else:
+            lines.append(
+                f"| {cost.name} | {cost.per_instance_us:.0f} | {cost.added_us:.0f}"
+                f" | {cost.added_cpu_us:.0f} |"
+            )
+    return lines
 
 
 def report(machine: list[str], args: argparse.Namespace, results: list[Measurement]) -> str:
