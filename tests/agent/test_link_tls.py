@@ -29,7 +29,7 @@ from control_plane.main import create_app
 from control_plane.settings import ControlPlaneSettings
 from tests.agent.test_reaper import series_datasets
 from tests.agent.test_runtime import Running
-from tests.support.certificate_authority import ServerFiles, issue_server_certificate
+from tests.support.certificates import ServerFiles, issue_server_certificate
 from tests.support.scu import send_datasets
 from tests.support.served import served
 

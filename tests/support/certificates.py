@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.dicom.tls import TlsFiles
 
-__all__ = ["CertificateAuthority", "Issued"]
+__all__ = ["CertificateAuthority", "Issued", "ServerFiles", "issue_server_certificate"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,20 @@ class CertificateAuthority:
             )
         )
         return Issued(cert, key_file, not_after)
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """PEM files of a server certificate, its key, and the CA that signed it."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def issue_server_certificate(directory: Path) -> ServerFiles:
+    """A new CA and a certificate it signs for 127.0.0.1 and localhost, valid now."""
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = CertificateAuthority(directory)
+    server = authority.issue("server")
+    return ServerFiles(ca=authority.cert, cert=server.cert, key=server.key)

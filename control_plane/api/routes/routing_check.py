@@ -1,7 +1,7 @@
 """`POST /api/v1/routing/check`: where a routing string or a header would land, and why."""
 
 from fastapi import APIRouter
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from control_plane.deps import ReaderDep, ReadSessionDep
 from control_plane.errors import InvalidRequestError, NotFoundError
@@ -25,14 +25,12 @@ async def routing_check(
         raise NotFoundError(f"site {name!r} does not exist; create it with POST /api/v1/sites")
     if name is None:
         names = list(await session.scalars(select(Site.name).order_by(Site.name).limit(2)))
-        count = await session.scalar(select(func.count()).select_from(Site))
-        if count != 1:
+        if len(names) != 1:
             raise InvalidRequestError(
-                'name the site whose config to check with ("site": NAME); this control'
-                f" plane has {count} sites"
+                "name the site whose config to check with (\"site\": NAME); this control"
+                f" plane has {'several sites' if names else 'no site'}"
             )
-        site = await sites.site_by_name(session, names[0])
-    else:
-        site = await sites.site_by_name(session, name)
+        name = names[0]
+    site = await sites.site_by_name(session, name)
     current = await config_revisions.current_config(session, site)
     return await check_routing(session, current.config, body.routing_string, body.headers)
