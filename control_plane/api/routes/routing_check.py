@@ -27,7 +27,7 @@ async def routing_check(
         names = list(await session.scalars(select(Site.name).order_by(Site.name).limit(2)))
         if len(names) != 1:
             raise InvalidRequestError(
-                "name the site whose config to check with (\"site\": NAME); this control"
+                'name the site whose config to check with ("site": NAME); this control'
                 f" plane has {'several sites' if names else 'no site'}"
             )
         name = names[0]
