@@ -23,6 +23,7 @@ from common.ingest import IngestParams, IngestResult, IngestStatus, IngestTarget
 from control_plane.errors import BusyError, RejectedUploadError
 from control_plane.hierarchy.blobs import BlobStore, ReceivedBlob
 from control_plane.hierarchy.placement import Destination, Placement, destination_of, place
+from control_plane.hierarchy.session_metadata import merge_metadata
 from control_plane.models import File, utc_now
 
 # Enough for every realistic pile-up of agents on one new session; each attempt after the
@@ -197,7 +198,10 @@ async def _record_once(
             existing_in[index] = existing.acquisition_id
         if not fresh:
             continue
-        placement = placement or await place(session, target, site_id)
+        if placement is None:
+            placement = await place(session, target, site_id)
+            # In the transaction that files the instances, so metadata and files go together.
+            await merge_metadata(session, placement.session_id, target.metadata)
         added = await _add_files(
             session, [instances[index] for index in fresh], placement.acquisition_id, current
         )
