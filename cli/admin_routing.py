@@ -56,7 +56,9 @@ def route_check(
         f"{answer['group']}/{escape(answer['project'])}/{escape(answer['subject'])}/"
         f"{escape(answer['session'])} (acquisition {escape(answer['acquisition'])})"
     )
-    console.print(f"reason: {answer['reason']} (routing fields of {answer['routing_from']})")
+    console.print(
+        f"reason: {answer['reason']} (routing string looked for in {answer['routing_from']}.fields)"
+    )
     for name, value in sorted(answer.get("metadata", {}).items()):
         console.print(f"session metadata {escape(name)}: {escape(value)}")
     for suggestion in answer["suggestions"]:

@@ -177,10 +177,7 @@ async def test_series_racing_on_one_new_session_keep_one_value_and_every_other_a
     values = ["A", "B", "C", "D", "E", "F"]
 
     answers = await asyncio.gather(
-        *(
-            _ingest_series(control_plane, {"protocol": value, "site": "oxford"})
-            for value in values
-        )
+        *(_ingest_series(control_plane, {"protocol": value, "site": "oxford"}) for value in values)
     )
 
     assert {answer["status"] for answer in answers} == {"created"}
