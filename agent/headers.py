@@ -108,7 +108,9 @@ def _calling_ae_title(dataset: Dataset) -> str | None:
     # every received instance (agent.dicom.file_meta), so the spool file is its record.
     meta = getattr(dataset, "file_meta", None)
     value = meta.get("SourceApplicationEntityTitle") if meta is not None else None
-    return str(value).strip(" ") or None if value is not None else None
+    if value is None:
+        return None
+    return str(value).strip(" ") or None
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:

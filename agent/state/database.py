@@ -24,15 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-import structlog
-
 from agent.state import queries
 from agent.state.errors import StateError, translate_error, unreadable_message
 from agent.state.schema import prepare
 
 __all__ = ["Database", "FileRelease"]
 
-_log = structlog.get_logger(__name__)
 _BUSY_TIMEOUT_MS = 10_000
 
 FileRelease = Callable[[Path], None]
