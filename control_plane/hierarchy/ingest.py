@@ -6,9 +6,10 @@ one the agent announced and it looks like a Part-10 file. The instances of one r
 share one target, are then recorded in one transaction with set-based statements: one lookup
 of their existing and current versions, one placement of the target (found in one statement
 once the acquisition exists, created level by level before), one bulk insert and the
-replacements. A single-instance ingest is a batch of one. Concurrent ingests meet on unique
-constraints: the loser rolls back and starts the transaction again, then sees the winner's
-rows. Must not import FastAPI.
+replacements; the target's session metadata is merged into its session in the same
+transaction (`session_metadata.merge_metadata`). A single-instance ingest is a batch of one.
+Concurrent ingests meet on unique constraints: the loser rolls back and starts the
+transaction again, then sees the winner's rows. Must not import FastAPI.
 """
 
 import uuid
