@@ -63,7 +63,8 @@ def read_series_header(source: Path | BinaryIO, keywords: Iterable[str]) -> Seri
     """Read the series-level header of one DICOM file (a path or an open binary file), with
     `keywords` in `.fields`.
 
-    `.fields` maps each keyword present in the file with a non-empty value to its text.
+    `.fields` maps each keyword present in the file with a non-empty value to its text;
+    `.calling_ae_title` is the meta group's SourceApplicationEntityTitle (who sent it).
     Raises `UnknownKeywordError` for a keyword pydicom does not know and `HeaderReadError`
     when the file is missing or not DICOM.
     """
@@ -87,6 +88,7 @@ def read_series_header(source: Path | BinaryIO, keywords: Iterable[str]) -> Seri
             series_description=_text(dataset, "SeriesDescription"),
             series_number=_text(dataset, "SeriesNumber"),
             fields=fields,
+            calling_ae_title=_calling_ae_title(dataset),
         )
     except InvalidDicomError as exc:
         reason = str(exc)  # about the file's structure, never its values
@@ -99,6 +101,16 @@ def read_series_header(source: Path | BinaryIO, keywords: Iterable[str]) -> Seri
         reason = f"{type(exc).__name__} while parsing it"
     name = source.name if isinstance(source, Path) else "a de-identified copy"
     raise HeaderReadError(f"cannot read the DICOM header of {name}: {reason}")
+
+
+def _calling_ae_title(dataset: Dataset) -> str | None:
+    # The SCP writes the association's calling AE title into the meta group it builds for
+    # every received instance (agent.dicom.file_meta), so the spool file is its record.
+    meta = getattr(dataset, "file_meta", None)
+    value = meta.get("SourceApplicationEntityTitle") if meta is not None else None
+    if value is None:
+        return None
+    return str(value).strip(" ") or None
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:

@@ -12,6 +12,10 @@ and fsyncs the directory once per batch; `Spool.store` writes an instance into a
 fsyncs it and records it in `AgentState`; the caller answers Success after that. A store
 changes no directory.
 
+The spool owns its files: it makes, fills, recovers and deletes them. The state only says when
+a file is no longer needed (`Spool.release`, handed to the state when the spool is built), so
+deletion follows the synced commit that allows it.
+
 The file is the record of truth, its state row the bookkeeping: `AgentState.add_instance`
 commits without waiting for the disk, and after a power cut took such a commit back,
 `Spool.recover` finds the complete slot no row names and records it again (`identify` reads
@@ -112,6 +116,8 @@ class Spool:
         self._write_file = write_file or write_durably
         self._make_layout()
         self._pool = _SlotPool(self._slots, slot_batch)
+        # The spool owns its files: the state says when one is no longer needed, we delete it.
+        state.release_files_with(self.release)
 
     @property
     def root(self) -> Path:
@@ -166,6 +172,18 @@ class Spool:
             # Rolled back: no row names the slot, so it is ours to empty.
             self._give_back(slot)
             raise SpoolFull(str(exc)) from exc
+
+    def release(self, path: Path) -> None:
+        """Delete a spool file that no state row needs any more.
+
+        Called by the state after the synced commit that left the file unreferenced (see
+        `agent.state.FileRelease`). A file that cannot be deleted is only wasted space: it is
+        logged and `recover` removes it at the next start.
+        """
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            _log.warning("spool file not deleted", path=str(path), error=exc.strerror)
 
     def close(self) -> None:
         """Wait for a slot refill under way to end; stores after this still work. Idempotent."""

@@ -315,26 +315,44 @@ def health(ctx: typer.Context, site: str) -> None:
             for a in answer["agents"]
         ],
     )
-    _dicom_security(ctx, answer["agents"])
+    reports = [
+        (
+            summary["name"],
+            (_call(ctx, "GET", f"/api/v1/agents/{summary['id']}").get("health") or {}).get("report")
+            or {},
+        )
+        for summary in answer["agents"]
+    ]
+    _dicom_security(reports)
+    _skipped_series(reports)
 
 
-def _dicom_security(ctx: typer.Context, agents: list[dict[str, Any]]) -> None:
+def _skipped_series(reports: list[tuple[str, dict[str, Any]]]) -> None:
+    """Series each agent's upload policy declined, per reason: the admin guide asks sites to
+    confirm operators type the opt-in string (a growing not_opted_in count says they do not)."""
+    rows = [
+        (name, reason, count)
+        for name, report in reports
+        for reason, count in sorted((report.get("skipped_series") or {}).items())
+    ]
+    if rows:
+        _table("series skipped by the upload policy", ["agent", "reason", "series"], rows)
+
+
+def _dicom_security(reports: list[tuple[str, dict[str, Any]]]) -> None:
     """Each agent's refused DICOM associations (by reason and source address) and its TLS
     certificate's expiry, from its latest health report: the admin guide asks sites to watch
     for unauthorised addresses."""
     refused: list[tuple[object, ...]] = []
     certificates: list[tuple[object, ...]] = []
-    for summary in agents:
-        report = (_call(ctx, "GET", f"/api/v1/agents/{summary['id']}").get("health") or {}).get(
-            "report"
-        ) or {}
+    for name, report in reports:
         for row in report.get("dicom_rejections") or []:
-            refused.append((summary["name"], row["reason"], row["source"], row["count"]))
+            refused.append((name, row["reason"], row["source"], row["count"]))
         if report.get("tls_certificate_expires_at"):
             days = report.get("tls_certificate_days_left")
             certificates.append(
                 (
-                    summary["name"],
+                    name,
                     report["tls_certificate_expires_at"],
                     "" if days is None else f"{days:.0f}",
                 )

@@ -29,6 +29,13 @@ def route_check(
         list[str] | None,
         typer.Option(help="A header value as KEYWORD=VALUE; repeat for more."),
     ] = None,
+    calling_ae: Annotated[
+        str | None,
+        typer.Option(
+            "--calling-ae",
+            help="The sending scanner's AE title: its dicom.peers routing block applies.",
+        ),
+    ] = None,
 ) -> None:
     """Say where a series would land today and why, with the nearest names for a typo."""
     headers = dict(_pair(item) for item in header or [])
@@ -39,6 +46,8 @@ def route_check(
         body["site"] = site
     if routing_string is not None:
         body["routing_string"] = routing_string
+    if calling_ae is not None:
+        body["calling_ae_title"] = calling_ae
     answer = call_api(ctx, "POST", "/api/v1/routing/check", json=body)
     if not answer["upload"]:
         console.print(f"not uploaded: the upload policy says {answer['policy_reason']}")
@@ -47,7 +56,11 @@ def route_check(
         f"{answer['group']}/{escape(answer['project'])}/{escape(answer['subject'])}/"
         f"{escape(answer['session'])} (acquisition {escape(answer['acquisition'])})"
     )
-    console.print(f"reason: {answer['reason']}")
+    console.print(
+        f"reason: {answer['reason']} (routing string looked for in {answer['routing_from']}.fields)"
+    )
+    for name, value in sorted(answer.get("metadata", {}).items()):
+        console.print(f"session metadata {escape(name)}: {escape(value)}")
     for suggestion in answer["suggestions"]:
         project = f"/{escape(suggestion['project'])}" if suggestion["project"] else ""
         console.print(f"did you mean fw://{suggestion['group']}{project} ?")

@@ -49,6 +49,7 @@ __all__ = [
     "HierarchyConfig",
     "MetadataConfig",
     "MetadataPattern",
+    "PeerRouting",
     "PullConfig",
     "PullSource",
     "RoutingConfig",
@@ -188,11 +189,101 @@ def _positive_duration(value: dt.timedelta) -> dt.timedelta:
 PositiveDuration = Annotated[Duration, AfterValidator(_positive_duration)]
 
 
+class _RoutingFields(_Section):
+    """Where the routing string is read: `fields` in order (`field`: a one-element `fields`)."""
+
+    fields: list[DicomKeyword] = Field(
+        default_factory=lambda: ["PatientComments"],
+        min_length=1,
+        max_length=8,
+        description="DICOM keywords of the attributes searched for a routing string, in order.",
+    )
+    field: DicomKeyword | None = Field(
+        default=None,
+        exclude=True,
+        description="One keyword: the same as fields: [KEYWORD] (kept for older configs).",
+    )
+
+    @model_validator(mode="after")
+    def _field_is_a_one_element_fields(self) -> Self:
+        if self.field is None:
+            return self
+        if "fields" in self.model_fields_set and self.fields != [self.field]:
+            raise _invalid(
+                "routing",
+                "field and fields are both set and differ; field is the older spelling of a "
+                "one-element fields, so set only fields (e.g. fields: [PatientComments])",
+            )
+        object.__setattr__(self, "fields", [self.field])
+        object.__setattr__(self, "field", None)
+        return self
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_are_distinct(cls, fields: list[str]) -> list[str]:
+        if len(set(fields)) != len(fields):
+            raise _invalid("routing", f"fields {fields} lists a keyword twice; list each once")
+        return fields
+
+
+class RoutingConfig(_RoutingFields):
+    """Where the routing string is read and where unroutable data goes.
+
+    `fields` are tried in order and the first one holding a routing string wins. `field` (one
+    keyword) is the first wave's spelling of a one-element `fields`; it is accepted on input
+    and never written back.
+    """
+
+    unknown_group: Annotated[str, AfterValidator(_check_group_id)] = Field(
+        default="unknown", description="Group id that receives data without a known group."
+    )
+    unsorted_project: Annotated[str, AfterValidator(_check_project_label)] = Field(
+        default="Unsorted", description="Project label for data without a known project."
+    )
+
+
+_SITE_ONLY_ROUTING_KEYS = ("unknown_group", "unsorted_project")
+
+
+class PeerRouting(_RoutingFields):
+    """A scanner's own routing fields, used instead of the site's `routing.fields` for the
+    series it sends (selected by the calling AE title of the association).
+
+    The fallback names stay the site's: where unroutable data goes is one place per site.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fallback_names_are_per_site(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _SITE_ONLY_ROUTING_KEYS:
+                if key in data:
+                    raise PydanticCustomError(
+                        "invalid_routing",
+                        "{reason}",
+                        {
+                            "reason": f"{key} is set for the whole site only (routing.{key}); "
+                            "a scanner's routing block takes fields (or field)",
+                            "subpath": key,
+                        },
+                    )
+        return data
+
+
 class DicomPeer(_Section):
-    """A DICOM node allowed to send to the connector's SCP."""
+    """A DICOM node allowed to send to the connector's SCP, with its own routing fields if it
+    writes the routing string somewhere else than the site's `routing.fields`."""
 
     ae_title: AETitle
     host: Host
+    routing: PeerRouting | None = Field(
+        default=None,
+        # Left out when unset, so a peer without one reads as before (and older agents,
+        # which do not know the key, still accept such a config).
+        exclude_if=lambda routing: routing is None,
+        description="Routing fields for series this peer sends (matched by its calling AE "
+        "title); null: the site's routing.",
+    )
 
 
 def _check_file_path(value: str) -> str:
@@ -271,6 +362,38 @@ class DicomConfig(_Section):
     )
     timeouts: DicomTimeouts = Field(default_factory=DicomTimeouts)
 
+    @field_validator("peers")
+    @classmethod
+    def _one_routing_per_ae_title(cls, peers: list[DicomPeer]) -> list[DicomPeer]:
+        # The routing block is chosen by calling AE title alone (the host is not known to the
+        # reaper), so entries of one AE title on several hosts must agree on it.
+        first: dict[str, int] = {}
+        for index, peer in enumerate(peers):
+            seen = first.setdefault(peer.ae_title, index)
+            if peers[seen].routing != peer.routing:
+                raise PydanticCustomError(
+                    "invalid_routing",
+                    "{reason}",
+                    {
+                        "reason": f"differs from dicom.peers[{seen}].routing, an entry of the "
+                        f"same AE title {peer.ae_title!r}; a scanner's routing is chosen by its "
+                        "AE title, so give every entry of that title the same routing block",
+                        "subpath": f"[{index}].routing",
+                    },
+                )
+        return peers
+
+    def routing_for(self, calling_ae_title: str | None) -> tuple[PeerRouting, int] | None:
+        """The routing block of the peer with this calling AE title and the index of its
+        first entry; None when no listed peer of that title carries one."""
+        if not calling_ae_title:
+            return None
+        title = calling_ae_title.strip(" ")
+        for index, peer in enumerate(self.peers):
+            if peer.ae_title == title and peer.routing is not None:
+                return peer.routing, index
+        return None
+
 
 class PullSource(_Section):
     """A PACS or scanner that a pull connector queries (C-FIND) and retrieves from (C-MOVE)."""
@@ -323,54 +446,6 @@ class PullConfig(_Section):
                 )
             seen.add(key)
         return sources
-
-
-class RoutingConfig(_Section):
-    """Where the routing string is read and where unroutable data goes.
-
-    `fields` are tried in order and the first one holding a routing string wins. `field` (one
-    keyword) is the first wave's spelling of a one-element `fields`; it is accepted on input
-    and never written back.
-    """
-
-    fields: list[DicomKeyword] = Field(
-        default_factory=lambda: ["PatientComments"],
-        min_length=1,
-        max_length=8,
-        description="DICOM keywords of the attributes searched for a routing string, in order.",
-    )
-    field: DicomKeyword | None = Field(
-        default=None,
-        exclude=True,
-        description="One keyword: the same as fields: [KEYWORD] (kept for older configs).",
-    )
-    unknown_group: Annotated[str, AfterValidator(_check_group_id)] = Field(
-        default="unknown", description="Group id that receives data without a known group."
-    )
-    unsorted_project: Annotated[str, AfterValidator(_check_project_label)] = Field(
-        default="Unsorted", description="Project label for data without a known project."
-    )
-
-    @model_validator(mode="after")
-    def _field_is_a_one_element_fields(self) -> Self:
-        if self.field is None:
-            return self
-        if "fields" in self.model_fields_set and self.fields != [self.field]:
-            raise _invalid(
-                "routing",
-                "field and fields are both set and differ; field is the older spelling of a "
-                "one-element fields, so set only fields (e.g. fields: [PatientComments])",
-            )
-        object.__setattr__(self, "fields", [self.field])
-        object.__setattr__(self, "field", None)
-        return self
-
-    @field_validator("fields")
-    @classmethod
-    def _fields_are_distinct(cls, fields: list[str]) -> list[str]:
-        if len(set(fields)) != len(fields):
-            raise _invalid("routing", f"fields {fields} lists a keyword twice; list each once")
-        return fields
 
 
 class UploadPolicyConfig(_Section):
@@ -784,6 +859,12 @@ def dicom_keywords(config: SiteConfig) -> list[tuple[str, str]]:
     """Every DICOM keyword the config names, as ``(dotted key, keyword)``."""
     named = [
         (f"routing.fields[{index}]", keyword) for index, keyword in enumerate(config.routing.fields)
+    ]
+    named += [
+        (f"dicom.peers[{index}].routing.fields[{position}]", keyword)
+        for index, peer in enumerate(config.dicom.peers)
+        if peer.routing is not None
+        for position, keyword in enumerate(peer.routing.fields)
     ]
     named.append(("upload_policy.field", config.upload_policy.field))
     named += [

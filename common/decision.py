@@ -16,15 +16,22 @@ from common.patterns import apply_patterns
 from common.policy import PolicyDecision, decide_upload
 from common.routing import RoutingDecision, RoutingReason, parse_routing
 
-__all__ = ["SeriesPlan", "find_routing", "plan_series"]
+__all__ = ["SITE_ROUTING", "SeriesPlan", "find_routing", "plan_series", "routing_fields_for"]
+
+SITE_ROUTING = "routing"
 
 
 @dataclass(frozen=True)
 class SeriesPlan:
-    """What happens to a series: the policy's verdict and, when it uploads, its target."""
+    """What happens to a series: the policy's verdict and, when it uploads, its target.
+
+    `routing_from` names the config block whose fields were searched for the routing string:
+    ``routing`` (the site's) or ``dicom.peers[N].routing`` (the sending scanner's).
+    """
 
     policy: PolicyDecision
     target: HierarchyTarget | None
+    routing_from: str = SITE_ROUTING
 
 
 def plan_series(
@@ -32,19 +39,33 @@ def plan_series(
 ) -> SeriesPlan:
     """Decide a series from its header under `config`.
 
-    Upload policy and routing string come from `header`: the first of `routing.fields` that
-    holds a routing string decides. The metadata patterns and the hierarchy labels read
-    `labels` (the de-identified header) when given, else `header`, so under a de-identifying
-    profile they only ever see what may leave the site.
+    Upload policy and routing string come from `header`: the first of the routing fields
+    that holds a routing string decides, the fields being those of the `dicom.peers` entry
+    whose AE title is the header's calling AE title when that entry has a `routing` block,
+    else the site's `routing.fields` (`routing_fields_for`). The metadata patterns and the
+    hierarchy labels read `labels` (the de-identified header) when given, else `header`, so
+    under a de-identifying profile they only ever see what may leave the site.
     """
     policy = decide_upload(config.upload_policy, header.value(config.upload_policy.field))
     if not policy.upload:
         return SeriesPlan(policy, None)
-    routing = find_routing(header, config.routing.fields)
+    fields, routing_from = routing_fields_for(config, header.calling_ae_title)
+    routing = find_routing(header, fields)
     mapped = labels or header
     patterns = [(pattern.field, pattern.regex) for pattern in config.metadata.patterns]
     found = apply_patterns(patterns, mapped.values())
-    return SeriesPlan(policy, map_to_hierarchy(mapped, routing, config.hierarchy, found))
+    target = map_to_hierarchy(mapped, routing, config.hierarchy, found)
+    return SeriesPlan(policy, target, routing_from)
+
+
+def routing_fields_for(config: SiteConfig, calling_ae_title: str | None) -> tuple[list[str], str]:
+    """The routing fields for a series sent by `calling_ae_title`, and the config block they
+    come from: the scanner's own (`dicom.peers[N].routing`) when it has one, else the site's."""
+    override = config.dicom.routing_for(calling_ae_title)
+    if override is None:
+        return list(config.routing.fields), SITE_ROUTING
+    routing, index = override
+    return list(routing.fields), f"dicom.peers[{index}].routing"
 
 
 def find_routing(header: SeriesHeader, fields: Sequence[str]) -> RoutingDecision:

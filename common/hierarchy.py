@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from common.config import HierarchyConfig
-from common.patterns import PatternOutcome, render_template
+from common.patterns import PatternOutcome, metadata_value_problem, render_template
 from common.routing import RoutingDecision, RoutingReason, group_id_problem, label_problem
 
 __all__ = [
@@ -34,6 +34,7 @@ class SeriesHeader:
     The named attributes are the ones every mapping may use; ``fields`` holds the raw values
     of every other attribute the site config names (routing fields, upload policy field,
     hierarchy fields, label template and pattern attributes), keyed by DICOM keyword.
+    ``calling_ae_title`` is not a header value but who sent it (see below).
     """
 
     patient_id: str | None = None
@@ -43,6 +44,9 @@ class SeriesHeader:
     series_description: str | None = None
     series_number: str | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
+    # The calling AE title of the association that brought the instance (recorded as
+    # SourceApplicationEntityTitle in the spooled file's meta group): chooses a peer's routing.
+    calling_ae_title: str | None = None
 
     def value(self, keyword: str) -> str | None:
         """The value of the attribute `keyword`, None when absent or empty."""
@@ -122,7 +126,9 @@ def map_to_hierarchy(
     characters. An unusable value is never altered to make it fit: the next source is used
     instead and ``label_notes`` says which source was passed over and why, so a label is
     always either exactly what was written or a documented fallback. Routing-string labels
-    were already validated by `common.routing.parse_routing`.
+    were already validated by `common.routing.parse_routing`. Metadata (pattern groups other
+    than the labels) is kept stripped of surrounding spaces; a value the store cannot keep
+    (`common.patterns.metadata_value_problem`) is left out with a note.
     """
     found = patterns or PatternOutcome()
     notes: list[str] = [*found.problems]
@@ -168,9 +174,22 @@ def map_to_hierarchy(
         acquisition_key=_acquisition_key(header, hierarchy, chooser),
         routing_reason=reason,
         routing_string=routing.raw,
-        metadata=dict(found.metadata),
+        metadata=_storable_metadata(found.metadata, notes),
         label_notes=tuple(notes),
     )
+
+
+def _storable_metadata(metadata: Mapping[str, str], notes: list[str]) -> dict[str, str]:
+    """The pattern metadata the store can keep as it is; the rest is noted, never cut."""
+    kept: dict[str, str] = {}
+    for name, raw in metadata.items():
+        value = raw.strip(" ")
+        problem = metadata_value_problem(value) if value else "is blank"
+        if problem is None:
+            kept[name] = value
+        else:
+            notes.append(f"metadata pattern {name} {problem}; it was not kept")
+    return kept
 
 
 def _pattern_route(found: PatternOutcome, notes: list[str]) -> tuple[str | None, str | None]:

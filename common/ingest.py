@@ -11,14 +11,16 @@ Imports pydantic, stdlib and `common` only.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 
 from common.config import RoutingConfig
+from common.patterns import metadata_value_problem
 from common.routing import (
     RoutingReason,
     contains_control_characters,
@@ -43,6 +45,12 @@ LABEL_LENGTH = 255
 UID_LENGTH = 64
 ROUTING_STRING_LENGTH = 1024
 
+# Session metadata (named groups of metadata patterns beyond the labels): at most this many
+# names per request; names are regex group names, values what `metadata_value_problem` allows.
+MAX_METADATA_ENTRIES = 64
+METADATA_NAME_LENGTH = 64
+
+_METADATA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _ROUTING_DEFAULTS = RoutingConfig()
@@ -87,6 +95,38 @@ def _check_sha256(value: str) -> str:
     return value
 
 
+def _metadata_from_json(value: Any) -> Any:
+    # In a query string the metadata travels as one JSON object (`IngestTarget.query_params`).
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError("metadata is not JSON; send a JSON object of name: text") from None
+    return value
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    # Messages name the entry's position, never a name or a value (they come from headers).
+    for position, (name, text) in enumerate(value.items()):
+        if len(name) > METADATA_NAME_LENGTH or not _METADATA_NAME.fullmatch(name):
+            raise ValueError(
+                f"metadata entry {position + 1}: the name is not a pattern group name "
+                f"(letters, digits, underscore, at most {METADATA_NAME_LENGTH} characters)"
+            )
+        problem = metadata_value_problem(text) if text else "is empty"
+        if problem is not None:
+            raise ValueError(f"metadata entry {position + 1}: the value {problem}")
+    return value
+
+
+SessionMetadata = Annotated[
+    dict[str, str],
+    BeforeValidator(_metadata_from_json),
+    Field(max_length=MAX_METADATA_ENTRIES),
+    AfterValidator(_check_metadata),
+]
+"""Extra session metadata: name → text, JSON in a query string."""
+
 GroupId = Annotated[str, AfterValidator(_check_group_id)]
 ProjectLabel = Annotated[str, AfterValidator(_check_project_label)]
 StorableLabel = Annotated[str, AfterValidator(_check_storable_label)]
@@ -118,6 +158,11 @@ class IngestTarget(BaseModel):
     routing_string: str | None = Field(default=None, max_length=ROUTING_STRING_LENGTH)
     unknown_group: GroupId = _ROUTING_DEFAULTS.unknown_group
     unsorted_project: ProjectLabel = _ROUTING_DEFAULTS.unsorted_project
+    metadata: SessionMetadata | None = Field(
+        default=None,
+        description="Session metadata the site's metadata patterns extracted (name: text), "
+        "as one JSON object; merged into the session's (docs/routing.md).",
+    )
 
     @model_validator(mode="after")
     def _routing_is_consistent(self) -> Self:
@@ -145,9 +190,10 @@ class IngestTarget(BaseModel):
         return self.acquisition_key or self.series_instance_uid
 
     def query_params(self) -> dict[str, str]:
-        """The request's query string: every field that has a value, as text."""
+        """The request's query string: every field that has a value, as text (the metadata
+        as one JSON object)."""
         return {
-            name: str(value)
+            name: json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
             for name, value in self.model_dump(mode="json").items()
             if value is not None
         }

@@ -7,8 +7,8 @@ config is saved (`check_pattern`, `vr_problem`) and run with a time limit (`appl
 a catastrophic regex is cut off and reported, never allowed to stall the reaper.
 
 Runs on the `regex` module, which takes a timeout per match; the syntax is Python's. Imports
-`regex` and stdlib only: the VR of a keyword is looked up by the caller (the agent and the
-control plane pass pydicom's dictionary), so this module needs no DICOM library.
+`regex`, stdlib and `common.routing` only: the VR of a keyword is looked up by the caller (the
+agent and the control plane pass pydicom's dictionary), so this module needs no DICOM library.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ from functools import lru_cache
 
 import regex
 
+from common.routing import contains_control_characters
+
 __all__ = [
     "LABEL_GROUPS",
     "MATCH_TIMEOUT_SECONDS",
+    "METADATA_VALUE_MAX_LENGTH",
     "PatternOutcome",
     "apply_patterns",
     "check_pattern",
+    "metadata_value_problem",
     "render_template",
     "template_keywords",
     "vr_problem",
@@ -39,6 +43,9 @@ LABEL_GROUPS = ("group", "project", "subject", "session", "acquisition")
 # catastrophic pattern, not a slow one.
 MATCH_TIMEOUT_SECONDS = 0.05
 MAX_PATTERN_LENGTH = 512
+# What the store keeps of one session metadata value (common.ingest): longer values, or ones
+# holding control characters, are passed over with a note rather than cut.
+METADATA_VALUE_MAX_LENGTH = 1024
 _GROUP_NAME = stdlib_re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 # Characters a value of each VR can hold (PS3.5 6.2). A pattern that requires any other
@@ -60,7 +67,8 @@ def check_pattern(pattern: str) -> str:
     """Return `pattern` if it is usable; raise `ValueError` saying why it is not.
 
     Usable: at most 512 characters, compiles, has at least one named group, and names no
-    group one typo away from a label group (``subjet`` would silently become metadata).
+    group one typo away from a label group (``subjet`` would silently become metadata). Any
+    other named group is session metadata.
     """
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise ValueError(f"is longer than {MAX_PATTERN_LENGTH} characters")
@@ -80,15 +88,19 @@ def check_pattern(pattern: str) -> str:
                 f"names a group {name!r}: did you mean {close[0]!r}? Groups named "
                 f"{', '.join(LABEL_GROUPS)} fill those labels"
             )
-    extra = sorted(name for name in compiled.groupindex if name not in LABEL_GROUPS)
-    if extra:
-        # Refused rather than dropped: the store cannot keep session metadata yet.
-        raise ValueError(
-            f"names the group(s) {', '.join(map(repr, extra))}; only "
-            f"{', '.join(LABEL_GROUPS)} can be extracted for now (the store does not keep "
-            "extra session metadata yet); use a non-capturing group (?:...) for the rest"
-        )
     return pattern
+
+
+def metadata_value_problem(value: str) -> str | None:
+    """Why a metadata value extracted by a pattern cannot be kept as it is, or None.
+
+    Never quotes the value (it comes from a DICOM header).
+    """
+    if len(value) > METADATA_VALUE_MAX_LENGTH:
+        return f"is longer than {METADATA_VALUE_MAX_LENGTH} characters"
+    if contains_control_characters(value):
+        return "holds a control or invisible formatting character"
+    return None
 
 
 def vr_problem(pattern: str, vr: str | None) -> str | None:

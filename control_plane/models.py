@@ -30,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from common.ingest import LABEL_LENGTH, ROUTING_STRING_LENGTH, UID_LENGTH
+from common.ingest import LABEL_LENGTH, METADATA_NAME_LENGTH, ROUTING_STRING_LENGTH, UID_LENGTH
+from common.patterns import METADATA_VALUE_MAX_LENGTH
 
 SHA256_HEX_LENGTH = 64
 REASON_LENGTH = 2000
@@ -219,6 +220,38 @@ class Session(Base):
     site_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sites.id"))
     routing_reason: Mapped[str] = mapped_column(String(32))
     routing_string: Mapped[str | None] = mapped_column(String(ROUTING_STRING_LENGTH))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class SessionMetadataValue(Base):
+    """One value of a session's metadata (extracted by the site's metadata patterns).
+
+    The first value recorded for a name is the session's (`current`); a different value sent
+    later by another series of the session is kept beside it as a conflict (`is_current` false),
+    never replacing it. A partial unique index lets only one value per name be current, so
+    concurrent ingests that both think they are first collide and retry; a value is recorded
+    once per name (by its digest: values may be longer than an index entry allows).
+    """
+
+    __tablename__ = "session_metadata"
+    __table_args__ = (
+        UniqueConstraint("session_id", "name", "value_sha256"),
+        Index(
+            "ix_session_metadata_current",
+            "session_id",
+            "name",
+            unique=True,
+            sqlite_where=text("is_current"),
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id"))
+    name: Mapped[str] = mapped_column(String(METADATA_NAME_LENGTH))
+    value: Mapped[str] = mapped_column(String(METADATA_VALUE_MAX_LENGTH))
+    value_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    is_current: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = _created_at()
 
 

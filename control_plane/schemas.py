@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from common.config import SiteConfig
+from common.config import AETitle, SiteConfig
 from common.ingest import GroupId, ProjectLabel, StorableLabel
 from common.routing import RoutingReason
 from control_plane.fleet_schemas import AgentHealth, NoHealth
@@ -117,6 +117,11 @@ class AcquisitionPublic(BaseModel):
     routing_reason: RoutingReason
     routing_string: str | None
     session_id: uuid.UUID
+    session_metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="The session's metadata from the site's metadata patterns (name: value); "
+        "conflicting values are listed by GET /api/v1/sessions/{id}.",
+    )
     files: list[FilePublic]
 
 
@@ -250,7 +255,9 @@ class RoutingCheckRequest(BaseModel):
     """Body of `POST /api/v1/routing/check`: a routing string, header values, or both.
 
     `headers` maps DICOM keywords to values as a scanner would send them; `routing_string`
-    stands for the value of the site's first routing field. `site` is needed when the control
+    stands for the value of the first routing field. `calling_ae_title` is the scanner's AE
+    title: a `dicom.peers` entry of that title with its own `routing` block is then used
+    instead of the site's `routing`, as the agent does. `site` is needed when the control
     plane has more than one site.
     """
 
@@ -259,6 +266,9 @@ class RoutingCheckRequest(BaseModel):
     site: str | None = Field(default=None, max_length=64)
     routing_string: str | None = Field(default=None, max_length=1024)
     headers: dict[str, str] = Field(default_factory=dict, max_length=64)
+    calling_ae_title: AETitle | None = Field(
+        default=None, description="The sending scanner's AE title (selects its routing block)."
+    )
 
     @model_validator(mode="after")
     def _something_to_check(self) -> Self:
@@ -290,6 +300,15 @@ class RoutingCheckAnswer(BaseModel):
     acquisition: str | None
     reason: RoutingReason | None
     routing_string: str | None
+    routing_from: str | None = Field(
+        default=None,
+        description="The config block whose fields were searched for the routing string: "
+        "routing, or dicom.peers[N].routing for a scanner with its own; null when skipped.",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="Session metadata the metadata patterns would extract.",
+    )
     suggestions: list[RoutingSuggestion]
     notes: list[str]
 
@@ -327,6 +346,16 @@ class SessionPublic(BaseModel):
     session: str
     routing_reason: RoutingReason
     routing_string: str | None
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the site's metadata patterns extracted beyond the labels: for each "
+        "name, the first value recorded for the session.",
+    )
+    metadata_conflicts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Other values later series of the session brought for a name, oldest "
+        "first; they never replace the value in `metadata`.",
+    )
     history: list[SessionEventPublic]
 
 

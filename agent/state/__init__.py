@@ -2,7 +2,8 @@
 
 One database file under the data directory, in four modules: `schema` (the migrations and
 opening a file as a state database), `database` (the connection, one transaction at a time,
-and deleting a spool file only after the commit that makes it unreferenced), `store`
+and handing a spool file back to the spool, which deletes it, only after the commit that makes
+it unreferenced), `store`
 (`AgentState`: instances and series through their states), and `rows` (the values it hands
 out). The pull ledger's tables live in this database too; their queries are the pull ledger's
 own repository, `agent.pull.ledger`, through `AgentState.transaction`.
@@ -10,6 +11,7 @@ own repository, `agent.pull.ledger`, through `AgentState.transaction`.
 Must not import pynetdicom, HTTP libraries or control_plane.
 """
 
+from agent.state.database import FileRelease
 from agent.state.errors import InvalidTransitionError, StateError, StateFullError
 from agent.state.rows import (
     AddOutcome,
@@ -28,6 +30,7 @@ __all__ = [
     "AddOutcome",
     "AgentState",
     "FailedSeries",
+    "FileRelease",
     "InstanceRow",
     "InstanceState",
     "InvalidTransitionError",

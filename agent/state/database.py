@@ -1,10 +1,13 @@
-"""The state database's connection: opening it, one transaction at a time, and file deletion
-after the commit that allows it.
+"""The state database's connection: opening it, one transaction at a time, and handing a spool
+file back to its owner after the commit that leaves no row needing it.
 
 Every method runs one transaction on one connection guarded by a lock, so SCP threads and the
 asyncio side can share it; a write can block on the disk (a synced commit, a checkpoint,
 another process holding the write lock), so asyncio code calls through `asyncio.to_thread`.
 Writers in other processes (the intake workers) queue on a file lock next to the database.
+
+The state never deletes a file itself: it knows when a file stops being needed (bookkeeping),
+the spool owns the files and deletes them (`FileRelease`, given by `agent.spool.Spool`).
 
 Must not import pynetdicom, HTTP libraries or control_plane.
 """
@@ -21,16 +24,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-import structlog
-
 from agent.state import queries
 from agent.state.errors import StateError, translate_error, unreadable_message
 from agent.state.schema import prepare
 
-__all__ = ["Database"]
+__all__ = ["Database", "FileRelease"]
 
-_log = structlog.get_logger(__name__)
 _BUSY_TIMEOUT_MS = 10_000
+
+FileRelease = Callable[[Path], None]
+"""Deletes a spool file no row needs any more. Called after the synced commit that made it
+unreferenced, under the state's locks (so no row can take the path again meanwhile): it must
+be quick, must not call back into the state, and must not raise for a file it cannot delete
+(one left behind is removed by `Spool.recover` at the next start)."""
 
 
 class Database:
@@ -53,6 +59,9 @@ class Database:
         )
         self._closed = False
         self._synced_commits = True  # _prepare sets synchronous = FULL
+        # Who deletes files that became unreferenced; until a spool says it owns them they
+        # stay on disk, which is safe (recovery removes leftovers), never the reverse.
+        self._release: FileRelease | None = None
 
     @classmethod
     def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Self:
@@ -81,6 +90,13 @@ class Database:
         """Where the database lives."""
         return self._path
 
+    def release_files_with(self, release: FileRelease) -> None:
+        """Name the owner of the spool files: from now on, each file that no row needs any
+        more is handed to `release` after the commit that made it so (`agent.spool.Spool`
+        calls this with its own deletion when it is built on this state)."""
+        with self._lock:
+            self._release = release
+
     def close(self) -> None:
         """Close the database; further calls raise `StateError`. Idempotent."""
         with self._lock:
@@ -100,18 +116,18 @@ class Database:
         with self._transaction(write=write) as db:
             yield db
 
-    def _commit_then_remove_unreferenced(self, db: sqlite3.Connection, paths: list[str]) -> None:
+    def _commit_then_release_unreferenced(self, db: sqlite3.Connection, paths: list[str]) -> None:
+        # The commit comes first (synced for every transaction that passes paths here), so a
+        # file is never gone while a row on disk still needs it: a crash in between leaves
+        # only a file no row names, which Spool.recover removes or records again.
         db.execute("COMMIT")
+        release = self._release
+        if release is None:
+            return
         for path in paths:
             (needed,) = db.execute(queries.COUNT_FILE_KEEPING_ROWS, (path,)).fetchone()
-            if needed:
-                continue
-            try:
-                self._resolved(path).unlink(missing_ok=True)
-            except OSError as exc:
-                # The change is committed; an undeletable file is only wasted space, and
-                # Spool.recover() removes it at the next start.
-                _log.warning("spool file not deleted", path=path, error=str(exc))
+            if not needed:
+                release(self._resolved(path))
 
     def _stored(self, path: Path) -> str:
         return (

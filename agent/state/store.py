@@ -4,6 +4,9 @@ The only writer of spool bookkeeping: the SCP records each durable file here bef
 Success, the reaper and uploader move instances through their states, support retries or
 discards failed series.
 
+Files: a file no row needs any more (uploaded, skipped, superseded, discarded, a duplicate) is
+released to the spool, which owns the files and deletes it (`Database.release_files_with`).
+
 Durability: every commit that allows a spool file to be deleted (uploaded, skipped,
 superseded) is synced (``synchronous=FULL``) before the file goes. The commit of a new
 instance is not (NORMAL, ~0.4 ms less per instance and no WAL fsync under the lock): its file
@@ -76,7 +79,7 @@ class AgentState(Database):
                     raise StateError(f"spool file {inst.path} does not exist; it was not recorded")
                 outcome = AddOutcome.replaced if known else AddOutcome.new
                 obsolete = self._insert(db, inst, path, known)
-            self._commit_then_remove_unreferenced(db, obsolete)
+            self._commit_then_release_unreferenced(db, obsolete)
         return outcome
 
     def add_recovered(self, inst: SpooledInstance) -> bool:
@@ -96,7 +99,7 @@ class AgentState(Database):
             if found is not None:
                 return False
             known = db.execute(queries.SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)).fetchall()
-            self._commit_then_remove_unreferenced(db, self._insert(db, inst, path, known))
+            self._commit_then_release_unreferenced(db, self._insert(db, inst, path, known))
         return True
 
     def _insert(
@@ -189,14 +192,14 @@ class AgentState(Database):
                 raise InvalidTransitionError("cannot set the target of a series that is not known")
 
     def mark_uploaded(self, instance_id: int, file_id: str) -> None:
-        """The destination confirmed the instance: record `file_id`, then delete the file.
+        """The destination confirmed the instance: record `file_id`, then release the file.
 
         A row superseded while it was being uploaded keeps its state and records `file_id`.
         """
         self._finish(instance_id, InstanceState.uploaded, file_id)
 
     def mark_skipped(self, instance_id: int, reason: str) -> None:
-        """The upload policy declined the instance: record why, then delete the file."""
+        """The upload policy declined the instance: record why, then release the file."""
         self._finish(instance_id, InstanceState.skipped, reason)
 
     def mark_failed(self, instance_id: int, error: str) -> None:
@@ -273,7 +276,7 @@ class AgentState(Database):
             ).rowcount
 
     def discard_series(self, series_instance_uid: str, reason: str) -> int:
-        """Give up on the failed instances of a series: record `reason`, delete their files.
+        """Give up on the failed instances of a series: record `reason`, release their files.
 
         Returns how many instances were discarded; the series no longer needs support.
         """
@@ -296,7 +299,7 @@ class AgentState(Database):
                 "WHERE series_instance_uid = ? AND state = 'failed'",
                 (reason, self._clock(), series_instance_uid),
             ).rowcount
-            self._commit_then_remove_unreferenced(db, paths)
+            self._commit_then_release_unreferenced(db, paths)
         return discarded
 
     def schedule_retry(self, instance_id: int, error: str, next_attempt_at: float) -> None:
@@ -373,7 +376,7 @@ class AgentState(Database):
                     f"instance {instance_id} is {current}; it cannot become {state.value}"
                 )
             obsolete = [] if state is InstanceState.failed else [path]
-            self._commit_then_remove_unreferenced(db, obsolete)
+            self._commit_then_release_unreferenced(db, obsolete)
 
 
 def _current_state(db: sqlite3.Connection, instance_id: int) -> str | None:

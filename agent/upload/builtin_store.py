@@ -205,6 +205,7 @@ def target_params(
         routing_string=target.routing_string,
         unknown_group=routing.unknown_group,
         unsorted_project=routing.unsorted_project,
+        metadata=dict(target.metadata) or None,
     )
 
 

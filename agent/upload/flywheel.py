@@ -16,6 +16,9 @@ hierarchy by label and carries the UIDs:
                             "info": {"sha256": ...}}]}}
 ```
 
+Session metadata extracted by the site's patterns goes in as the session's `"info"` (omitted
+when there is none).
+
 Flywheel finds or creates each container by label under its parent (top-down) and files each
 instance under its name in the acquisition. A series without a routing string goes to the
 site's fallback names (`routing.unknown_group` / `unsorted_project`), as in the built-in
@@ -79,14 +82,19 @@ def label_upload_metadata(
     """The `metadata` field of a label upload of `instances` (one series) to `target`."""
     first = instances[0]
     routed = target.group is not None and target.project is not None
+    session: dict[str, Any] = {
+        "label": target.session,
+        "uid": first.study_instance_uid,
+        "subject": {"code": target.subject, "label": target.subject},
+    }
+    if target.metadata:
+        # Session metadata from the site's patterns goes into the session's `info`; Flywheel
+        # sets each key only where the session has none yet (docs/destinations.md).
+        session["info"] = dict(target.metadata)
     return {
         "group": {"_id": target.group if routed else routing.unknown_group},
         "project": {"label": target.project if routed else routing.unsorted_project},
-        "session": {
-            "label": target.session,
-            "uid": first.study_instance_uid,
-            "subject": {"code": target.subject, "label": target.subject},
-        },
+        "session": session,
         "acquisition": {
             "label": target.acquisition,
             "uid": first.series_instance_uid,
@@ -256,6 +264,8 @@ def _labels(metadata: dict[str, Any]) -> list[str]:
         session["label"],
         session["subject"]["label"],
         acquisition["label"],
+        # Metadata values come from headers too: never echoed back in an error.
+        *session.get("info", {}).values(),
     ]
 
 

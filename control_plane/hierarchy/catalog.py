@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.routing import RoutingReason
 from control_plane.errors import NotFoundError
+from control_plane.hierarchy.session_metadata import metadata_of
 from control_plane.models import Acquisition, File, Project, Session, Subject
 from control_plane.schemas import AcquisitionFilter, AcquisitionPublic, FilePublic
 
@@ -46,6 +47,7 @@ async def list_acquisitions(
         query = query.where(Session.label == where.session)
     rows = (await session.execute(query)).all()
     files = await _current_files(session, [row[0].id for row in rows])
+    metadata = await metadata_of(session, [row[1].id for row in rows])
     return [
         AcquisitionPublic(
             id=acquisition.id,
@@ -58,6 +60,7 @@ async def list_acquisitions(
             routing_reason=RoutingReason(study.routing_reason),
             routing_string=study.routing_string,
             session_id=study.id,
+            session_metadata=metadata[study.id].values,
             files=files[acquisition.id],
         )
         for acquisition, study, subject_label, group_id, project_label in rows

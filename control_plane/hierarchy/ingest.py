@@ -6,9 +6,10 @@ one the agent announced and it looks like a Part-10 file. The instances of one r
 share one target, are then recorded in one transaction with set-based statements: one lookup
 of their existing and current versions, one placement of the target (found in one statement
 once the acquisition exists, created level by level before), one bulk insert and the
-replacements. A single-instance ingest is a batch of one. Concurrent ingests meet on unique
-constraints: the loser rolls back and starts the transaction again, then sees the winner's
-rows. Must not import FastAPI.
+replacements; the target's session metadata is merged into its session in the same
+transaction (`session_metadata.merge_metadata`). A single-instance ingest is a batch of one.
+Concurrent ingests meet on unique constraints: the loser rolls back and starts the
+transaction again, then sees the winner's rows. Must not import FastAPI.
 """
 
 import uuid
@@ -23,6 +24,7 @@ from common.ingest import IngestParams, IngestResult, IngestStatus, IngestTarget
 from control_plane.errors import BusyError, RejectedUploadError
 from control_plane.hierarchy.blobs import BlobStore, ReceivedBlob
 from control_plane.hierarchy.placement import Destination, Placement, destination_of, place
+from control_plane.hierarchy.session_metadata import merge_metadata
 from control_plane.models import File, utc_now
 
 # Enough for every realistic pile-up of agents on one new session; each attempt after the
@@ -197,7 +199,10 @@ async def _record_once(
             existing_in[index] = existing.acquisition_id
         if not fresh:
             continue
-        placement = placement or await place(session, target, site_id)
+        if placement is None:
+            placement = await place(session, target, site_id)
+            # In the transaction that files the instances, so metadata and files go together.
+            await merge_metadata(session, placement.session_id, target.metadata)
         added = await _add_files(
             session, [instances[index] for index in fresh], placement.acquisition_id, current
         )

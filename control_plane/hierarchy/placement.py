@@ -34,9 +34,11 @@ class Destination:
 
 @dataclass(frozen=True)
 class Placement:
-    """The acquisition that receives a target's instances, with its destination."""
+    """The acquisition that receives a target's instances (and its session), with its
+    destination."""
 
     acquisition_id: uuid.UUID
+    session_id: uuid.UUID
     destination: Destination
 
 
@@ -65,6 +67,7 @@ async def find_placement(session: AsyncSession, target: IngestTarget) -> Placeme
         await session.execute(
             select(
                 Acquisition.id,
+                Acquisition.session_id,
                 Project.group_id,
                 Project.label,
                 exists().where(Group.id == group).label("group_known"),
@@ -97,7 +100,7 @@ async def find_placement(session: AsyncSession, target: IngestTarget) -> Placeme
         )
     for row in rows:
         if (row.group_id, row.label) == (wanted.group_id, wanted.project_label):
-            return Placement(row.id, wanted)
+            return Placement(row.id, row.session_id, wanted)
     return None
 
 
@@ -148,7 +151,7 @@ async def _create_placement(
             series_instance_uid=target.series_instance_uid,
         ),
     )
-    return Placement(acquisition.id, destination)
+    return Placement(acquisition.id, study.id, destination)
 
 
 async def _resolve_destination(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.config import SiteConfig
-from common.decision import plan_series
+from common.decision import plan_series, routing_fields_for
 from common.hierarchy import SeriesHeader
 from common.routing import RoutingReason
 from control_plane.models import Group, Project
@@ -28,12 +28,15 @@ async def check_routing(
     config: SiteConfig,
     routing_string: str | None,
     headers: Mapping[str, str],
+    calling_ae_title: str | None = None,
 ) -> RoutingCheckAnswer:
-    """Where a series with `headers` (and `routing_string`, if given) would land now."""
+    """Where a series with `headers` (and `routing_string`, if given) sent by
+    `calling_ae_title` would land now."""
     values = dict(headers)
     if routing_string is not None:
-        values[config.routing.fields[0]] = routing_string
-    plan = plan_series(SeriesHeader(fields=values), config)
+        fields, _ = routing_fields_for(config, calling_ae_title)
+        values[fields[0]] = routing_string
+    plan = plan_series(SeriesHeader(fields=values, calling_ae_title=calling_ae_title), config)
     if plan.target is None:
         return RoutingCheckAnswer(
             upload=False,
@@ -77,6 +80,8 @@ async def check_routing(
         acquisition=target.acquisition,
         reason=reason,
         routing_string=target.routing_string,
+        routing_from=plan.routing_from,
+        metadata=dict(target.metadata),
         suggestions=suggestions,
         notes=list(target.label_notes),
     )

@@ -18,6 +18,7 @@ from common.routing import RoutingReason
 from control_plane import audit
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.hierarchy.blobs import BlobStore
+from control_plane.hierarchy.session_metadata import metadata_of
 from control_plane.models import (
     Acquisition,
     File,
@@ -25,6 +26,7 @@ from control_plane.models import (
     Project,
     Session,
     SessionEvent,
+    SessionMetadataValue,
     Site,
     Subject,
     utc_now,
@@ -39,6 +41,7 @@ async def get_session(session: AsyncSession, session_id: uuid.UUID) -> SessionPu
     events = await session.scalars(
         select(SessionEvent).where(SessionEvent.session_id == session_id).order_by(SessionEvent.at)
     )
+    metadata = (await metadata_of(session, [session_id]))[session_id]
     return SessionPublic(
         id=study.id,
         group=project.group_id,
@@ -47,6 +50,8 @@ async def get_session(session: AsyncSession, session_id: uuid.UUID) -> SessionPu
         session=study.label,
         routing_reason=RoutingReason(study.routing_reason),
         routing_string=study.routing_string,
+        metadata=metadata.values,
+        metadata_conflicts=metadata.conflicts,
         history=[_event_public(event) for event in events],
     )
 
@@ -168,6 +173,10 @@ async def purge_session(
     await session.execute(update(File).where(File.id.in_(file_ids)).values(replaced_by_id=None))
     await session.execute(delete(File).where(File.id.in_(file_ids)))
     await session.execute(delete(Acquisition).where(Acquisition.session_id == session_id))
+    # Metadata values may identify the patient: they go with the session.
+    await session.execute(
+        delete(SessionMetadataValue).where(SessionMetadataValue.session_id == session_id)
+    )
     await session.execute(delete(Session).where(Session.id == session_id))
     await _drop_subject_if_empty(session, subject.id)
     shared = set(await session.scalars(select(File.sha256).where(File.sha256.in_(digests))))

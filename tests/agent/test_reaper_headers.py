@@ -80,3 +80,23 @@ def test_a_file_that_is_not_dicom_raises_a_header_error(tmp_path: Path) -> None:
 
     with pytest.raises(HeaderReadError, match=r"junk\.dcm"):
         read_series_header(path, ["PatientComments"])
+
+
+@pytest.mark.parametrize(("source", "calling"), [("CT1", "CT1"), ("MR 1 ", "MR 1"), (None, None)])
+def test_header_holds_the_calling_ae_title_the_scp_wrote_into_the_meta_group(
+    tmp_path: Path, source: str | None, calling: str | None
+) -> None:
+    ds = make_instance(
+        patient_id="SYNTH042",
+        study_uid="1.2.826.0.1.3680043.8.498.7",
+        series_uid="1.2.826.0.1.3680043.8.498.7.1",
+        series_description="DWI",
+        study_description="Head",
+        rows=16,
+        cols=16,
+    )
+    if source is not None:
+        ds.file_meta.SourceApplicationEntityTitle = source
+    [path] = write_files([ds], tmp_path)
+
+    assert read_series_header(path, []).calling_ae_title == calling

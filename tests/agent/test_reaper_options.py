@@ -105,14 +105,14 @@ def test_labels_take_the_routing_string_then_the_patterns_then_the_header(
     assert decision.target.routing_reason == reason
 
 
-def test_a_pattern_can_route_a_series_without_a_routing_string() -> None:
+def test_a_pattern_can_route_a_series_without_a_routing_string_and_keeps_extra_metadata() -> None:
     config = validate_site_config(
         {
             "metadata": {
                 "patterns": [
                     {
                         "field": "StudyDescription",
-                        "regex": "^(?P<group>\\w+)/(?P<project>[\\w-]+) \\w+$",
+                        "regex": "^(?P<group>\\w+)/(?P<project>[\\w-]+) (?P<scanner>\\w+)$",
                     }
                 ]
             }
@@ -122,7 +122,7 @@ def test_a_pattern_can_route_a_series_without_a_routing_string() -> None:
     assert decision.target is not None
     assert (decision.target.group, decision.target.project) == ("neuro", "study-a")
     assert decision.target.routing_reason is RoutingReason.routed
-    assert decision.target.metadata == {}
+    assert decision.target.metadata == {"scanner": "prisma"}
 
 
 def test_an_invalid_routing_string_is_not_overridden_by_a_pattern() -> None:

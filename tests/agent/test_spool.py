@@ -288,3 +288,20 @@ def test_threads_storing_at_once_never_share_a_slot(tmp_path: Path, state: Agent
     assert len({row.path for row in rows}) == len(sops)
     for row in rows:
         assert hashlib.sha256(row.path.read_bytes()).hexdigest() == row.sha256
+
+
+def test_the_spool_deletes_its_files_once_the_state_no_longer_needs_them(
+    spool: Spool, state: AgentState
+) -> None:
+    store(spool, part10("1.1"), "1.1")
+    store(spool, part10("1.2"), "1.2")
+    store(spool, part10("1.3"), "1.3")
+    uploaded, skipped, failed = state.spooled_instances(SERIES)
+
+    state.mark_uploaded(uploaded.id, "file-1")
+    state.mark_skipped(skipped.id, "opted_out")
+    state.mark_failed(failed.id, "permanent")
+
+    assert spool_files(spool) == [failed.path]
+    state.discard_series(SERIES, "support gave up")
+    assert spool_files(spool) == []

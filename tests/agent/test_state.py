@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,27 @@ def spooled(
         received_at=received_at,
         spooled_at=received_at + 0.01,
     )
+
+
+@pytest.fixture
+def released() -> list[Path]:
+    """The files the state handed back to their owner, in order."""
+    return []
+
+
+@pytest.fixture
+def state(tmp_path: Path, released: list[Path]) -> Iterator[AgentState]:
+    """A state database whose files are owned by a stand-in for the spool that records what
+    it is handed and deletes it, as `Spool.release` does."""
+    opened = AgentState.open(tmp_path / "state.db")
+
+    def release(path: Path) -> None:
+        released.append(path)
+        path.unlink(missing_ok=True)
+
+    opened.release_files_with(release)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -431,3 +453,41 @@ def test_add_recovered_refuses_content_a_row_already_knows_in_any_state(
     assert state.add_recovered(spooled(files, "1.1", b"first")) is False
     assert state.add_recovered(spooled(files, "1.2", b"lost row")) is True
     assert [r.sop_instance_uid for r in state.spooled_instances(SERIES)] == ["1.2"]
+
+
+def test_a_file_no_row_needs_is_handed_to_its_owner_only_after_the_commit(
+    state: AgentState, files: Path, released: list[Path]
+) -> None:
+    instance = spooled(files, "1.1")
+    state.add_instance(instance)
+    (row,) = state.spooled_instances(SERIES)
+    seen: list[str] = []
+
+    def release(path: Path) -> None:
+        # What a fresh reader of the database sees when the file is handed over.
+        with sqlite3.connect(state.path) as reader:
+            seen.append(reader.execute("SELECT state FROM instances").fetchone()[0])
+        released.append(path)
+
+    state.release_files_with(release)
+    state.mark_uploaded(row.id, "file-1")
+
+    assert seen == ["uploaded"]
+    assert released == [instance.path]
+    assert instance.path.exists()  # the owner decides; this one kept it
+
+
+def test_without_an_owner_the_state_deletes_no_file(tmp_path: Path, files: Path) -> None:
+    state = AgentState.open(tmp_path / "ownerless.db")
+    try:
+        instance = spooled(files, "1.1")
+        state.add_instance(instance)
+        (row,) = state.spooled_instances(SERIES)
+
+        state.mark_uploaded(row.id, "file-1")
+
+        # Left for Spool.recover, which removes files of finished rows at start-up.
+        assert instance.path.exists()
+        assert state.instance(row.id).state is InstanceState.uploaded
+    finally:
+        state.close()

@@ -7,8 +7,10 @@ uvicorn on 127.0.0.1); see test_upload_store_double.py.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from agent.health import PipelineCounters
 from agent.spool import Spool
 from agent.state import AgentState, InstanceRow, InstanceState
-from agent.upload.base import UploadError
+from agent.upload.base import UploadError, UploadResult
 from agent.upload.builtin_store import CHUNK_SIZE, BuiltinStoreDestination
 from agent.uploader import UploadBatch, Uploader
 from common.config import RoutingConfig
@@ -220,3 +222,32 @@ async def test_a_target_the_store_would_refuse_fails_before_sending_without_its_
     assert store.ingest_statuses == []  # the same contract model refused it on the agent
     assert "SECRET" not in raised.value.message
     assert row.sop_instance_uid not in raised.value.message
+
+
+async def test_session_metadata_travels_as_one_json_query_parameter(
+    store: StoreDouble, state: AgentState, spool: Spool, destination: BuiltinStoreDestination
+) -> None:
+    rows = spooled(state, spool, 2)
+    with_metadata = replace(TARGET, metadata={"protocol": "BRAIN", "visit": "V2"})
+
+    outcomes = await destination.upload_batch(rows, with_metadata, ROUTING)
+
+    assert [type(outcome) for outcome in outcomes] == [UploadResult, UploadResult]
+    stored = store.file_of(rows[0].sop_instance_uid)
+    assert stored is not None
+    assert json.loads(stored.params["metadata"]) == {"protocol": "BRAIN", "visit": "V2"}
+
+
+async def test_metadata_the_store_would_refuse_fails_before_sending_without_its_value(
+    store: StoreDouble, state: AgentState, spool: Spool, destination: BuiltinStoreDestination
+) -> None:
+    [row] = spooled(state, spool)
+    leaky = replace(TARGET, metadata={"protocol": "SECRET\x07VALUE"})
+
+    with pytest.raises(UploadError) as raised:
+        await destination.upload(row, leaky, ROUTING)
+
+    assert not raised.value.retryable
+    assert "metadata entry 1: the value holds a control" in raised.value.message
+    assert "SECRET" not in raised.value.message
+    assert store.ingest_statuses == []

@@ -252,3 +252,19 @@ async def test_a_key_rotated_while_a_chunk_is_in_flight_lets_that_chunk_finish(
 
     assert [type(o) for o in outcomes] == [UploadResult, UploadResult]
     assert flywheel.statuses == [200, 200]
+
+
+async def test_session_metadata_goes_into_the_sessions_info(
+    flywheel: FlywheelFake, state: AgentState, spool: Spool, destination: FlywheelDestination
+) -> None:
+    first, second = spool_series(state, spool, 1), spool_series(state, spool, 1)
+
+    await destination.upload_batch(first, replace(TARGET, metadata={"protocol": "BRAIN"}), ROUTING)
+    await destination.upload_batch(
+        second, replace(TARGET, metadata={"protocol": "SPINE", "visit": "V2"}), ROUTING
+    )
+
+    # Flywheel sets each info key only where the session has none (core's upsert).
+    assert flywheel.session_info == {
+        ("neuro", "study-a", "SUBJ7", "visit-1"): {"protocol": "BRAIN", "visit": "V2"}
+    }

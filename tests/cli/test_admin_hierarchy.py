@@ -94,3 +94,42 @@ def test_a_session_is_moved_and_purged_from_the_cli(base_url: str) -> None:
     assert "unknown/Unsorted" in _admin(base_url, "sessions", "show", session_id)
     purged = _admin(base_url, "sessions", "purge", "--yes", session_id)
     assert "1 file(s)" in purged
+
+
+def test_a_calling_ae_title_checks_under_that_scanners_fields_and_shows_metadata(
+    base_url: str, tmp_path: Path
+) -> None:
+    config = {
+        "dicom": {
+            "peers": [
+                {"ae_title": "CT1", "host": "10.0.0.5", "routing": {"fields": ["PatientComments"]}}
+            ]
+        },
+        "routing": {"fields": ["StudyComments"]},
+        "metadata": {"patterns": [{"field": "StudyDescription", "regex": "^(?P<protocol>\\w+)$"}]},
+    }
+    with httpx2.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as client:
+        client.put("/api/v1/sites/st-marys/config", content=json.dumps(config)).raise_for_status()
+    instance = make_instance(
+        patient_id="P7",
+        study_uid=generate_uid(),
+        series_uid=generate_uid(),
+        series_description="T1",
+        study_description="Brain",
+        patient_comments="fw://neuro/study-ms/sub-3",
+        rows=8,
+        cols=8,
+        extra={"StudyComments": "fw://neuro/wrong"},
+    )
+    [path] = write_files([instance], tmp_path / "files")
+
+    as_ct = _admin(base_url, "route-check", "--site", "st-marys", "--calling-ae", "CT1", str(path))
+    as_site = _admin(base_url, "route-check", "--site", "st-marys", str(path))
+
+    assert "neuro/study-ms/sub-3/Brain" in as_ct
+    assert "looked for in dicom.peers[0].routing.fields" in as_ct
+    assert "session metadata protocol: Brain" in as_ct
+    assert "neuro/Unsorted" in as_site
+    assert "looked for in routing.fields" in as_site

@@ -190,7 +190,7 @@ def test_every_problem_is_listed_in_one_error() -> None:
         ),
         (
             "dicom: {peers: [{ae_title: MR1, host: h, port: 104}]}",
-            "dicom.peers[0].port: unknown key; allowed keys here: ae_title, host",
+            "dicom.peers[0].port: unknown key; allowed keys here: ae_title, host, routing",
         ),
     ],
 )

@@ -18,6 +18,12 @@ async def site(control_plane: ControlPlane) -> str:
         await admin.post("/api/v1/sites", json={"name": "st-marys", "timezone": "UTC"})
     ).raise_for_status()
     config = {
+        "dicom": {
+            "peers": [
+                {"ae_title": "MR1", "host": "10.0.0.6"},
+                {"ae_title": "PET1", "host": "10.0.0.7", "routing": {"fields": ["ImageComments"]}},
+            ]
+        },
         "routing": {"fields": ["StudyComments", "PatientComments"]},
         "upload_policy": {"field": "PatientComments", "strings": ["NOFW"]},
         "metadata": {"patterns": [{"field": "PatientID", "regex": "^(?P<subject>P\\d+)_"}]},
@@ -137,3 +143,75 @@ async def test_the_site_must_be_named_when_there_are_several(
 )
 def test_edit_distance(first: str, second: str, distance: int) -> None:
     assert edit_distance(first, second) == distance
+
+
+@pytest.mark.parametrize(
+    ("calling_ae", "project", "routing_from"),
+    [
+        ("PET1", "study-parkinsons-2024", "dicom.peers[1].routing"),
+        ("MR1", "study-ms", "routing"),
+        (None, "study-ms", "routing"),
+    ],
+)
+async def test_a_calling_ae_title_checks_under_that_scanners_routing(
+    control_plane: ControlPlane,
+    site: str,
+    calling_ae: str | None,
+    project: str,
+    routing_from: str,
+) -> None:
+    headers = {
+        "ImageComments": "fw://neuro/study-parkinsons-2024",
+        "StudyComments": "fw://neuro/study-ms",
+    }
+    body: dict[str, Any] = {"site": site, "headers": headers}
+    if calling_ae is not None:
+        body["calling_ae_title"] = calling_ae
+
+    answer = await check(control_plane, **body)
+
+    assert (answer["project"], answer["routing_from"]) == (project, routing_from)
+
+
+async def test_a_routing_string_alone_goes_into_the_scanners_first_field(
+    control_plane: ControlPlane, site: str
+) -> None:
+    answer = await check(
+        control_plane,
+        site=site,
+        calling_ae_title="PET1",
+        routing_string="fw://neuro/study-ms",
+        headers={"StudyComments": "fw://neuro/study-parkinsons-2024"},
+    )
+
+    assert answer["project"] == "study-ms"
+    assert answer["routing_from"] == "dicom.peers[1].routing"
+
+
+async def test_the_check_shows_the_session_metadata_the_patterns_extract(
+    control_plane: ControlPlane, site: str
+) -> None:
+    config = {
+        "metadata": {
+            "patterns": [
+                {"field": "StudyDescription", "regex": "^(?P<protocol>\\w+) (?P<visit>V\\d)$"}
+            ]
+        }
+    }
+    put = await control_plane.admin.put(f"/api/v1/sites/{site}/config", content=json.dumps(config))
+    assert put.status_code == 200, put.text
+
+    answer = await check(control_plane, site=site, headers={"StudyDescription": "BRAIN V2"})
+
+    assert answer["metadata"] == {"protocol": "BRAIN", "visit": "V2"}
+
+
+async def test_a_calling_ae_title_that_is_no_ae_title_is_422(
+    control_plane: ControlPlane, site: str
+) -> None:
+    response = await control_plane.admin.post(
+        "/api/v1/routing/check",
+        json={"site": site, "routing_string": "fw://neuro/a", "calling_ae_title": "X" * 17},
+    )
+
+    assert response.status_code == 422

@@ -176,6 +176,33 @@ async def test_invalid_config_is_422_naming_the_key_and_allowed_values(
             "hierarchy.subject_field",
             "not a keyword of the DICOM data dictionary",
         ),
+        (
+            {
+                "dicom": {
+                    "peers": [
+                        {"ae_title": "MR1", "host": "10.0.0.6"},
+                        {
+                            "ae_title": "CT1",
+                            "host": "10.0.0.5",
+                            "routing": {"field": "StudyComent"},
+                        },
+                    ]
+                }
+            },
+            "dicom.peers[1].routing.fields[0]",
+            "not a keyword of the DICOM data dictionary",
+        ),
+        (
+            {
+                "dicom": {
+                    "peers": [
+                        {"ae_title": "CT1", "host": "10.0.0.5", "routing": {"unknown_group": "x"}}
+                    ]
+                }
+            },
+            "dicom.peers[0].routing.unknown_group",
+            "set for the whole site only",
+        ),
     ],
 )
 async def test_a_config_the_dicom_dictionary_refutes_is_422_naming_the_key(

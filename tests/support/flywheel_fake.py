@@ -8,7 +8,8 @@ upsert_top_down_hierarchy, `api/schemas/input/labelupload.json`) implements it:
 - `Authorization: scitran-user KEY` (or `Bearer KEY`), else 401;
 - a `multipart/form-data` body with a `metadata` field holding JSON of the labelupload shape
   (group `_id` and project `label` required; session, subject, acquisition optional with a
-  required `label`; no other keys), else 400; at least one file field, else 400;
+  required `label`; a session may carry `info`, as Flywheel's SessionMetadataInput does; no
+  other keys), else 400; at least one file field, else 400;
 - containers found or created top-down by label (a session by label and subject code under
   its project, an acquisition by label under its session); a group it does not know files
   the data under group `unknown`, project `GROUP_PROJECT` (core's fallback, without its
@@ -51,6 +52,7 @@ _CONTAINER_KEYS = {
     "session": {
         "label",
         "public",
+        "info",
         "metadata",
         "operator",
         "uid",
@@ -111,6 +113,9 @@ class FlywheelFake:
     read_only_groups: set[str] = field(default_factory=set)
     projects: set[tuple[str, str]] = field(default_factory=set)
     acquisitions: list[Acquisition] = field(default_factory=list)
+    # Session `info` by (group, project, subject code, session label): each key is set only
+    # where the session has none yet, as core's upsert does (_update_container_nulls).
+    session_info: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
     fail_next: collections.deque[int] = field(default_factory=collections.deque)
     statuses: list[int] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,6 +192,9 @@ class FlywheelFake:
                 group, project = "unknown", f"{group}_{project}"
             self.projects.add((group, project))
             subject = (session.get("subject") or {}).get("code") or ""
+            info = self.session_info.setdefault((group, project, subject, session["label"]), {})
+            for key, value in (session.get("info") or {}).items():
+                info.setdefault(key, value)
             target = self._acquisition(group, project, subject, session, acquisition)
             for name, data in files:
                 if name not in listed:

@@ -17,14 +17,16 @@ def send_datasets(
     datasets: Sequence[Dataset],
     *,
     called_ae: str = "CONNECTOR",
+    calling_ae: str = "TEST_SCU",
     on_status: Callable[[Dataset, int], None] | None = None,
     timeout: float = 30.0,
 ) -> list[int]:
-    """Send `datasets` on one association; return the C-STORE status of each (-1 if none).
+    """Send `datasets` on one association as `calling_ae`; return the C-STORE status of each
+    (-1 if none).
 
     `timeout` bounds each wait for the peer (association, DIMSE response, network idle).
     """
-    ae = AE(ae_title="TEST_SCU")
+    ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts = {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
     for sop_class, syntax in contexts:
@@ -48,11 +50,18 @@ def send_datasets(
     return statuses
 
 
-def storescu(port: int, files: Sequence[Path], *, called_ae: str = "CONNECTOR") -> None:
-    """Send files with dcmtk's storescu on one association; raise if it reports a failure."""
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    called_ae: str = "CONNECTOR",
+    calling_ae: str = "STORESCU",
+) -> None:
+    """Send files with dcmtk's storescu on one association as `calling_ae`; raise if it
+    reports a failure."""
     exe = require_executable("storescu")
     result = subprocess.run(
-        [exe, "-aec", called_ae, "-aet", "STORESCU", "127.0.0.1", str(port), *map(str, files)],
+        [exe, "-aec", called_ae, "-aet", calling_ae, "127.0.0.1", str(port), *map(str, files)],
         env=tool_env(),
         capture_output=True,
         text=True,

@@ -33,4 +33,6 @@ async def routing_check(
         name = names[0]
     site = await sites.site_by_name(session, name)
     current = await config_revisions.current_config(session, site)
-    return await check_routing(session, current.config, body.routing_string, body.headers)
+    return await check_routing(
+        session, current.config, body.routing_string, body.headers, body.calling_ae_title
+    )
