@@ -1,4 +1,4 @@
-"""PHI canaries through every push path of the agent, searched for where they must never be.
+"""PHI canaries through every path of the agent, searched for where they must never be.
 
 The real control plane (`create_app` on SQLite, under uvicorn) and the real agent runtime run
 in this process, so everything they log is captured at DEBUG (the product's own logging set-up
@@ -9,7 +9,8 @@ PS3.15 Table E.1-1 (`tests.support.phi_canaries`), nested and private elements i
 Paths: success (stored under `basic`), opt-out (held back by the upload policy), failure (the
 agent's C-STORE refuses an instance it cannot file), rejection (an unlisted calling AE title:
 the association is refused), de-identification error (a profile that cannot shift a date that
-is not one: the series fails as a whole). Then no canary may be in any log line, span (name,
+is not one: the series fails as a whole), and PULL (C-FIND and C-MOVE from a real Orthanc,
+then upload). Then no canary may be in any log line, span (name,
 attribute, event), health report (the agent's own and the API's), failed-series reason or API
 error answer. The agent has no metrics endpoint yet; its counters travel in the health report,
 which is searched.
@@ -18,6 +19,7 @@ which is searched.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +38,7 @@ from agent.settings import AgentSettings
 from common.logging import configure_logging
 from common.telemetry import configure_tracing
 from tests.agent.test_runtime import Running
+from tests.support.orthanc import running_orthanc
 from tests.support.phi_canaries import Canary, CanaryInstance, canary_series, canary_uid
 from tests.support.scu import send_datasets
 from tests.support.served import served
@@ -153,25 +156,8 @@ async def test_no_canary_reaches_a_log_span_health_report_or_api_answer_on_any_p
         "deid": {"profile": "basic"},
     }
     await _call(admin, "PUT", "/api/v1/sites/default/config", json=config)
-    created = await _call(
-        admin, "POST", "/api/v1/sites/default/agents", json={"name": "edge", "deployment": "edge"}
-    )
-    token_file = tmp_path / "agent-token"
-    token_file.write_text(created["token"], encoding="utf-8")
     spans = InMemorySpanExporter()
-    settings = AgentSettings(
-        control_plane_url=control_plane_url,
-        token_file=token_file,
-        data_dir=tmp_path / "agent",
-        dicom_host="127.0.0.1",
-        dicom_port_override=0,
-        reap_interval=0.05,
-        spool_reserve_bytes=0,
-        intake_processes=1,
-        association_drain_timeout=5,
-        upload_drain_timeout=5,
-    )
-    running = Running(AgentRuntime(settings, tracer_provider=configure_tracing("agent", spans)))
+    running, agent_id = await _start_agent(admin, control_plane_url, tmp_path, spans)
     sent: list[CanaryInstance] = []
     answers: list[str] = []
     try:
@@ -232,34 +218,120 @@ async def test_no_canary_reaches_a_log_span_health_report_or_api_answer_on_any_p
         await _eventually(failed, "the series failed as a whole")
         health = await asyncio.to_thread(runtime.health_report)
         answers.append(health.model_dump_json())
-        await asyncio.sleep(0.5)  # one more heartbeat is not needed: the API is read now
-        for path in (
-            "/api/v1/sites/default/health",
-            "/api/v1/sites/default/agents",
-            f"/api/v1/agents/{created['id']}",
-            "/api/v1/fleet/health",
-            "/api/v1/acquisitions",
-            "/api/v1/audit",
-        ):
-            answers.append((await admin.get(path)).text)
-        # API errors: an unknown series key, a bad acquisition filter.
-        answers.append((await admin.post("/api/v1/sites/default/series/nope/retry")).text)
-        answers.append((await admin.get("/api/v1/files/00000000-0000-0000-0000-000000000000")).text)
+        answers += await _api_answers(admin, agent_id)
     finally:
         await running.stop()
 
     canaries = [*_searched(sent), Canary("CANARYNOTADATE", "the date that is not one", "DA", None)]
     assert len(canaries) > 100
-    assert _found(canaries, captured_logs.getvalue()) == []
-    span_text = "\n".join(
-        f"{span.name} {dict(span.attributes or {})} {[e.name for e in span.events]}"
-        f" {[dict(e.attributes or {}) for e in span.events]} {span.status.description}"
-        for span in spans.get_finished_spans()
-    )
-    assert spans.get_finished_spans()
-    assert _found(canaries, span_text) == []
-    assert _found(canaries, "\n".join(answers)) == []
+    _assert_nowhere(canaries, captured_logs.getvalue(), spans, answers)
     # The paths were taken, and their traces are in the log: it was searched for something.
     log = captured_logs.getvalue()
     assert "association rejected" in log
     assert "c-store refused" in log
+
+
+async def test_no_canary_reaches_a_log_span_health_report_or_api_answer_when_pulling(
+    admin: httpx2.AsyncClient,
+    control_plane_url: str,
+    captured_logs: io.StringIO,
+    tmp_path: Path,
+) -> None:
+    """PULL from a real Orthanc: C-FIND of today's studies, C-MOVE to the agent, upload."""
+    today = dt.datetime.now(tz=dt.UTC).strftime("%Y%m%d")
+    pulled = _series(920001, 2, _ROUTE)
+    for instance in pulled:
+        # Dated today, so the pull's lookback finds the study; these two are then no canaries.
+        instance.dataset.StudyDate = instance.dataset.SeriesDate = today
+    with running_orthanc(tmp_path / "orthanc") as pacs:
+        pacs.upload([i.dataset for i in pulled])
+        await _call(admin, "POST", "/api/v1/groups", json={"id": "neuro", "label": "Neuro"})
+        await _call(admin, "POST", "/api/v1/groups/neuro/projects", json={"label": "study-a"})
+        await _call(admin, "POST", "/api/v1/sites", json={"name": "default", "timezone": "UTC"})
+        source = {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}
+        config: dict[str, Any] = {
+            "mode": "pull",
+            "pull": {"sources": [source]},
+            "timing": {"acquisition_delay": "1s", "sleep_time": "1s"},
+            "deid": {"profile": "basic"},
+        }
+        await _call(admin, "PUT", "/api/v1/sites/default/config", json=config)
+        spans = InMemorySpanExporter()
+        running, agent_id = await _start_agent(admin, control_plane_url, tmp_path, spans)
+        answers: list[str] = []
+        try:
+            port = await running.started()
+            await asyncio.to_thread(pacs.register_modality, "agent", "CONNECTOR", "127.0.0.1", port)
+
+            async def uploaded() -> bool:
+                items = (await _call(admin, "GET", "/api/v1/acquisitions"))["items"]
+                return sum(len(item["files"]) for item in items) == 2
+
+            await _eventually(uploaded, "the pulled series uploaded", within=90)
+            answers.append(
+                (await asyncio.to_thread(running.runtime.health_report)).model_dump_json()
+            )
+            answers += await _api_answers(admin, agent_id)
+        finally:
+            await running.stop()
+
+    canaries = [c for c in _searched(pulled) if c.value != today]
+    _assert_nowhere(canaries, captured_logs.getvalue(), spans, answers)
+    assert "pull" in captured_logs.getvalue()
+
+
+async def _start_agent(
+    admin: httpx2.AsyncClient, control_plane_url: str, tmp_path: Path, spans: InMemorySpanExporter
+) -> tuple[Running, str]:
+    created = await _call(
+        admin, "POST", "/api/v1/sites/default/agents", json={"name": "edge", "deployment": "edge"}
+    )
+    token_file = tmp_path / "agent-token"
+    token_file.write_text(created["token"], encoding="utf-8")
+    settings = AgentSettings(
+        control_plane_url=control_plane_url,
+        token_file=token_file,
+        data_dir=tmp_path / "agent",
+        dicom_host="127.0.0.1",
+        dicom_port_override=0,
+        reap_interval=0.05,
+        spool_reserve_bytes=0,
+        intake_processes=1,
+        association_drain_timeout=5,
+        upload_drain_timeout=5,
+    )
+    runtime = AgentRuntime(settings, tracer_provider=configure_tracing("agent", spans))
+    return Running(runtime), str(created["id"])
+
+
+async def _api_answers(admin: httpx2.AsyncClient, agent_id: str) -> list[str]:
+    """What the API says about the site and its agent, and two error answers."""
+    answers = []
+    for path in (
+        "/api/v1/sites/default/health",
+        "/api/v1/sites/default/agents",
+        f"/api/v1/agents/{agent_id}",
+        "/api/v1/fleet/health",
+        "/api/v1/acquisitions",
+        "/api/v1/audit",
+        "/api/v1/sites/default/series?state=failed",
+    ):
+        answers.append((await admin.get(path)).text)
+    answers.append((await admin.post("/api/v1/sites/default/series/nope/retry")).text)
+    answers.append((await admin.get("/api/v1/files/00000000-0000-0000-0000-000000000000")).text)
+    return answers
+
+
+def _assert_nowhere(
+    canaries: list[Canary], log: str, spans: InMemorySpanExporter, answers: list[str]
+) -> None:
+    finished = spans.get_finished_spans()
+    span_text = "\n".join(
+        f"{span.name} {dict(span.attributes or {})} {[e.name for e in span.events]}"
+        f" {[dict(e.attributes or {}) for e in span.events]} {span.status.description}"
+        for span in finished
+    )
+    assert finished
+    assert _found(canaries, log) == []
+    assert _found(canaries, span_text) == []
+    assert _found(canaries, "\n".join(answers)) == []
