@@ -7,8 +7,9 @@ fsync, replace), so an agent restarted while the control plane is away runs on i
 
 Every config after start-up arrives over the link (`agent.link`). Only a fresh agent, with no
 stored config, asks `GET /api/v1/agent/config` (answer `{"site", "revision", "timezone",
-"config"}`) before it can start its listener: HTTP rather than the link, because the link
-needs a running agent to apply to.
+"config", "deid_salt", "deployment"}`; an in-cluster agent refuses a config that breaks the
+in-cluster rules of `common.deployment`, and keeps waiting) before it can start its listener:
+HTTP rather than the link, because the link needs a running agent to apply to.
 
 Must not import pynetdicom, fastapi or control_plane.
 """
@@ -31,6 +32,7 @@ from agent.http_retry import is_retryable
 from agent.retry import backoff
 from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
 from agent.tls import describe_verification_failure, verification_failure
+from common.deployment import IN_CLUSTER, in_cluster_problems
 
 CONFIG_PATH = "/api/v1/agent/config"
 CONFIG_FILE_NAME = "config.json"
@@ -105,7 +107,16 @@ class ConfigClient:
             document = response.json()
         except ValueError as exc:
             raise ConfigRefused("the answer is not JSON") from exc
-        return parse_snapshot(document)
+        snapshot = parse_snapshot(document)
+        # The link's welcome says the same, but only once the agent runs: an in-cluster agent
+        # must not start its listener on a config that breaks the in-cluster rules.
+        deployment = document.get("deployment") if isinstance(document, dict) else None
+        if deployment == IN_CLUSTER and (problems := in_cluster_problems(snapshot.config)):
+            raise ConfigRefused(
+                f"revision {snapshot.revision}: this agent runs in-cluster, where connectors "
+                "use mutual TLS and push only: " + "; ".join(problems)
+            )
+        return snapshot
 
     async def initial(self) -> SiteSnapshot:
         """The config to start on: the last-known-good, else the control plane's.

@@ -205,6 +205,11 @@ class AgentConfigPublic(BaseModel):
     revision: int
     config: SiteConfig
     deid_salt: str = Field(description="The site's de-identification salt; a secret.")
+    deployment: Literal["edge", "in-cluster"] = Field(
+        default="edge",
+        description="How the calling agent was registered; an in-cluster agent refuses a "
+        "config without mutual TLS or with mode pull before it starts on it.",
+    )
 
 
 class Deployment(StrEnum):

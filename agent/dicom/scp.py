@@ -51,6 +51,7 @@ from pynetdicom import (
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -285,6 +286,7 @@ class DicomListener:
             with self._tallies_lock:
                 self._tallies[assoc] = _AssociationTally(peer_host=str(assoc.requestor.address))
             _guard_transport(assoc, self._timeouts.artim)
+            _contain_engine_failures(assoc, self._finish_connection)
         except Exception:
             _log.exception("dicom connection set-up failed")
             event.assoc.abort()
@@ -396,9 +398,13 @@ class DicomListener:
         return status_dataset(refusal.status, str(refusal))
 
     def _handle_connection_close(self, event: Event) -> None:
+        self._finish_connection(event.assoc)
+
+    def _finish_connection(self, assoc: Association) -> None:
+        """Release the connection's slot and log its tally; once, whoever calls first."""
         try:
             with self._tallies_lock:
-                tally = self._tallies.pop(event.assoc, None)
+                tally = self._tallies.pop(assoc, None)
             if tally is None:
                 return
             if tally.slot is not None:
@@ -559,6 +565,63 @@ def _guard_transport(assoc: Association, timeout: float) -> None:
 
     # pynetdicom has no hook for the transport's reads; the DUL calls this attribute.
     transport.recv = recv  # type: ignore[method-assign,assignment]
+
+
+def _contain_engine_failures(assoc: Association, finish: Callable[[Association], None]) -> None:
+    """Abort and close the connection when pynetdicom's DUL thread meets an exception.
+
+    The DUL runs state-machine actions (decoding a DIMSE message among them) outside its own
+    error handling: a command set without a Command Field ends the thread with an
+    AttributeError; and an error while reading a PDU sends A-ABORT but returns without closing
+    the socket. Either way no EVT_CONN_CLOSE follows, so the association's slot of
+    `dicom.max_associations`, its socket and its buffers were held for good: sixteen such
+    connections locked every scanner out (found by tests/agent/test_scp_fuzz.py). Here the
+    peer gets A-ABORT, the socket is closed and `finish` releases the slot.
+    """
+    dul = assoc.dul
+    machine = dul.state_machine
+    act = machine.do_action
+    receive = dul._is_transport_event
+    host = str(assoc.requestor.address)
+
+    def fail(exc: Exception) -> None:
+        _log.warning(
+            "association aborted",
+            peer_host=host,
+            reason=f"the association failed on malformed input ({type(exc).__name__})",
+        )
+        abort = A_ABORT_RQ()
+        abort.source = 0x02  # service provider
+        abort.reason_diagnostic = 0x00
+        transport = dul.socket
+        with contextlib.suppress(Exception):
+            if transport is not None:
+                transport.send(abort.encode())
+        assoc.is_aborted = True
+        assoc.is_established = False
+        assoc._kill = True
+        dul._kill_thread = True
+        with contextlib.suppress(Exception):
+            if transport is not None:
+                transport.close()
+        finish(assoc)
+
+    def do_action(fsm_event: str) -> None:
+        try:
+            act(fsm_event)
+        except Exception as exc:
+            fail(exc)
+
+    def is_transport_event() -> bool:
+        try:
+            return receive()
+        except Exception as exc:
+            fail(exc)
+            return False
+
+    # pynetdicom has no hook for either; the DUL looks both attributes up on every pass.
+    machine.do_action = do_action  # type: ignore[method-assign,assignment]
+    dul._is_transport_event = is_transport_event  # type: ignore[method-assign]
 
 
 def _established(server: ThreadedAssociationServer) -> list[Association]:

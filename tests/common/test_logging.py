@@ -110,6 +110,32 @@ def test_exceptions_are_rendered_with_their_traceback(stream: io.StringIO) -> No
     assert "RuntimeError: disk full" in str(line["exception"])
 
 
+@pytest.mark.parametrize("json_lines_wanted", [False, True], ids=["console", "json"])
+def test_a_traceback_never_shows_the_local_variables_of_its_frames(
+    stream: io.StringIO, json_lines_wanted: bool
+) -> None:
+    # Frames of the DICOM intake hold received bytes and data sets; a traceback renderer that
+    # prints locals (structlog's default with rich installed) would put them in the log.
+    configure_logging(json=json_lines_wanted, stream=stream)
+
+    def store(dataset: pydicom.Dataset) -> None:
+        received = b"PID-77431"  # noqa: F841 - a local a locals-printing traceback would show
+        raise ValueError("the data set cannot be stored")
+
+    dataset = pydicom.Dataset()
+    dataset.PatientName = PATIENT_VALUES["patient_name"]
+    try:
+        store(dataset)
+    except ValueError:
+        structlog.get_logger().exception("c-store failed", error="ValueError")
+        logging.getLogger("pynetdicom.fsm").error("action failed", exc_info=True)
+
+    text = stream.getvalue()
+    assert "the data set cannot be stored" in text
+    assert text.count("Traceback") == 2
+    assert_no_patient_value(text)
+
+
 def test_stdlib_records_go_through_the_same_handler(stream: io.StringIO) -> None:
     configure_logging(json=True, stream=stream)
     logging.getLogger("third.party").warning("listening on %s", 8080)
