@@ -72,6 +72,9 @@ class UploadBatch:
     target: HierarchyTarget
     instances: tuple[InstanceRow, ...]
     dispatched_at: float
+    processing_started_at: float | None = None
+    """When this series' reap began in the tick that made the batch: its processing time
+    (health's reap time) runs from here to the end of the upload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +228,7 @@ class Uploader:
         for instance, outcome in zip(chunk, outcomes, strict=True):
             if isinstance(outcome, UploadResult):
                 await asyncio.to_thread(self._state.mark_uploaded, instance.id, outcome.file_id)
-                self._counters.uploads_succeeded += 1
+                self._counters.record_upload_success()
                 status = "uploaded"
             else:
                 status = await self._book_failure(instance, batch, outcome)
@@ -256,6 +259,7 @@ class Uploader:
             message = f"unexpected {type(exc).__name__} in the destination while uploading"
             log.error("upload.unexpected_error", error=message)
         self._counters.record_error(message, now)
+        self._counters.record_upload_failure(now)
         key = series_key(batch.series_instance_uid)
         if is_retryable(exc) and instance.attempts + 1 >= RETRY_BUDGET_ATTEMPTS:
             message = f"gave up after {instance.attempts + 1} attempts: {message}"
@@ -379,6 +383,7 @@ class UploadLoop:
             if series.failed_at is not None:
                 await self._fail_series(uid, f"its series failed earlier: {series.failure}")
                 continue
+            processing_started = self._clock()
             decision = await self._decision(series, profile)
             if decision is None or decision.target is None or not decision.upload:
                 continue
@@ -390,7 +395,13 @@ class UploadLoop:
                 instances = await self._deidentified(uid, instances, profile)
             if instances:
                 batches.append(
-                    UploadBatch(uid, decision.target, tuple(instances[:MAX_BATCH]), self._clock())
+                    UploadBatch(
+                        uid,
+                        decision.target,
+                        tuple(instances[:MAX_BATCH]),
+                        self._clock(),
+                        processing_started,
+                    )
                 )
         self._counters.deferred_instances = deferred
         self._note_window(window_open, deferred)
@@ -458,8 +469,9 @@ class UploadLoop:
             log.error("reap.failed", series_key=key, error=str(exc))
             return None
         self._reap_hold.pop(series.series_instance_uid, None)
-        if not outcome.reused:
-            self._counters.record_reap(outcome.duration)
+        if not outcome.reused and (outcome.decision is None or not outcome.decision.upload):
+            # An uploaded series' processing is recorded when its upload ends (`_run_batch`).
+            self._counters.record_reap(outcome.duration, self._clock())
         if outcome.failure is not None:
             key = series_key(series.series_instance_uid)
             self._counters.record_error(
@@ -471,6 +483,9 @@ class UploadLoop:
         try:
             return await self._uploader.upload_batch(batch, self.snapshot.config.routing)
         finally:
+            if batch.processing_started_at is not None:
+                ended = self._clock()
+                self._counters.record_reap(ended - batch.processing_started_at, ended)
             self._active.pop(batch.series_instance_uid, None)
             # The series may hold more than one batch, or retries may already be due.
             self._wake.set()

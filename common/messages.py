@@ -82,6 +82,7 @@ __all__ = [
     "Ping",
     "Pong",
     "ProtocolError",
+    "PullSourceReport",
     "Welcome",
     "encode_message",
     "negotiate_version",
@@ -248,6 +249,35 @@ class DicomRejectionCount(BaseModel):
 
 
 TLS_EXPIRY_WARNING_DAYS: Final = 30
+MAX_PULL_SOURCES: Final = 64
+
+
+class PullSourceReport(BaseModel):
+    """One PULL source as the agent sees it: its last C-ECHO and C-FIND outcomes and the
+    series it could not retrieve whole. The source is named by AE title and address, never
+    by anything it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(max_length=128, description="AE_TITLE@host:port of the source.")
+    echo_ok: bool | None = Field(
+        default=None, description="The last C-ECHO answered; null before one was tried."
+    )
+    echo_error: Text | None = None
+    echo_at: AwareDatetime | None = None
+    query_ok: bool | None = Field(
+        default=None, description="The last C-FIND round succeeded; null before the first."
+    )
+    query_error: Text | None = None
+    query_at: AwareDatetime | None = None
+    query_duration_s: Seconds | None = None
+    consecutive_failed_queries: Count = 0
+    series_short: Count = Field(
+        default=0, description="Series whose retrieval stayed short (retried with a backoff)."
+    )
+    instances_missing: Count = Field(default=0, description="What the short series lack.")
+    retrievals_failed: Count = 0
+    last_retrieve_error: Text | None = None
 
 
 class HealthReport(BaseModel):
@@ -261,7 +291,13 @@ class HealthReport(BaseModel):
     last_query_duration_s: Seconds | None = Field(
         description="Duration of the last C-FIND round (pull mode); null in push mode."
     )
-    longest_reap_s: Seconds | None = Field(description="Longest reap so far; null before one.")
+    longest_reap_s: Seconds | None = Field(
+        description="Longest processing of a series (reap, de-identification, upload) over "
+        "the last `reap_window_s`; null before one."
+    )
+    reap_window_s: Seconds | None = Field(
+        default=None, description="The sliding window `longest_reap_s` is taken over."
+    )
     spool_depth: Count = Field(description="Instances in the spool, not yet uploaded.")
     spool_bytes: Count
     deferred_uploads: Count = Field(description="Instances waiting for the upload window.")
@@ -284,6 +320,22 @@ class HealthReport(BaseModel):
     )
     uploads_succeeded: Count
     uploads_failed: Count
+    retries_scheduled: Count = Field(
+        default=0, description="Upload attempts that failed and were scheduled again."
+    )
+    uploads_failing_for_s: Seconds | None = Field(
+        default=None,
+        description="How long upload attempts have been failing with no success in between "
+        "(measured by the agent); null while uploads succeed.",
+    )
+    consecutive_upload_failures: Count = Field(
+        default=0, description="Failed upload attempts since the last success."
+    )
+    pull_sources: list[PullSourceReport] = Field(
+        default_factory=list,
+        max_length=MAX_PULL_SOURCES,
+        description="Every PULL source being polled (pull mode); empty in push mode.",
+    )
     oldest_unuploaded_age_s: Seconds | None = Field(
         description="Age of the oldest spooled instance; null when the spool is empty."
     )
