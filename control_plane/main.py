@@ -8,6 +8,7 @@ Must not import `agent` or pynetdicom.
 """
 
 import asyncio
+import datetime as dt
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from control_plane import migrate
+from control_plane.alerts import Alerter
 from control_plane.api.access_doc import publish_access
 from control_plane.api.hardening import INTERNAL_ERROR_DETAIL, harden
 from control_plane.api.router import api_router
@@ -84,6 +86,12 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         sessionmaker = create_sessionmaker(engine)
         read_sessionmaker = create_sessionmaker(read_engine or engine)
         hub = Hub(sessionmaker, read_sessionmaker, settings, clock)
+        alerter = Alerter(
+            settings.alerts,
+            hub.view.site_statuses,
+            clock,
+            dt.timedelta(seconds=settings.heartbeat_interval_s),
+        )
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
@@ -93,19 +101,23 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
             admin_token_digest=token_digest(settings.admin_token.get_secret_value()),
             hub=hub,
             clock=clock,
+            alerter=alerter,
         )
         # The fleet routes answer from the hub's view: it is filled before the first request.
         await hub.view.resync()
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
+        alerts_work = asyncio.create_task(alerter.run(), name="alerts")
+        alerts_work.add_done_callback(_report_crash)
         if settings.tune_garbage_collector:
             _tune_garbage_collector()
         logger.info("control plane started", revision=migrate.head_revision())
         try:
             yield
         finally:
+            alerts_work.cancel()
             hub_work.cancel()
-            await asyncio.wait([hub_work])
+            await asyncio.wait([hub_work, alerts_work])
             await hub.close()
             if read_engine is not None:
                 await read_engine.dispose()
@@ -154,7 +166,11 @@ def _report_crash(task: "asyncio.Task[None]") -> None:
     # The hub's loops handle database errors themselves; anything else is a bug that leaves
     # link state unwritten, so it must not wait for shutdown to be seen.
     if not task.cancelled() and task.exception() is not None:
-        logger.error("hub background work stopped", error=type(task.exception()).__name__)
+        logger.error(
+            "background work stopped",
+            service=task.get_name(),
+            error=type(task.exception()).__name__,
+        )
 
 
 async def _control_plane_error(request: Request, exc: Exception) -> JSONResponse:

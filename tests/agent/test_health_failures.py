@@ -23,7 +23,7 @@ from agent.runtime import AgentRuntime
 from agent.settings import AgentSettings
 from common.messages import HealthReport
 from control_plane.main import create_app
-from control_plane.settings import ControlPlaneSettings
+from control_plane.settings import AlertSettings, ControlPlaneSettings
 from tests.agent.test_pull_orthanc import AGENT_AE
 from tests.agent.test_runtime import Running
 from tests.support.dicom_factory import make_series
@@ -31,6 +31,7 @@ from tests.support.environment import free_port
 from tests.support.orthanc import Orthanc
 from tests.support.scu import send_datasets
 from tests.support.served import served
+from tests.support.webhook_receiver import WebhookReceiver, webhook_receiver
 
 pytestmark = pytest.mark.orthanc
 
@@ -41,13 +42,25 @@ WAIT_S = 60.0  # bounds a hang; not a performance assertion
 
 
 @pytest.fixture
-def control_plane_url(tmp_path: Path) -> Iterator[str]:
+def receiver() -> Iterator[WebhookReceiver]:
+    with webhook_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def control_plane_url(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[str]:
     settings = ControlPlaneSettings(
         database_url=f"sqlite:///{tmp_path / 'control-plane.db'}",
         blob_dir=tmp_path / "blobs",
         admin_token=ADMIN_TOKEN,
         heartbeat_interval_s=HEARTBEAT_S,
         fleet_flush_interval_s=0.1,
+        alerts=AlertSettings(
+            webhooks=[receiver.url],  # type: ignore[list-item]
+            hold_s=0.2,
+            min_interval_s=0,
+            check_interval_s=0.05,
+        ),
     )
     with served(create_app(settings)) as port:
         yield f"http://127.0.0.1:{port}"
@@ -130,12 +143,24 @@ async def _site_until(
         await asyncio.sleep(0.05)
 
 
+async def _until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 def _ok(health: dict[str, Any]) -> bool:
     return bool(health["status"] == "ok")
 
 
 async def test_a_pull_source_that_stops_answering_degrades_the_site_within_two_heartbeats(
-    admin: httpx2.AsyncClient, control_plane_url: str, orthanc: Orthanc, tmp_path: Path
+    admin: httpx2.AsyncClient,
+    control_plane_url: str,
+    orthanc: Orthanc,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
 ) -> None:
     dicom_port = free_port()
     source = {"ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
@@ -167,12 +192,21 @@ async def test_a_pull_source_that_stops_answering_degrades_the_site_within_two_h
         await _site_until(admin, _ok, "the site to be ok again")
         # The next round (every 0.2 s) succeeds, and the heartbeat after it says so.
         assert agent.heartbeats - back_at <= 2
+        await _until(lambda: len(receiver.events()) >= 2, "the recovered alert")
     finally:
         await agent.running.stop()
 
+    # One alert per transition, the first with the reason.
+    assert receiver.events() == [(SITE, "degraded"), (SITE, "recovered")]
+    assert any("cannot be queried" in reason for reason in receiver.accepted[0]["reasons"])
+
 
 async def test_a_store_refusing_uploads_degrades_the_site_and_recovers(
-    admin: httpx2.AsyncClient, control_plane_url: str, orthanc: Orthanc, tmp_path: Path
+    admin: httpx2.AsyncClient,
+    control_plane_url: str,
+    orthanc: Orthanc,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
 ) -> None:
     config = {
         "dicom": {"ae_title": AGENT_AE},
@@ -206,5 +240,8 @@ async def test_a_store_refusing_uploads_degrades_the_site_and_recovers(
         orthanc.start()
         await _site_until(admin, _ok, "the site to be ok again")
         assert orthanc.instance_count() == 3
+        await _until(lambda: len(receiver.events()) >= 2, "the recovered alert")
     finally:
         await agent.running.stop()
+
+    assert receiver.events() == [(SITE, "degraded"), (SITE, "recovered")]
