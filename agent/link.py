@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from agent.figures import FiguresBuffer
 from agent.retry import backoff
 from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
 from agent.tls import describe_verification_failure
@@ -52,6 +53,7 @@ from common.messages import (
     ConfigResult,
     Error,
     ErrorCode,
+    Figures,
     Health,
     HealthReport,
     Hello,
@@ -157,8 +159,10 @@ class ControlPlaneLink:
         open_timeout: float = 10.0,
         rng: random.Random | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        figures: FiguresBuffer | None = None,
     ) -> None:
         self.url = link_url(control_plane_url)
+        self._figures = figures
         # Only a wss:// link takes a TLS context (websockets refuses one for ws://).
         self._ssl = ssl_context if self.url.startswith("wss://") else None
         self._token_file = token_file
@@ -274,7 +278,9 @@ class ControlPlaneLink:
             protocol_versions=sorted(SUPPORTED_VERSIONS),
         )
         await websocket.send(encode_message(hello))
-        conversation = _Conversation(websocket, self, self._owner.health_report)
+        conversation = _Conversation(
+            websocket, self, self._owner.health_report, figures=self._figures
+        )
         heartbeat: asyncio.Task[None] | None = None
         try:
             async for frame in websocket:
@@ -372,10 +378,13 @@ class _Conversation:
         websocket: ClientConnection,
         link: ControlPlaneLink,
         health_report: Callable[[], HealthReport],
+        *,
+        figures: FiguresBuffer | None = None,
     ) -> None:
         self._websocket = websocket
         self._link = link
         self._health_report = health_report
+        self._figures = figures
         self._version: int | None = None
 
     async def handle(self, frame: str | bytes) -> Welcome | None:
@@ -413,11 +422,22 @@ class _Conversation:
         while True:
             report = await asyncio.to_thread(self._health_report)
             try:
+                await self._send_figures()
                 await self.send(Health(report=report))
             except ConnectionClosed:
                 # The receiving side sees the same close and decides what comes next.
                 return
             await asyncio.sleep(interval_s)
+
+    async def _send_figures(self) -> None:
+        """Send the series figures gathered since the last heartbeat; kept if sending fails."""
+        while self._figures is not None and len(self._figures):
+            batch = self._figures.take()
+            try:
+                await self.send(Figures(series=batch))
+            except BaseException:
+                self._figures.give_back(batch)
+                raise
 
     async def send(self, message: Message) -> None:
         """Send one frame in the agreed protocol version (the hello's before a welcome)."""

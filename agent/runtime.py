@@ -42,6 +42,7 @@ from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener, ScpTimeouts
 from agent.dicom.tls import TlsContexts, TlsError, TlsFiles
+from agent.figures import FiguresBuffer
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.link import ConfigNotApplied, ControlPlaneLink
@@ -107,6 +108,8 @@ class AgentRuntime:
             verify=self._control_plane_tls,
         )
         self.counters = PipelineCounters()
+        self.figures = FiguresBuffer()
+        """Series figures waiting for the link (the operational figures' raw facts)."""
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -134,6 +137,7 @@ class AgentRuntime:
             unauthorized_retry_interval=settings.link_unauthorized_retry_interval,
             open_timeout=settings.link_open_timeout,
             ssl_context=self._control_plane_tls,
+            figures=self.figures,
         )
         """The websocket to the control plane (up while `link.connected`)."""
 
@@ -360,6 +364,7 @@ class AgentRuntime:
             drain_timeout=self.settings.upload_drain_timeout,
             clock=self._clock,
             outgoing=self._outgoing,
+            figures=self.figures,
         )
         return self._upload_loop
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.figures import FiguresBuffer, calling_ae_of
 from agent.health import PipelineCounters
 from agent.http_retry import is_retryable
 from agent.outgoing import DeidProfile, Outgoing, OutgoingError
@@ -45,6 +46,7 @@ from common.config import RoutingConfig
 from common.deid.errors import DeidError
 from common.hierarchy import HierarchyTarget
 from common.logging import series_key
+from common.messages import SeriesFigures
 
 # Bounds the rows held in memory for one series; the rest is picked up by the next tick.
 MAX_BATCH = 500
@@ -75,6 +77,8 @@ class UploadBatch:
     processing_started_at: float | None = None
     """When this series' reap began in the tick that made the batch: its processing time
     (health's reap time) runs from here to the end of the upload."""
+    deferred_s: float = 0.0
+    """How long the series waited for the working-hours window before this batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,10 @@ class BatchReport:
     uploaded: int
     retrying: int
     failed: int
+    bytes_uploaded: int = 0
+    routing_reason: str | None = None
+    """Where the destination says it filed the batch and why, when it says (the built-in
+    store resolves unknown groups and projects)."""
 
 
 def split_into_chunks(
@@ -183,8 +191,12 @@ class Uploader:
         started = self._clock()
         async with self._destinations.lease(batch.target, routing) as destination:
             chunks = split_into_chunks(batch.instances, destination.batch_limits)
+            resolved: list[str] = []
             per_chunk = await asyncio.gather(
-                *(self._upload_chunk(destination, chunk, batch, routing) for chunk in chunks)
+                *(
+                    self._upload_chunk(destination, chunk, batch, routing, resolved)
+                    for chunk in chunks
+                )
             )
         timings = [timing for chunk_timings in per_chunk for timing in chunk_timings]
         self._tracer.record_batch(batch.series_instance_uid, timings)
@@ -192,6 +204,8 @@ class Uploader:
             uploaded=sum(1 for timing in timings if timing.status == "uploaded"),
             retrying=sum(1 for timing in timings if timing.status == "retry"),
             failed=sum(1 for timing in timings if timing.status == "failed"),
+            bytes_uploaded=sum(timing.size for timing in timings if timing.status == "uploaded"),
+            routing_reason=resolved[0] if resolved else None,
         )
         log.info(
             "upload.batch_done",
@@ -208,7 +222,10 @@ class Uploader:
         chunk: Sequence[InstanceRow],
         batch: UploadBatch,
         routing: RoutingConfig,
+        resolved: list[str] | None = None,
     ) -> list[InstanceTiming]:
+        """Send one chunk and book each instance; the store's routing reasons (where it
+        filed them) are appended to `resolved`."""
         async with self._slots.slot():
             upload_started = self._clock()
             outcomes: Sequence[UploadResult | Exception]
@@ -227,6 +244,8 @@ class Uploader:
         timings: list[InstanceTiming] = []
         for instance, outcome in zip(chunk, outcomes, strict=True):
             if isinstance(outcome, UploadResult):
+                if outcome.routing_reason is not None and resolved is not None:
+                    resolved.append(outcome.routing_reason)
                 await asyncio.to_thread(self._state.mark_uploaded, instance.id, outcome.file_id)
                 self._counters.record_upload_success()
                 status = "uploaded"
@@ -296,9 +315,13 @@ class UploadLoop:
         drain_timeout: float,
         clock: Callable[[], float] = time.time,
         outgoing: Outgoing | None = None,
+        figures: FiguresBuffer | None = None,
     ) -> None:
         self.snapshot = snapshot
         self._outgoing = outgoing
+        self._figures = figures
+        # Since when each series has been held back by a closed upload window.
+        self._deferred_since: dict[str, float] = {}
         self._profile_of: SiteSnapshot | None = None
         self._profile: DeidProfile | None = None
         self._profile_error: str | None = None
@@ -389,6 +412,7 @@ class UploadLoop:
                 continue
             if not window_open:
                 deferred += series.pending
+                self._deferred_since.setdefault(uid, now)
                 continue
             instances = await asyncio.to_thread(self._state.spooled_instances, uid, now)
             if instances and profile is not None:
@@ -401,6 +425,7 @@ class UploadLoop:
                         tuple(instances[:MAX_BATCH]),
                         self._clock(),
                         processing_started,
+                        now - self._deferred_since.pop(uid, now),
                     )
                 )
         self._counters.deferred_instances = deferred
@@ -481,7 +506,14 @@ class UploadLoop:
 
     async def _run_batch(self, batch: UploadBatch) -> BatchReport:
         try:
-            return await self._uploader.upload_batch(batch, self.snapshot.config.routing)
+            # Read before the upload: a confirmed instance's spool file is deleted.
+            calling_ae = None
+            if self._figures is not None:
+                calling_ae = await asyncio.to_thread(calling_ae_of, batch.instances[0].path)
+            report = await self._uploader.upload_batch(batch, self.snapshot.config.routing)
+            if self._figures is not None:
+                self._figures.add(self._series_figures(batch, report, calling_ae))
+            return report
         finally:
             if batch.processing_started_at is not None:
                 ended = self._clock()
@@ -489,6 +521,25 @@ class UploadLoop:
             self._active.pop(batch.series_instance_uid, None)
             # The series may hold more than one batch, or retries may already be due.
             self._wake.set()
+
+    def _series_figures(
+        self, batch: UploadBatch, report: BatchReport, calling_ae: str | None
+    ) -> SeriesFigures:
+        last_received = max(instance.received_at for instance in batch.instances)
+        return SeriesFigures(
+            series_key=series_key(batch.series_instance_uid),
+            calling_ae=calling_ae,
+            routing_reason=report.routing_reason or str(batch.target.routing_reason),
+            # Instances sent for the first time; a retried one was counted when it was new.
+            instances_received=sum(1 for instance in batch.instances if instance.attempts == 0),
+            instances_stored=report.uploaded,
+            instances_failed=report.failed,
+            instances_retrying=report.retrying,
+            bytes_uploaded=report.bytes_uploaded,
+            last_received_at=dt.datetime.fromtimestamp(last_received, dt.UTC),
+            stored_at=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
+            deferred_s=max(0.0, batch.deferred_s),
+        )
 
     async def _drain(self) -> None:
         for timer in self._due_timers.values():

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cli.admin import admin_app
+from cli.admin_metrics import metrics
 from cli.admin_routing import route_check
 from cli.admin_series import series_app
 from cli.admin_sessions import sessions_app
@@ -26,6 +27,7 @@ app = typer.Typer(
 admin_app.add_typer(series_app, name="series")
 admin_app.add_typer(sessions_app, name="sessions")
 admin_app.command("route-check")(route_check)
+admin_app.command("metrics")(metrics)
 app.add_typer(admin_app, name="admin")
 
 AdminTokenOption = Annotated[

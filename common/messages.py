@@ -16,7 +16,8 @@ The conversation:
 3. agent → `config_result` for every `config` it receives: `applied`, or `failed` with a
    reason, in which case it keeps running on its previous config.
 4. agent → `health` every heartbeat interval. The health message *is* the heartbeat: an
-   agent not heard from for 3 intervals is reported missing.
+   agent not heard from for 3 intervals is reported missing. Before it, a `figures` frame
+   when upload batches ended since the last one (the operational figures' raw facts).
 5. control plane → `config` again whenever the site gets a new config revision.
 6. control plane → `command`; agent → `command_result` with the same id. An agent answers a
    command name it does not know with `ok: false`, never by ignoring it.
@@ -75,6 +76,7 @@ __all__ = [
     "DicomRejectionCount",
     "Error",
     "ErrorCode",
+    "Figures",
     "Health",
     "HealthReport",
     "Hello",
@@ -83,6 +85,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "PullSourceReport",
+    "SeriesFigures",
     "Welcome",
     "encode_message",
     "negotiate_version",
@@ -375,6 +378,49 @@ class Health(_Frame):
     report: HealthReport
 
 
+MAX_FIGURES_PER_FRAME: Final = 500
+
+
+class SeriesFigures(BaseModel):
+    """What became of one upload batch of a series: the raw facts the control plane keeps to
+    compute the guide's operational figures (per site and per scanner). PHI-free: the series
+    by its key, the scanner by its calling AE title (a node identity, not a patient's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series_key: str = Field(max_length=64)
+    calling_ae: str | None = Field(
+        default=None,
+        max_length=16,
+        description="The AE title the series' first instance came from (PUSH); null for "
+        "instances retrieved from a PULL source, or when it is not known.",
+    )
+    routing_reason: str = Field(max_length=32)
+    instances_received: Count = Field(
+        description="Instances of the batch sent for the first time (a retried instance was "
+        "counted when it was new)."
+    )
+    instances_stored: Count = Field(description="Confirmed by the destination.")
+    instances_failed: Count = Field(description="Failed for good in this batch.")
+    instances_retrying: Count = Field(description="Failed now, scheduled to be tried again.")
+    bytes_uploaded: Count = Field(description="Bytes of the instances confirmed.")
+    last_received_at: AwareDatetime = Field(
+        description="When the batch's latest instance reached the agent."
+    )
+    stored_at: AwareDatetime = Field(description="When the batch's upload ended.")
+    deferred_s: Seconds = Field(
+        default=0.0, description="Time the series waited for the working-hours window."
+    )
+
+
+class Figures(_Frame):
+    """Agent → control plane: series figures since the last `figures` frame (sent with the
+    heartbeat; kept by the agent until sent)."""
+
+    type: Literal["figures"] = "figures"
+    series: list[SeriesFigures] = Field(min_length=1, max_length=MAX_FIGURES_PER_FRAME)
+
+
 class Command(_Frame):
     """Control plane → agent: do something now; answered by a `command_result`."""
 
@@ -436,6 +482,7 @@ Message = Annotated[
     | ConfigMessage
     | ConfigResult
     | Health
+    | Figures
     | Command
     | CommandResult
     | Ping
@@ -452,6 +499,7 @@ MESSAGE_TYPES: Final = frozenset(
         "config",
         "config_result",
         "health",
+        "figures",
         "command",
         "command_result",
         "ping",

@@ -31,6 +31,7 @@ from common.messages import (
     ConfigResult,
     Error,
     ErrorCode,
+    Figures,
     Health,
     Hello,
     Message,
@@ -281,6 +282,10 @@ class AgentLink:
                     health_reasons=list(verdict.reasons),
                 )
                 self._context.recorder.record_report(self.agent.agent_id, now, verdict, document)
+            case Figures(series=series):
+                self._context.recorder.record_figures(
+                    self.agent.site_id, self.agent.agent_id, now, series
+                )
             case ConfigResult(revision=revision, status="applied"):
                 self._applied(revision)
                 urgent = True

@@ -17,14 +17,16 @@ def send_datasets(
     datasets: Sequence[Dataset],
     *,
     called_ae: str = "CONNECTOR",
+    calling_ae: str = "TEST_SCU",
     on_status: Callable[[Dataset, int], None] | None = None,
     timeout: float = 30.0,
 ) -> list[int]:
-    """Send `datasets` on one association; return the C-STORE status of each (-1 if none).
+    """Send `datasets` on one association as `calling_ae`; return the C-STORE status of each
+    (-1 if none).
 
     `timeout` bounds each wait for the peer (association, DIMSE response, network idle).
     """
-    ae = AE(ae_title="TEST_SCU")
+    ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts = {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
     for sop_class, syntax in contexts:
