@@ -46,6 +46,7 @@ from agent.figures import FiguresBuffer
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.link import ConfigNotApplied, ControlPlaneLink
+from agent.metrics import AgentMetricsServer
 from agent.outgoing import DeidProfile, Outgoing
 from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
@@ -127,6 +128,8 @@ class AgentRuntime:
         self._builtin: Destination | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
+        self.metrics_port: int | None = None
+        """The port /metrics and /healthz are served on, when `settings.metrics_port` is set."""
         self.link = ControlPlaneLink(
             settings.control_plane_url,
             settings.token_file,
@@ -243,6 +246,7 @@ class AgentRuntime:
             if self._config_client.last_error:
                 self.counters.record_error(self._config_client.last_error, self._clock())
             await self._open_storage(resources)
+            self._serve_metrics(resources)
             builtin = self._destination or await self._builtin_destination()
             resources.push_async_callback(builtin.aclose)
             self._builtin = builtin
@@ -323,6 +327,17 @@ class AgentRuntime:
         self._spool = spool
         self._outgoing = Outgoing(data_dir / OUTGOING_DIR_NAME)
         await asyncio.to_thread(self._outgoing.reset)
+
+    def _serve_metrics(self, resources: AsyncExitStack) -> None:
+        if self.settings.metrics_port is None:
+            return
+        server = AgentMetricsServer(
+            self.settings.metrics_host, self.settings.metrics_port, self.health
+        )
+        self.metrics_port = server.start()
+        # Closed after the state (LIFO): a scrape meanwhile answers 503, never a crash.
+        resources.push_async_callback(asyncio.to_thread, server.close)
+        log.info("agent.metrics_serving", port=self.metrics_port)
 
     def _forget_state(self) -> None:
         self._state = None

@@ -7,7 +7,7 @@ Each command imports its side lazily, so `dicom-connector agent` never loads Fas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -124,6 +124,14 @@ def agent(
             " (https:// only); trusted instead of the system's CAs.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus /metrics and a /healthz probe on this port"
+            " (address: env DICOM_CONNECTOR_AGENT_METRICS_HOST, default 127.0.0.1).",
+        ),
+    ] = None,
 ) -> None:
     """Run an edge agent: DICOM intake, spool, routing and upload."""
     from pydantic import ValidationError
@@ -132,12 +140,15 @@ def agent(
     from agent.settings import AgentSettings
     from cli.all_in_one import AGENT_READY_PREFIX
 
+    # Only a given flag overrides the environment (DICOM_CONNECTOR_AGENT_METRICS_PORT).
+    optional: dict[str, Any] = {} if metrics_port is None else {"metrics_port": metrics_port}
     try:
         settings = AgentSettings(
             control_plane_url=control_plane_url,
             token_file=token_file,
             data_dir=data_dir,
             control_plane_ca=ca_file,
+            **optional,
         )
     except ValidationError as exc:
         for error in exc.errors():

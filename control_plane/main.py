@@ -22,8 +22,9 @@ from control_plane import migrate
 from control_plane.alerts import Alerter
 from control_plane.api.access_doc import publish_access
 from control_plane.api.hardening import INTERNAL_ERROR_DETAIL, harden
+from control_plane.api.http_metrics import HttpMetricsMiddleware
 from control_plane.api.router import api_router
-from control_plane.api.routes import health
+from control_plane.api.routes import health, metrics_export
 from control_plane.api.routes.ingest import BATCH_LIMITS
 from control_plane.clock import Clock, system_clock
 from control_plane.db import (
@@ -35,6 +36,7 @@ from control_plane.db import (
 from control_plane.errors import ControlPlaneError, InvalidConfigError
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
+from control_plane.metrics import HttpMetrics
 from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
@@ -130,6 +132,7 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         lifespan=lifespan,
     )
     app.include_router(health.router)
+    app.include_router(metrics_export.router)
     app.include_router(api_router)
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     harden(
@@ -141,6 +144,9 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         },
     )
     publish_access(app)
+    # Outermost: every request is counted, refused ones included.
+    app.state.http_metrics = HttpMetrics()
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
     return app
 
 

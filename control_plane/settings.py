@@ -117,6 +117,10 @@ class ControlPlaneSettings(BaseSettings):
         description="Health reports kept per agent (360 is an hour at the 10 s default).",
     )
 
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, GET /metrics needs it as a bearer token; else it is open.",
+    )
     alerts: AlertSettings = Field(
         default_factory=AlertSettings,
         description="Webhook alerts on site status changes (`DICOM_CONNECTOR_ALERTS` as JSON, "

@@ -2,6 +2,8 @@
 real control plane stores them, and `GET /api/v1/sites/{site}/metrics` (and `admin metrics`)
 report exactly what happened: series, instances, bytes (as the store holds them), routing
 shares per scanner, success and completeness, and latencies inside the run's own bounds.
+`GET /metrics` says the same in Prometheus' format, read with prometheus-client's own parser,
+and none of the PHI canaries one scanner sent shows up in it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
@@ -25,6 +28,7 @@ from control_plane.main import create_app
 from control_plane.settings import ControlPlaneSettings
 from tests.agent.test_runtime import Running
 from tests.support.dicom_factory import make_series
+from tests.support.phi_canaries import canary_series, canary_uid
 from tests.support.scu import send_datasets
 from tests.support.served import served
 
@@ -104,12 +108,14 @@ async def test_the_metrics_of_a_scripted_run_are_its_true_values(
         )
     )
     # The script: MRI_A sends two routed series (3 + 2 instances) and one to a project that
-    # does not exist (2); CT_B sends one series without a routing string (4).
+    # does not exist (2); CT_B sends one series without a routing string, full of PHI
+    # canaries (4).
+    canaries = canary_series(4, study_uid=canary_uid(1), series_uid=canary_uid(2))
     script = [
         ("MRI_A", _series(3, "fw://neuro/study-a")),
         ("MRI_A", _series(2, "fw://neuro/study-a")),
         ("MRI_A", _series(2, "fw://neuro/no-such-project")),
-        ("CT_B", _series(4, None)),
+        ("CT_B", [canary.dataset for canary in canaries]),
     ]
     started = time.time()
     try:
@@ -166,3 +172,40 @@ async def test_the_metrics_of_a_scripted_run_are_its_true_values(
     assert "MRI_A" in table.output
     assert "CT_B" in table.output
     assert "100.0%" in table.output
+
+    exposition = (await admin.get("/metrics")).text
+    planted = {c.value for canary in canaries for c in canary.canaries if len(c.value) >= 6}
+    assert [value for value in planted if value in exposition] == []
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    prefix = "dicom_connector"
+    assert value(f"{prefix}_instances_stored_total", site=SITE, scanner="MRI_A") == 7
+    assert value(f"{prefix}_instances_stored_total", site=SITE, scanner="CT_B") == 4
+    uploaded = sum(
+        value(f"{prefix}_uploaded_bytes_total", site=SITE, scanner=ae) for ae in scanners
+    )
+    assert uploaded == stored_bytes
+    assert value(f"{prefix}_routed_batches_total", site=SITE, reason="unknown_project") == 1
+    assert value(f"{prefix}_upload_attempts_failed_total", site=SITE, scanner="CT_B") == 0
+    assert (
+        value(f"{prefix}_upload_latency_seconds", site=SITE, quantile="0.5")
+        == (site["upload_latency_p50_s"])
+    )
+    # The agent stopped a moment ago: not yet missing, and its link is closed.
+    assert value(f"{prefix}_site_status", site=SITE, status="ok") == 1
+    assert value(f"{prefix}_agents_connected", site=SITE) == 0
+    requests = value(
+        f"{prefix}_http_requests_total",
+        method="GET",
+        route="/api/v1/sites/{site}/metrics",
+        status="200",
+    )
+    assert requests >= 1
+    assert value(f"{prefix}_alerts_failed_total") == 0
