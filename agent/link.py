@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -65,6 +68,7 @@ from common.messages import (
     encode_message,
     parse_message,
 )
+from common.telemetry import safe_attributes
 
 __all__ = [
     "LINK_PATH",
@@ -160,9 +164,11 @@ class ControlPlaneLink:
         rng: random.Random | None = None,
         ssl_context: ssl.SSLContext | None = None,
         figures: FiguresBuffer | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.url = link_url(control_plane_url)
         self._figures = figures
+        self._tracer = tracer or trace.get_tracer(__name__)
         # Only a wss:// link takes a TLS context (websockets refuses one for ws://).
         self._ssl = ssl_context if self.url.startswith("wss://") else None
         self._token_file = token_file
@@ -187,6 +193,11 @@ class ControlPlaneLink:
         self.token_refused = False
         """Whether the control plane refused the token the last time the agent tried."""
         self._connected_event = asyncio.Event()
+
+    @property
+    def tracer(self) -> Tracer:
+        """Where spans of commands go."""
+        return self._tracer
 
     async def wait_connected(self) -> None:
         """Return once the link is up."""
@@ -408,8 +419,15 @@ class _Conversation:
                 await self.send(Pong(nonce=nonce))
             case Pong():
                 pass
-            case Command(id=command_id, name=name, args=args):
-                ok, detail = await self._link.run_command(name, args)
+            case Command(id=command_id, name=name, args=args, traceparent=traceparent):
+                # In the trace of the request that sent it, when the control plane named one.
+                parent = None
+                if traceparent:
+                    parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+                with self._link.tracer.start_as_current_span(
+                    "command", context=parent, attributes=safe_attributes(reason=name)
+                ):
+                    ok, detail = await self._link.run_command(name, args)
                 await self.send(CommandResult(id=command_id, ok=ok, detail=detail))
             case Error(code=code, message=text):
                 log.warning("link.control_plane_error", error=code.value, detail=text)

@@ -34,6 +34,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient
@@ -57,7 +58,7 @@ from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState
 from agent.tls import control_plane_ssl_context
-from agent.tracing import PipelineTracer
+from agent.tracing import TRACER_NAME, PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.upload.destinations import Destinations, build_destinations, destinations_key
@@ -141,6 +142,7 @@ class AgentRuntime:
             open_timeout=settings.link_open_timeout,
             ssl_context=self._control_plane_tls,
             figures=self.figures,
+            tracer=(tracer_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME),
         )
         """The websocket to the control plane (up while `link.connected`)."""
 

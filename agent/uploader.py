@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry import trace
 
 from agent.figures import FiguresBuffer, calling_ae_of
 from agent.health import PipelineCounters
@@ -38,7 +39,7 @@ from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
 from agent.retry import backoff
 from agent.site import SiteSnapshot
 from agent.state import AgentState, InstanceRow, SeriesRow
-from agent.tracing import InstanceTiming, PipelineTracer
+from agent.tracing import InstanceTiming, PipelineTracer, current_traceparent
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
 from agent.upload.destinations import Destinations
 from agent.upload.slots import Slots
@@ -92,6 +93,8 @@ class BatchReport:
     routing_reason: str | None = None
     """Where the destination says it filed the batch and why, when it says (the built-in
     store resolves unknown groups and projects)."""
+    traceparent: str | None = None
+    """The batch's `series` trace (W3C traceparent), for what is reported about it later."""
 
 
 def split_into_chunks(
@@ -189,23 +192,29 @@ class Uploader:
         across all batches.
         """
         started = self._clock()
-        async with self._destinations.lease(batch.target, routing) as destination:
-            chunks = split_into_chunks(batch.instances, destination.batch_limits)
-            resolved: list[str] = []
-            per_chunk = await asyncio.gather(
-                *(
-                    self._upload_chunk(destination, chunk, batch, routing, resolved)
-                    for chunk in chunks
+        first_received = min(instance.received_at for instance in batch.instances)
+        series_span = self._tracer.begin_series(batch.series_instance_uid, first_received)
+        # Current while the chunks are sent: destinations put its traceparent on requests.
+        with trace.use_span(series_span, end_on_exit=False):
+            traceparent = current_traceparent()
+            async with self._destinations.lease(batch.target, routing) as destination:
+                chunks = split_into_chunks(batch.instances, destination.batch_limits)
+                resolved: list[str] = []
+                per_chunk = await asyncio.gather(
+                    *(
+                        self._upload_chunk(destination, chunk, batch, routing, resolved)
+                        for chunk in chunks
+                    )
                 )
-            )
         timings = [timing for chunk_timings in per_chunk for timing in chunk_timings]
-        self._tracer.record_batch(batch.series_instance_uid, timings)
+        self._tracer.finish_series(series_span, batch.series_instance_uid, timings)
         report = BatchReport(
             uploaded=sum(1 for timing in timings if timing.status == "uploaded"),
             retrying=sum(1 for timing in timings if timing.status == "retry"),
             failed=sum(1 for timing in timings if timing.status == "failed"),
             bytes_uploaded=sum(timing.size for timing in timings if timing.status == "uploaded"),
             routing_reason=resolved[0] if resolved else None,
+            traceparent=traceparent,
         )
         log.info(
             "upload.batch_done",
@@ -530,6 +539,7 @@ class UploadLoop:
             series_key=series_key(batch.series_instance_uid),
             calling_ae=calling_ae,
             routing_reason=report.routing_reason or str(batch.target.routing_reason),
+            traceparent=report.traceparent,
             # Instances sent for the first time; a retried one was counted when it was new.
             instances_received=sum(1 for instance in batch.instances if instance.attempts == 0),
             instances_stored=report.uploaded,

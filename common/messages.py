@@ -379,6 +379,7 @@ class Health(_Frame):
 
 
 MAX_FIGURES_PER_FRAME: Final = 500
+TRACEPARENT_PATTERN: Final = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 
 class SeriesFigures(BaseModel):
@@ -411,6 +412,12 @@ class SeriesFigures(BaseModel):
     deferred_s: Seconds = Field(
         default=0.0, description="Time the series waited for the working-hours window."
     )
+    traceparent: str | None = Field(
+        default=None,
+        pattern=TRACEPARENT_PATTERN,
+        description="The batch's trace (W3C traceparent): the control plane's record of these "
+        "figures joins it.",
+    )
 
 
 class Figures(_Frame):
@@ -428,6 +435,12 @@ class Command(_Frame):
     id: uuid.UUID
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     args: dict[str, Any] = Field(default_factory=dict)
+    traceparent: str | None = Field(
+        default=None,
+        pattern=TRACEPARENT_PATTERN,
+        description="The trace of the request that sent the command (W3C traceparent): the "
+        "agent's span for it joins that trace.",
+    )
 
 
 class SeriesCommandArgs(BaseModel):

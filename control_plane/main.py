@@ -17,7 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import TracerProvider
 
+from common.telemetry import configure_tracing
 from control_plane import migrate
 from control_plane.alerts import Alerter
 from control_plane.api.access_doc import publish_access
@@ -40,11 +42,13 @@ from control_plane.metrics import HttpMetrics
 from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
+from control_plane.tracing import TRACER_NAME, trace_engine
 
 logger = structlog.get_logger(__name__)
 
 __all__ = ["INTERNAL_ERROR_DETAIL", "SchemaNotCurrentError", "create_app"]
 
+SERVICE_NAME = "dicom-connector-control-plane"
 # Room for the part headers and boundaries of a full batch around its instances' bytes.
 BATCH_FRAMING_BYTES = 1024 * 1024
 
@@ -74,9 +78,19 @@ async def _check_schema(settings: ControlPlaneSettings) -> None:
         )
 
 
-def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> FastAPI:
+def create_app(
+    settings: ControlPlaneSettings,
+    clock: Clock = system_clock,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     """A control-plane app for `settings`; its lifespan owns the database, the blob store and
-    the hub. `clock` is what health is judged by (tests pass one they can move)."""
+    the hub. `clock` is what health is judged by (tests pass one they can move). Traces go to
+    `tracer_provider`, else to one exporting to OTEL_EXPORTER_OTLP_ENDPOINT when that is set
+    (`common.telemetry.configure_tracing`), which the lifespan flushes and shuts down."""
+    owned = configure_tracing(SERVICE_NAME) if tracer_provider is None else None
+    provider = tracer_provider or owned
+    assert provider is not None
+    tracer = provider.get_tracer(TRACER_NAME)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,9 +99,12 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         await blobs.prepare()
         engine = create_engine(settings.database_url)
         read_engine = create_read_engine(settings.database_url)
+        for traced in (engine, read_engine):
+            if traced is not None:
+                trace_engine(traced, tracer)
         sessionmaker = create_sessionmaker(engine)
         read_sessionmaker = create_sessionmaker(read_engine or engine)
-        hub = Hub(sessionmaker, read_sessionmaker, settings, clock)
+        hub = Hub(sessionmaker, read_sessionmaker, settings, clock, tracer=tracer)
         alerter = Alerter(
             settings.alerts,
             hub.view.site_statuses,
@@ -124,12 +141,23 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
             if read_engine is not None:
                 await read_engine.dispose()
             await engine.dispose()
+            if owned is not None:
+                owned.shutdown()  # flushes spans still batched for export
             logger.info("control plane stopped")
 
     app = FastAPI(
         title="dicom-connector control plane",
         version=_package_version(),
         lifespan=lifespan,
+        # FastAPI's own request spans; their URL path and query are dropped at export
+        # (common.telemetry.AllowlistExporter), the route template kept.
+        telemetry={
+            "tracer_provider": provider,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
     )
     app.include_router(health.router)
     app.include_router(metrics_export.router)

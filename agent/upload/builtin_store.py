@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from agent.http_retry import is_retryable
 from agent.state import InstanceRow
+from agent.tracing import trace_headers
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.http_retry import MAX_DETAIL_CHARS, RetryPolicy, with_retries
 from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart, open_part, unreadable
@@ -125,7 +126,8 @@ class BuiltinStoreDestination:
         return await self._with_retries(lambda: self._post_once(instance, params))
 
     def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token()}"}
+        # With the current trace (the series being uploaded): the store's spans join it.
+        return {"Authorization": f"Bearer {self._token()}", **trace_headers()}
 
     async def aclose(self) -> None:
         """Close the HTTP client if this destination created it; idempotent."""
