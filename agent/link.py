@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import enum
 import importlib.metadata
 import random
@@ -43,17 +44,21 @@ from agent.figures import FiguresBuffer
 from agent.retry import backoff
 from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
 from agent.tls import describe_verification_failure
+from common.logging import RecentLogLines
 from common.messages import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
     COMMAND_ARGUMENTS,
+    MAX_LOG_LINE_LENGTH,
+    MAX_LOG_LINES,
     MAX_TEXT_LENGTH,
     SUPPORTED_VERSIONS,
     Command,
     CommandResult,
     ConfigMessage,
     ConfigResult,
+    DiagnosticsBundle,
     Error,
     ErrorCode,
     Figures,
@@ -165,8 +170,10 @@ class ControlPlaneLink:
         ssl_context: ssl.SSLContext | None = None,
         figures: FiguresBuffer | None = None,
         tracer: Tracer | None = None,
+        recent_logs: RecentLogLines | None = None,
     ) -> None:
         self.url = link_url(control_plane_url)
+        self._recent_logs = recent_logs
         self._figures = figures
         self._tracer = tracer or trace.get_tracer(__name__)
         # Only a wss:// link takes a TLS context (websockets refuses one for ws://).
@@ -351,6 +358,18 @@ class ControlPlaneLink:
         ok, detail = await self._owner.run_command(name, args)
         return ok, detail[:MAX_TEXT_LENGTH]
 
+    async def diagnostics(self) -> DiagnosticsBundle:
+        """The diagnostics bundle: version, config revision, health now, recent log lines."""
+        report = await asyncio.to_thread(self._owner.health_report)
+        lines = [] if self._recent_logs is None else self._recent_logs.lines()
+        return DiagnosticsBundle(
+            agent_version=self._version[:64],
+            config_revision=self._owner.applied_revision,
+            collected_at=datetime.datetime.now(datetime.UTC),
+            health=report,
+            log_lines=[line[:MAX_LOG_LINE_LENGTH] for line in lines[-MAX_LOG_LINES:]],
+        )
+
     async def apply(self, message: ConfigMessage) -> ConfigResult:
         """Validate, apply and store one pushed config; the `config_result` to answer with."""
         try:
@@ -427,8 +446,18 @@ class _Conversation:
                 with self._link.tracer.start_as_current_span(
                     "command", context=parent, attributes=safe_attributes(reason=name)
                 ):
-                    ok, detail = await self._link.run_command(name, args)
-                await self.send(CommandResult(id=command_id, ok=ok, detail=detail))
+                    if name == "diagnostics" and not args:
+                        bundle = await self._link.diagnostics()
+                        result = CommandResult(
+                            id=command_id,
+                            ok=True,
+                            detail=f"diagnostics with {len(bundle.log_lines)} log line(s)",
+                            diagnostics=bundle,
+                        )
+                    else:
+                        ok, detail = await self._link.run_command(name, args)
+                        result = CommandResult(id=command_id, ok=ok, detail=detail)
+                await self.send(result)
             case Error(code=code, message=text):
                 log.warning("link.control_plane_error", error=code.value, detail=text)
             case _:

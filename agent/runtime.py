@@ -65,7 +65,7 @@ from agent.upload.destinations import Destinations, build_destinations, destinat
 from agent.uploader import Uploader, UploadLoop
 from common.deid.errors import DeidError
 from common.deployment import IN_CLUSTER, in_cluster_problems
-from common.logging import configure_logging, series_key
+from common.logging import RecentLogLines, configure_logging, series_key
 from common.messages import HealthReport
 from common.telemetry import configure_tracing
 
@@ -111,6 +111,8 @@ class AgentRuntime:
         )
         self.counters = PipelineCounters()
         self.figures = FiguresBuffer()
+        self.recent_logs = RecentLogLines()
+        """The latest log lines while running (PHI-filtered), for the diagnostics bundle."""
         """Series figures waiting for the link (the operational figures' raw facts)."""
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,6 +145,7 @@ class AgentRuntime:
             ssl_context=self._control_plane_tls,
             figures=self.figures,
             tracer=(tracer_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME),
+            recent_logs=self.recent_logs,
         )
         """The websocket to the control plane (up while `link.connected`)."""
 
@@ -229,6 +232,13 @@ class AgentRuntime:
                 return True, f"series {key}: {count} instance(s) queued for upload again"
             count = await asyncio.to_thread(state.discard_series, uid, "discarded by support")
             return True, f"series {key}: {count} instance(s) discarded and deleted"
+        if name in ("echo_source", "query_source"):
+            if self._pull is None:
+                return False, "the agent is not running yet; try again once it reports health"
+            source = str(args["source"])
+            if name == "echo_source":
+                return await self._pull.echo_now(source)
+            return await self._pull.query_now(source)
         return False, f"this agent has no command {name!r}"
 
     async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
@@ -240,6 +250,8 @@ class AgentRuntime:
         async with AsyncExitStack() as resources:
             # Before anything in the data directory is read or written, config.json included.
             await self._lock_data_dir(resources)
+            self.recent_logs.attach()
+            resources.callback(self.recent_logs.detach)
             resources.push_async_callback(self._config_client.aclose)
             snapshot = await self._until_stopped(self._config_client.initial())
             if snapshot is None:

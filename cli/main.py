@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.admin import admin_app
+from cli.admin import admin_app, agents_app
 from cli.admin_metrics import metrics
 from cli.admin_routing import route_check
 from cli.admin_series import series_app
 from cli.admin_sessions import sessions_app
+from cli.admin_support import diagnostics, echo, query
 
 app = typer.Typer(
     name="dicom-connector",
@@ -28,6 +29,9 @@ admin_app.add_typer(series_app, name="series")
 admin_app.add_typer(sessions_app, name="sessions")
 admin_app.command("route-check")(route_check)
 admin_app.command("metrics")(metrics)
+agents_app.command("echo")(echo)
+agents_app.command("query")(query)
+agents_app.command("diagnostics")(diagnostics)
 app.add_typer(admin_app, name="admin")
 
 AdminTokenOption = Annotated[

@@ -73,6 +73,7 @@ __all__ = [
     "CommandResult",
     "ConfigMessage",
     "ConfigResult",
+    "DiagnosticsBundle",
     "DicomRejectionCount",
     "Error",
     "ErrorCode",
@@ -451,11 +452,51 @@ class SeriesCommandArgs(BaseModel):
     series_key: str = Field(pattern=r"^[0-9a-f]{16}$")
 
 
+class SourceCommandArgs(BaseModel):
+    """The arguments of `echo_source` and `query_source`: a PULL source as health names it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(
+        min_length=1, max_length=128, description="AE_TITLE@host:port, as in pull_sources."
+    )
+
+
+class NoArgs(BaseModel):
+    """A command without arguments (`diagnostics`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 COMMAND_ARGUMENTS: dict[str, type[BaseModel]] = {
     "retry_series": SeriesCommandArgs,
     "discard_series": SeriesCommandArgs,
+    "echo_source": SourceCommandArgs,
+    "query_source": SourceCommandArgs,
+    "diagnostics": NoArgs,
 }
 """The commands an agent knows, with the model of their `args`."""
+
+
+MAX_LOG_LINES: Final = 200
+MAX_LOG_LINE_LENGTH: Final = 1000
+
+
+class DiagnosticsBundle(BaseModel):
+    """What support needs from an agent in one piece (the `diagnostics` command): its version
+    and config revision, its health now, and its latest log lines (after the PHI filter)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_version: str = Field(max_length=64)
+    config_revision: Revision | None
+    collected_at: AwareDatetime
+    health: HealthReport
+    log_lines: list[Annotated[str, Field(max_length=MAX_LOG_LINE_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=MAX_LOG_LINES,
+        description="The latest log lines, oldest first, as JSON objects (PHI-filtered).",
+    )
 
 
 class CommandResult(_Frame):
@@ -465,6 +506,9 @@ class CommandResult(_Frame):
     id: uuid.UUID
     ok: bool
     detail: Text | None = None
+    diagnostics: DiagnosticsBundle | None = Field(
+        default=None, description="The bundle a `diagnostics` command collected."
+    )
 
 
 class Ping(_Frame):
