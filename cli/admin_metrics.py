@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 
 from cli.admin import _call as call_api
+from cli.admin import _client, console
 from cli.admin import _table as print_table
-from cli.admin import console
 
 
 def _share(value: float | None) -> str:
@@ -73,3 +73,14 @@ def metrics(
         ],
         rows,
     )
+
+
+def card(ctx: typer.Context, site: str) -> None:
+    """Print the site's quick-reference card for scanner operators (HTML, one printable page):
+    `dicom-connector admin card SITE > card.html`."""
+    with _client(ctx) as client:
+        response = client.get(f"/api/v1/sites/{site}/card")
+    if not response.is_success:
+        console.print(f"[red]GET card: HTTP {response.status_code}: {escape(response.text)}[/red]")
+        raise typer.Exit(1)
+    typer.echo(response.text, nl=False)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.admin import admin_app, agents_app
-from cli.admin_metrics import metrics
+from cli.admin_metrics import card, metrics
 from cli.admin_routing import route_check
 from cli.admin_series import series_app
 from cli.admin_sessions import sessions_app
@@ -29,6 +29,7 @@ admin_app.add_typer(series_app, name="series")
 admin_app.add_typer(sessions_app, name="sessions")
 admin_app.command("route-check")(route_check)
 admin_app.command("metrics")(metrics)
+admin_app.command("card")(card)
 agents_app.command("echo")(echo)
 agents_app.command("query")(query)
 agents_app.command("diagnostics")(diagnostics)
