@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from opentelemetry.trace import TracerProvider
 
 from common.telemetry import configure_tracing
@@ -43,6 +44,7 @@ from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
 from control_plane.tracing import TRACER_NAME, trace_engine
+from control_plane.ui import routes as ui_routes
 
 logger = structlog.get_logger(__name__)
 
@@ -161,6 +163,8 @@ def create_app(
     )
     app.include_router(health.router)
     app.include_router(metrics_export.router)
+    app.include_router(ui_routes.router)
+    app.mount("/ui/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="ui-static")
     app.include_router(api_router)
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     harden(
