@@ -10,6 +10,7 @@ Must not import `agent` or pynetdicom.
 import asyncio
 import datetime as dt
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -91,6 +92,9 @@ def create_app(
     (`common.telemetry.configure_tracing`), which the lifespan flushes and shuts down."""
     owned = configure_tracing(SERVICE_NAME) if tracer_provider is None else None
     provider = tracer_provider or owned
+    # Spans nobody exports are work for nothing on every request and statement: request and
+    # SQL spans only when a provider was given or OTLP export is configured.
+    tracing = tracer_provider is not None or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     assert provider is not None
     tracer = provider.get_tracer(TRACER_NAME)
 
@@ -102,7 +106,7 @@ def create_app(
         engine = create_engine(settings.database_url)
         read_engine = create_read_engine(settings.database_url)
         for traced in (engine, read_engine):
-            if traced is not None:
+            if traced is not None and tracing:
                 trace_engine(traced, tracer)
         sessionmaker = create_sessionmaker(engine)
         read_sessionmaker = create_sessionmaker(read_engine or engine)
@@ -155,6 +159,7 @@ def create_app(
         # (common.telemetry.AllowlistExporter), the route template kept.
         telemetry={
             "tracer_provider": provider,
+            "tracing": tracing,
             "metrics": False,
             "logs": False,
             "operation_spans": False,
