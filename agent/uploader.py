@@ -35,6 +35,7 @@ from agent.figures import FiguresBuffer, calling_ae_of
 from agent.health import PipelineCounters
 from agent.http_retry import is_retryable
 from agent.outgoing import DeidProfile, Outgoing, OutgoingError
+from agent.pull.ledger import PullLedger
 from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
 from agent.retry import backoff
 from agent.site import SiteSnapshot
@@ -516,12 +517,15 @@ class UploadLoop:
     async def _run_batch(self, batch: UploadBatch) -> BatchReport:
         try:
             # Read before the upload: a confirmed instance's spool file is deleted.
-            calling_ae = None
+            calling_ae, announced = None, None
             if self._figures is not None:
                 calling_ae = await asyncio.to_thread(calling_ae_of, batch.instances[0].path)
+                announced = await asyncio.to_thread(
+                    PullLedger(self._state).announced, batch.series_instance_uid
+                )
             report = await self._uploader.upload_batch(batch, self.snapshot.config.routing)
             if self._figures is not None:
-                self._figures.add(self._series_figures(batch, report, calling_ae))
+                self._figures.add(self._series_figures(batch, report, calling_ae, announced))
             return report
         finally:
             if batch.processing_started_at is not None:
@@ -532,7 +536,11 @@ class UploadLoop:
             self._wake.set()
 
     def _series_figures(
-        self, batch: UploadBatch, report: BatchReport, calling_ae: str | None
+        self,
+        batch: UploadBatch,
+        report: BatchReport,
+        calling_ae: str | None,
+        announced: int | None,
     ) -> SeriesFigures:
         last_received = max(instance.received_at for instance in batch.instances)
         return SeriesFigures(
@@ -542,6 +550,7 @@ class UploadLoop:
             traceparent=report.traceparent,
             # Instances sent for the first time; a retried one was counted when it was new.
             instances_received=sum(1 for instance in batch.instances if instance.attempts == 0),
+            instances_announced=announced,
             instances_stored=report.uploaded,
             instances_failed=report.failed,
             instances_retrying=report.retrying,

@@ -394,13 +394,18 @@ class SeriesFigures(BaseModel):
     calling_ae: str | None = Field(
         default=None,
         max_length=16,
-        description="The AE title the series' first instance came from (PUSH); null for "
-        "instances retrieved from a PULL source, or when it is not known.",
+        description="The calling AE title the batch's first instance came from (a modality; "
+        "the PACS for PULL by C-MOVE); null for C-GET retrievals or when it is not known.",
     )
     routing_reason: str = Field(max_length=32)
     instances_received: Count = Field(
         description="Instances of the batch sent for the first time (a retried instance was "
         "counted when it was new)."
+    )
+    instances_announced: Count | None = Field(
+        default=None,
+        description="PULL: the instance count the source announced for the whole series at "
+        "its last query (the same on every batch of the series); null for PUSH.",
     )
     instances_stored: Count = Field(description="Confirmed by the destination.")
     instances_failed: Count = Field(description="Failed for good in this batch.")

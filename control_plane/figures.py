@@ -5,14 +5,17 @@ agents report (`series_figures`, one row per upload batch of a series).
   failed and retried);
 - upload latency: last instance received → upload ended, per batch that stored something,
   p50 and p95 (nearest rank);
-- completeness: instances confirmed / instances received (sent for the first time);
+- completeness: instances confirmed / instances received (sent for the first time); for PULL
+  series also against what the source announced (`pull_completeness`: per series, confirmed
+  up to the announced count, over the announced counts);
 - routing accuracy: the share of series per routing reason (`routed` is the accurate share);
 - working-hours impact: series that waited for the upload window, and how long in total and
   at most;
 - bandwidth: bytes confirmed.
 
-A scanner is the calling AE title of a PUSH series; PULL series (and series whose AE title is
-not known) are listed under `null`. Rows are selected by when their upload ended (`since` ≤
+A scanner is the calling AE title the series arrived from: the modality's for PUSH, the PACS'
+for PULL by C-MOVE (it opens the store association); series retrieved by C-GET, or whose AE
+title is not known, are listed under `null`. Rows are selected by when their upload ended (`since` ≤
 stored_at < `until`), so a batch retried later counts in the window of each attempt.
 Must not import FastAPI.
 """
@@ -47,6 +50,13 @@ class OperationalFigures(BaseModel):
     )
     completeness: float | None = Field(
         description="Confirmed / received; null when nothing was received."
+    )
+    instances_announced: int = Field(
+        description="PULL: instances the sources announced for the series in the window."
+    )
+    pull_completeness: float | None = Field(
+        description="PULL: confirmed (at most as many as announced) / announced, per series; "
+        "null without PULL series."
     )
     upload_latency_p50_s: float | None
     upload_latency_p95_s: float | None
@@ -99,6 +109,16 @@ def figures_of(rows: Sequence[SeriesFigure]) -> OperationalFigures:
     for row in rows:
         reasons[row.routing_reason].add(row.series_key)
     series = {row.series_key for row in rows}
+    announced: dict[str, int] = {}
+    stored_per_series: dict[str, int] = defaultdict(int)
+    for row in rows:
+        stored_per_series[row.series_key] += row.instances_stored
+        if row.instances_announced is not None:
+            announced[row.series_key] = max(
+                announced.get(row.series_key, 0), row.instances_announced
+            )
+    announced_total = sum(announced.values())
+    pulled = sum(min(stored_per_series[key], count) for key, count in announced.items())
     deferred: dict[str, float] = defaultdict(float)
     for row in rows:
         if row.deferred_s > 0:
@@ -111,6 +131,8 @@ def figures_of(rows: Sequence[SeriesFigure]) -> OperationalFigures:
         upload_attempts_failed=failed + retrying,
         upload_success_rate=stored / attempts if attempts else None,
         completeness=stored / received if received else None,
+        instances_announced=announced_total,
+        pull_completeness=pulled / announced_total if announced_total else None,
         upload_latency_p50_s=percentile(latencies, 0.50),
         upload_latency_p95_s=percentile(latencies, 0.95),
         routing={reason: len(keys) / len(series) for reason, keys in sorted(reasons.items())},

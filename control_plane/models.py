@@ -187,6 +187,7 @@ class SeriesFigure(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     routing_reason: Mapped[str] = mapped_column(String(32))
     instances_received: Mapped[int] = mapped_column(Integer)
+    instances_announced: Mapped[int | None] = mapped_column(Integer)
     instances_stored: Mapped[int] = mapped_column(Integer)
     instances_failed: Mapped[int] = mapped_column(Integer)
     instances_retrying: Mapped[int] = mapped_column(Integer)

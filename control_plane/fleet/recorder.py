@@ -154,7 +154,8 @@ class LinkRecorder:
                     "site_id": site_id,
                     "agent_id": agent_id,
                     "recorded_at": received_at,
-                    **item.model_dump(),
+                    # The trace is joined when the figures arrive (control_plane.link), not kept.
+                    **item.model_dump(exclude={"traceparent"}),
                 }
             )
 

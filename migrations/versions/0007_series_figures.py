@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("calling_ae", sa.String(length=16), nullable=True),
         sa.Column("routing_reason", sa.String(length=32), nullable=False),
         sa.Column("instances_received", sa.Integer(), nullable=False),
+        sa.Column("instances_announced", sa.Integer(), nullable=True),
         sa.Column("instances_stored", sa.Integer(), nullable=False),
         sa.Column("instances_failed", sa.Integer(), nullable=False),
         sa.Column("instances_retrying", sa.Integer(), nullable=False),

@@ -26,6 +26,7 @@ def _row(
     size: int = 1000,
     latency_s: float = 60.0,
     deferred_s: float = 0.0,
+    announced: int | None = None,
 ) -> SeriesFigure:
     return SeriesFigure(
         id=uuid.uuid4(),
@@ -35,6 +36,7 @@ def _row(
         calling_ae=ae,
         routing_reason=reason,
         instances_received=received,
+        instances_announced=announced,
         instances_stored=stored,
         instances_failed=failed,
         instances_retrying=retrying,
@@ -105,3 +107,22 @@ def test_no_batches_have_no_rates() -> None:
     assert (figures.series, figures.upload_success_rate, figures.completeness) == (0, None, None)
     assert figures.upload_latency_p50_s is None
     assert figures.routing == {}
+
+
+def test_pull_completeness_counts_each_series_against_what_its_source_announced() -> None:
+    rows = [
+        # p1: 5 announced, 3 stored, then the 2 missing ones in a later batch.
+        _row("p1", ae=None, announced=5, received=3, stored=3),
+        _row("p1", ae=None, announced=5, received=2, stored=2),
+        # p2: 4 announced, 3 ever arrived (retrieved short).
+        _row("p2", ae=None, announced=4, received=3, stored=3),
+        # A PUSH series has nothing announced and does not count here.
+        _row("s1", received=2, stored=2),
+    ]
+
+    figures = figures_of(rows)
+
+    assert figures.instances_announced == 9
+    assert figures.pull_completeness == pytest.approx(8 / 9)
+    assert figures.completeness == 1.0  # everything received was stored
+    assert figures_of([_row("s1")]).pull_completeness is None
