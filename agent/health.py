@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shutil
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,22 @@ from typing import Any
 
 from agent.state import AgentState
 from common.logging import series_key
-from common.messages import MAX_TEXT_LENGTH, DicomRejectionCount, FailedSeriesReport, HealthReport
+from common.messages import (
+    MAX_PULL_SOURCES,
+    MAX_TEXT_LENGTH,
+    DicomRejectionCount,
+    FailedSeriesReport,
+    HealthReport,
+    PullSourceReport,
+)
 
 _DAY_SECONDS = 86400.0
+# "Longest reap" is taken over this sliding window, so one slow series stops counting an
+# hour later instead of keeping the agent degraded until it restarts.
+REAP_WINDOW_SECONDS = 3600.0
+# Reaps remembered inside the window; beyond it the shortest are dropped first (see
+# `record_reap`), which never changes the longest.
+_MAX_REAPS_KEPT = 4096
 
 
 __all__ = [
@@ -44,13 +58,49 @@ class PipelineCounters:
     uploads_failed: int = 0
     retries_scheduled: int = 0
     deferred_instances: int = 0
-    longest_reap_seconds: float = 0.0
     last_error: str | None = None
     last_error_at: float | None = None
+    upload_failing_since: float | None = None
+    """Start of the current run of failed upload attempts; None once one succeeds."""
+    consecutive_upload_failures: int = 0
+    reap_window_seconds: float = REAP_WINDOW_SECONDS
+    # (finished at, duration) of recent series processing, oldest first.
+    _reaps: deque[tuple[float, float]] = dataclasses.field(default_factory=deque)
 
-    def record_reap(self, duration: float) -> None:
-        """Remember a reap's duration if it is the longest so far."""
-        self.longest_reap_seconds = max(self.longest_reap_seconds, duration)
+    def record_reap(self, duration: float, at: float) -> None:
+        """Remember that processing a series took `duration` seconds, ending at `at`."""
+        reaps = self._reaps
+        # A reap shorter than a later one can never be the longest again: drop those, so the
+        # deque is decreasing in duration and its head is the window's longest.
+        while reaps and reaps[-1][1] <= duration:
+            reaps.pop()
+        reaps.append((at, duration))
+        if len(reaps) > _MAX_REAPS_KEPT:
+            reaps.popleft()
+
+    def longest_reap(self, now: float) -> float:
+        """The longest processing that ended within the window before `now`; 0 if none."""
+        reaps = self._reaps
+        while reaps and reaps[0][0] < now - self.reap_window_seconds:
+            reaps.popleft()
+        return reaps[0][1] if reaps else 0.0
+
+    @property
+    def longest_reap_seconds(self) -> float:
+        """The longest processing still remembered (without expiring the window)."""
+        return self._reaps[0][1] if self._reaps else 0.0
+
+    def record_upload_success(self) -> None:
+        """An instance was confirmed by its destination: any failing run is over."""
+        self.uploads_succeeded += 1
+        self.upload_failing_since = None
+        self.consecutive_upload_failures = 0
+
+    def record_upload_failure(self, at: float) -> None:
+        """An upload attempt failed (retried or for good) at `at`."""
+        if self.upload_failing_since is None:
+            self.upload_failing_since = at
+        self.consecutive_upload_failures += 1
 
     def record_error(self, message: str, at: float) -> None:
         """Remember the latest error (a PHI-free message) and when it happened."""
@@ -87,6 +137,7 @@ class PullSourceHealth:
     retrievals_failed: int  # since this process started (no answer, failure status, short)
     instances_retrieved: int  # new instances spooled by retrievals since this process started
     last_retrieve_error: str | None
+    echo_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +188,9 @@ class HealthSnapshot:
     tls_certificate_not_after: float | None = None
     tls_certificate_days_left: float | None = None
     tls_problem: str | None = None
+    reap_window: float = REAP_WINDOW_SECONDS
+    upload_failing_since: float | None = None
+    consecutive_upload_failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the CLI and the health report)."""
@@ -173,6 +227,7 @@ def take_snapshot(
     disk = shutil.disk_usage(spool_dir)
     free = disk.free
     oldest = stats.oldest_spooled_at
+    longest_reap = counters.longest_reap(now)
     return HealthSnapshot(
         at=now,
         config_revision=config_revision,
@@ -185,9 +240,9 @@ def take_snapshot(
         uploads_failed=counters.uploads_failed,
         retries_scheduled=counters.retries_scheduled,
         oldest_unuploaded_age=None if oldest is None else max(0.0, now - oldest),
-        longest_reap=counters.longest_reap_seconds,
+        longest_reap=longest_reap,
         reap_time_threshold=reap_time_threshold,
-        reap_over_threshold=counters.longest_reap_seconds > reap_time_threshold,
+        reap_over_threshold=longest_reap > reap_time_threshold,
         disk_free_bytes=free,
         disk_headroom_bytes=free - reserve_bytes,
         disk_total_bytes=disk.total,
@@ -222,6 +277,36 @@ def take_snapshot(
             else (tls_certificate_not_after - now) / _DAY_SECONDS
         ),
         tls_problem=tls_problem,
+        reap_window=counters.reap_window_seconds,
+        upload_failing_since=counters.upload_failing_since,
+        consecutive_upload_failures=counters.consecutive_upload_failures,
+    )
+
+
+def _when(at: float | None) -> dt.datetime | None:
+    return None if at is None else dt.datetime.fromtimestamp(at, dt.UTC)
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else value[:MAX_TEXT_LENGTH]
+
+
+def pull_source_report(source: PullSourceHealth) -> PullSourceReport:
+    """One source's health as the wire report carries it."""
+    return PullSourceReport(
+        source=source.source[:128],
+        echo_ok=source.echo_ok,
+        echo_error=_text(source.echo_error),
+        echo_at=_when(source.echo_at),
+        query_ok=source.last_round_ok,
+        query_error=_text(source.last_query_error),
+        query_at=_when(source.last_round_at),
+        query_duration_s=source.last_round_duration,
+        consecutive_failed_queries=source.consecutive_failed_rounds,
+        series_short=source.series_short,
+        instances_missing=source.instances_missing,
+        retrievals_failed=source.retrievals_failed,
+        last_retrieve_error=_text(source.last_retrieve_error),
     )
 
 
@@ -234,12 +319,23 @@ def health_report(snapshot: HealthSnapshot) -> HealthReport:
         uploads_open=snapshot.uploads_open,
         last_query_duration_s=snapshot.last_query_duration,
         longest_reap_s=snapshot.longest_reap,
+        reap_window_s=snapshot.reap_window,
         spool_depth=snapshot.spool_depth,
         spool_bytes=snapshot.spool_bytes,
         deferred_uploads=snapshot.deferred_instances,
         failed_instances=snapshot.failed_instances,
         uploads_succeeded=snapshot.uploads_succeeded,
         uploads_failed=snapshot.uploads_failed,
+        retries_scheduled=snapshot.retries_scheduled,
+        uploads_failing_for_s=(
+            None
+            if snapshot.upload_failing_since is None
+            else max(0.0, snapshot.at - snapshot.upload_failing_since)
+        ),
+        consecutive_upload_failures=snapshot.consecutive_upload_failures,
+        pull_sources=[
+            pull_source_report(source) for source in snapshot.pull_sources[:MAX_PULL_SOURCES]
+        ],
         oldest_unuploaded_age_s=snapshot.oldest_unuploaded_age,
         disk_free_bytes=snapshot.disk_free_bytes,
         disk_total_bytes=snapshot.disk_total_bytes,

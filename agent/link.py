@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import enum
 import importlib.metadata
 import random
@@ -32,26 +33,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from agent.figures import FiguresBuffer
 from agent.retry import backoff
 from agent.site import ConfigRefused, SiteSnapshot, parse_snapshot
 from agent.tls import describe_verification_failure
+from common.logging import RecentLogLines
 from common.messages import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
     COMMAND_ARGUMENTS,
+    MAX_LOG_LINE_LENGTH,
+    MAX_LOG_LINES,
     MAX_TEXT_LENGTH,
     SUPPORTED_VERSIONS,
     Command,
     CommandResult,
     ConfigMessage,
     ConfigResult,
+    DiagnosticsBundle,
     Error,
     ErrorCode,
+    Figures,
     Health,
     HealthReport,
     Hello,
@@ -63,6 +73,7 @@ from common.messages import (
     encode_message,
     parse_message,
 )
+from common.telemetry import safe_attributes
 
 __all__ = [
     "LINK_PATH",
@@ -157,8 +168,14 @@ class ControlPlaneLink:
         open_timeout: float = 10.0,
         rng: random.Random | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        figures: FiguresBuffer | None = None,
+        tracer: Tracer | None = None,
+        recent_logs: RecentLogLines | None = None,
     ) -> None:
         self.url = link_url(control_plane_url)
+        self._recent_logs = recent_logs
+        self._figures = figures
+        self._tracer = tracer or trace.get_tracer(__name__)
         # Only a wss:// link takes a TLS context (websockets refuses one for ws://).
         self._ssl = ssl_context if self.url.startswith("wss://") else None
         self._token_file = token_file
@@ -183,6 +200,11 @@ class ControlPlaneLink:
         self.token_refused = False
         """Whether the control plane refused the token the last time the agent tried."""
         self._connected_event = asyncio.Event()
+
+    @property
+    def tracer(self) -> Tracer:
+        """Where spans of commands go."""
+        return self._tracer
 
     async def wait_connected(self) -> None:
         """Return once the link is up."""
@@ -274,7 +296,9 @@ class ControlPlaneLink:
             protocol_versions=sorted(SUPPORTED_VERSIONS),
         )
         await websocket.send(encode_message(hello))
-        conversation = _Conversation(websocket, self, self._owner.health_report)
+        conversation = _Conversation(
+            websocket, self, self._owner.health_report, figures=self._figures
+        )
         heartbeat: asyncio.Task[None] | None = None
         try:
             async for frame in websocket:
@@ -334,6 +358,18 @@ class ControlPlaneLink:
         ok, detail = await self._owner.run_command(name, args)
         return ok, detail[:MAX_TEXT_LENGTH]
 
+    async def diagnostics(self) -> DiagnosticsBundle:
+        """The diagnostics bundle: version, config revision, health now, recent log lines."""
+        report = await asyncio.to_thread(self._owner.health_report)
+        lines = [] if self._recent_logs is None else self._recent_logs.lines()
+        return DiagnosticsBundle(
+            agent_version=self._version[:64],
+            config_revision=self._owner.applied_revision,
+            collected_at=datetime.datetime.now(datetime.UTC),
+            health=report,
+            log_lines=[line[:MAX_LOG_LINE_LENGTH] for line in lines[-MAX_LOG_LINES:]],
+        )
+
     async def apply(self, message: ConfigMessage) -> ConfigResult:
         """Validate, apply and store one pushed config; the `config_result` to answer with."""
         try:
@@ -372,10 +408,13 @@ class _Conversation:
         websocket: ClientConnection,
         link: ControlPlaneLink,
         health_report: Callable[[], HealthReport],
+        *,
+        figures: FiguresBuffer | None = None,
     ) -> None:
         self._websocket = websocket
         self._link = link
         self._health_report = health_report
+        self._figures = figures
         self._version: int | None = None
 
     async def handle(self, frame: str | bytes) -> Welcome | None:
@@ -399,9 +438,26 @@ class _Conversation:
                 await self.send(Pong(nonce=nonce))
             case Pong():
                 pass
-            case Command(id=command_id, name=name, args=args):
-                ok, detail = await self._link.run_command(name, args)
-                await self.send(CommandResult(id=command_id, ok=ok, detail=detail))
+            case Command(id=command_id, name=name, args=args, traceparent=traceparent):
+                # In the trace of the request that sent it, when the control plane named one.
+                parent = None
+                if traceparent:
+                    parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+                with self._link.tracer.start_as_current_span(
+                    "command", context=parent, attributes=safe_attributes(reason=name)
+                ):
+                    if name == "diagnostics" and not args:
+                        bundle = await self._link.diagnostics()
+                        result = CommandResult(
+                            id=command_id,
+                            ok=True,
+                            detail=f"diagnostics with {len(bundle.log_lines)} log line(s)",
+                            diagnostics=bundle,
+                        )
+                    else:
+                        ok, detail = await self._link.run_command(name, args)
+                        result = CommandResult(id=command_id, ok=ok, detail=detail)
+                await self.send(result)
             case Error(code=code, message=text):
                 log.warning("link.control_plane_error", error=code.value, detail=text)
             case _:
@@ -413,11 +469,22 @@ class _Conversation:
         while True:
             report = await asyncio.to_thread(self._health_report)
             try:
+                await self._send_figures()
                 await self.send(Health(report=report))
             except ConnectionClosed:
                 # The receiving side sees the same close and decides what comes next.
                 return
             await asyncio.sleep(interval_s)
+
+    async def _send_figures(self) -> None:
+        """Send the series figures gathered since the last heartbeat; kept if sending fails."""
+        while self._figures is not None and len(self._figures):
+            batch = self._figures.take()
+            try:
+                await self.send(Figures(series=batch))
+            except BaseException:
+                self._figures.give_back(batch)
+                raise
 
     async def send(self, message: Message) -> None:
         """Send one frame in the agreed protocol version (the hello's before a welcome)."""

@@ -34,6 +34,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agent.config_client import ConfigClient
@@ -42,9 +43,11 @@ from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.intake import identify_spooled
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener, ScpTimeouts
 from agent.dicom.tls import TlsContexts, TlsError, TlsFiles
+from agent.figures import FiguresBuffer
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.link import ConfigNotApplied, ControlPlaneLink
+from agent.metrics import AgentMetricsServer
 from agent.outgoing import DeidProfile, Outgoing
 from agent.pull.ledger import check_ledger
 from agent.pull.service import PullService
@@ -55,14 +58,14 @@ from agent.site import SiteSnapshot
 from agent.spool import Spool
 from agent.state import AgentState
 from agent.tls import control_plane_ssl_context
-from agent.tracing import PipelineTracer
+from agent.tracing import TRACER_NAME, PipelineTracer
 from agent.upload.base import Destination
 from agent.upload.builtin_store import BuiltinStoreDestination
 from agent.upload.destinations import Destinations, build_destinations, destinations_key
 from agent.uploader import Uploader, UploadLoop
 from common.deid.errors import DeidError
 from common.deployment import IN_CLUSTER, in_cluster_problems
-from common.logging import configure_logging, series_key
+from common.logging import RecentLogLines, configure_logging, series_key
 from common.messages import HealthReport
 from common.telemetry import configure_tracing
 
@@ -107,6 +110,10 @@ class AgentRuntime:
             verify=self._control_plane_tls,
         )
         self.counters = PipelineCounters()
+        self.figures = FiguresBuffer()
+        self.recent_logs = RecentLogLines()
+        """The latest log lines while running (PHI-filtered), for the diagnostics bundle."""
+        """Series figures waiting for the link (the operational figures' raw facts)."""
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -124,6 +131,8 @@ class AgentRuntime:
         self._builtin: Destination | None = None
         self._pull: PullService | None = None
         self.dicom_port: int | None = None
+        self.metrics_port: int | None = None
+        """The port /metrics and /healthz are served on, when `settings.metrics_port` is set."""
         self.link = ControlPlaneLink(
             settings.control_plane_url,
             settings.token_file,
@@ -134,6 +143,9 @@ class AgentRuntime:
             unauthorized_retry_interval=settings.link_unauthorized_retry_interval,
             open_timeout=settings.link_open_timeout,
             ssl_context=self._control_plane_tls,
+            figures=self.figures,
+            tracer=(tracer_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME),
+            recent_logs=self.recent_logs,
         )
         """The websocket to the control plane (up while `link.connected`)."""
 
@@ -220,6 +232,13 @@ class AgentRuntime:
                 return True, f"series {key}: {count} instance(s) queued for upload again"
             count = await asyncio.to_thread(state.discard_series, uid, "discarded by support")
             return True, f"series {key}: {count} instance(s) discarded and deleted"
+        if name in ("echo_source", "query_source"):
+            if self._pull is None:
+                return False, "the agent is not running yet; try again once it reports health"
+            source = str(args["source"])
+            if name == "echo_source":
+                return await self._pull.echo_now(source)
+            return await self._pull.query_now(source)
         return False, f"this agent has no command {name!r}"
 
     async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
@@ -231,6 +250,8 @@ class AgentRuntime:
         async with AsyncExitStack() as resources:
             # Before anything in the data directory is read or written, config.json included.
             await self._lock_data_dir(resources)
+            self.recent_logs.attach()
+            resources.callback(self.recent_logs.detach)
             resources.push_async_callback(self._config_client.aclose)
             snapshot = await self._until_stopped(self._config_client.initial())
             if snapshot is None:
@@ -239,6 +260,7 @@ class AgentRuntime:
             if self._config_client.last_error:
                 self.counters.record_error(self._config_client.last_error, self._clock())
             await self._open_storage(resources)
+            self._serve_metrics(resources)
             builtin = self._destination or await self._builtin_destination()
             resources.push_async_callback(builtin.aclose)
             self._builtin = builtin
@@ -320,6 +342,17 @@ class AgentRuntime:
         self._outgoing = Outgoing(data_dir / OUTGOING_DIR_NAME)
         await asyncio.to_thread(self._outgoing.reset)
 
+    def _serve_metrics(self, resources: AsyncExitStack) -> None:
+        if self.settings.metrics_port is None:
+            return
+        server = AgentMetricsServer(
+            self.settings.metrics_host, self.settings.metrics_port, self.health
+        )
+        self.metrics_port = server.start()
+        # Closed after the state (LIFO): a scrape meanwhile answers 503, never a crash.
+        resources.push_async_callback(asyncio.to_thread, server.close)
+        log.info("agent.metrics_serving", port=self.metrics_port)
+
     def _forget_state(self) -> None:
         self._state = None
         self._upload_loop = None
@@ -360,6 +393,7 @@ class AgentRuntime:
             drain_timeout=self.settings.upload_drain_timeout,
             clock=self._clock,
             outgoing=self._outgoing,
+            figures=self.figures,
         )
         return self._upload_loop
 

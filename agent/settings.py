@@ -78,6 +78,16 @@ class AgentSettings(BaseSettings):
     association_drain_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait for open associations when stopping"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics (Prometheus) and /healthz on this port; none: no HTTP at all",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the metrics port (0.0.0.0 for a scrape or probe from elsewhere)",
+    )
     upload_drain_timeout: float = Field(
         default=5.0, ge=0, description="Seconds to let in-flight uploads finish when stopping"
     )

@@ -29,15 +29,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry import trace
 
+from agent.figures import FiguresBuffer, calling_ae_of
 from agent.health import PipelineCounters
 from agent.http_retry import is_retryable
 from agent.outgoing import DeidProfile, Outgoing, OutgoingError
+from agent.pull.ledger import PullLedger
 from agent.reaper import Reaper, ReapError, SeriesDecision, stored_decision
 from agent.retry import backoff
 from agent.site import SiteSnapshot
 from agent.state import AgentState, InstanceRow, SeriesRow
-from agent.tracing import InstanceTiming, PipelineTracer
+from agent.tracing import InstanceTiming, PipelineTracer, current_traceparent
 from agent.upload.base import BatchLimits, Destination, UploadError, UploadResult
 from agent.upload.destinations import Destinations
 from agent.upload.slots import Slots
@@ -45,6 +48,7 @@ from common.config import RoutingConfig
 from common.deid.errors import DeidError
 from common.hierarchy import HierarchyTarget
 from common.logging import series_key
+from common.messages import SeriesFigures
 
 # Bounds the rows held in memory for one series; the rest is picked up by the next tick.
 MAX_BATCH = 500
@@ -72,6 +76,11 @@ class UploadBatch:
     target: HierarchyTarget
     instances: tuple[InstanceRow, ...]
     dispatched_at: float
+    processing_started_at: float | None = None
+    """When this series' reap began in the tick that made the batch: its processing time
+    (health's reap time) runs from here to the end of the upload."""
+    deferred_s: float = 0.0
+    """How long the series waited for the working-hours window before this batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,12 @@ class BatchReport:
     uploaded: int
     retrying: int
     failed: int
+    bytes_uploaded: int = 0
+    routing_reason: str | None = None
+    """Where the destination says it filed the batch and why, when it says (the built-in
+    store resolves unknown groups and projects)."""
+    traceparent: str | None = None
+    """The batch's `series` trace (W3C traceparent), for what is reported about it later."""
 
 
 def split_into_chunks(
@@ -178,17 +193,29 @@ class Uploader:
         across all batches.
         """
         started = self._clock()
-        async with self._destinations.lease(batch.target, routing) as destination:
-            chunks = split_into_chunks(batch.instances, destination.batch_limits)
-            per_chunk = await asyncio.gather(
-                *(self._upload_chunk(destination, chunk, batch, routing) for chunk in chunks)
-            )
+        first_received = min(instance.received_at for instance in batch.instances)
+        series_span = self._tracer.begin_series(batch.series_instance_uid, first_received)
+        # Current while the chunks are sent: destinations put its traceparent on requests.
+        with trace.use_span(series_span, end_on_exit=False):
+            traceparent = current_traceparent()
+            async with self._destinations.lease(batch.target, routing) as destination:
+                chunks = split_into_chunks(batch.instances, destination.batch_limits)
+                resolved: list[str] = []
+                per_chunk = await asyncio.gather(
+                    *(
+                        self._upload_chunk(destination, chunk, batch, routing, resolved)
+                        for chunk in chunks
+                    )
+                )
         timings = [timing for chunk_timings in per_chunk for timing in chunk_timings]
-        self._tracer.record_batch(batch.series_instance_uid, timings)
+        self._tracer.finish_series(series_span, batch.series_instance_uid, timings)
         report = BatchReport(
             uploaded=sum(1 for timing in timings if timing.status == "uploaded"),
             retrying=sum(1 for timing in timings if timing.status == "retry"),
             failed=sum(1 for timing in timings if timing.status == "failed"),
+            bytes_uploaded=sum(timing.size for timing in timings if timing.status == "uploaded"),
+            routing_reason=resolved[0] if resolved else None,
+            traceparent=traceparent,
         )
         log.info(
             "upload.batch_done",
@@ -205,7 +232,10 @@ class Uploader:
         chunk: Sequence[InstanceRow],
         batch: UploadBatch,
         routing: RoutingConfig,
+        resolved: list[str] | None = None,
     ) -> list[InstanceTiming]:
+        """Send one chunk and book each instance; the store's routing reasons (where it
+        filed them) are appended to `resolved`."""
         async with self._slots.slot():
             upload_started = self._clock()
             outcomes: Sequence[UploadResult | Exception]
@@ -224,8 +254,10 @@ class Uploader:
         timings: list[InstanceTiming] = []
         for instance, outcome in zip(chunk, outcomes, strict=True):
             if isinstance(outcome, UploadResult):
+                if outcome.routing_reason is not None and resolved is not None:
+                    resolved.append(outcome.routing_reason)
                 await asyncio.to_thread(self._state.mark_uploaded, instance.id, outcome.file_id)
-                self._counters.uploads_succeeded += 1
+                self._counters.record_upload_success()
                 status = "uploaded"
             else:
                 status = await self._book_failure(instance, batch, outcome)
@@ -256,6 +288,7 @@ class Uploader:
             message = f"unexpected {type(exc).__name__} in the destination while uploading"
             log.error("upload.unexpected_error", error=message)
         self._counters.record_error(message, now)
+        self._counters.record_upload_failure(now)
         key = series_key(batch.series_instance_uid)
         if is_retryable(exc) and instance.attempts + 1 >= RETRY_BUDGET_ATTEMPTS:
             message = f"gave up after {instance.attempts + 1} attempts: {message}"
@@ -292,9 +325,13 @@ class UploadLoop:
         drain_timeout: float,
         clock: Callable[[], float] = time.time,
         outgoing: Outgoing | None = None,
+        figures: FiguresBuffer | None = None,
     ) -> None:
         self.snapshot = snapshot
         self._outgoing = outgoing
+        self._figures = figures
+        # Since when each series has been held back by a closed upload window.
+        self._deferred_since: dict[str, float] = {}
         self._profile_of: SiteSnapshot | None = None
         self._profile: DeidProfile | None = None
         self._profile_error: str | None = None
@@ -379,18 +416,27 @@ class UploadLoop:
             if series.failed_at is not None:
                 await self._fail_series(uid, f"its series failed earlier: {series.failure}")
                 continue
+            processing_started = self._clock()
             decision = await self._decision(series, profile)
             if decision is None or decision.target is None or not decision.upload:
                 continue
             if not window_open:
                 deferred += series.pending
+                self._deferred_since.setdefault(uid, now)
                 continue
             instances = await asyncio.to_thread(self._state.spooled_instances, uid, now)
             if instances and profile is not None:
                 instances = await self._deidentified(uid, instances, profile)
             if instances:
                 batches.append(
-                    UploadBatch(uid, decision.target, tuple(instances[:MAX_BATCH]), self._clock())
+                    UploadBatch(
+                        uid,
+                        decision.target,
+                        tuple(instances[:MAX_BATCH]),
+                        self._clock(),
+                        processing_started,
+                        now - self._deferred_since.pop(uid, now),
+                    )
                 )
         self._counters.deferred_instances = deferred
         self._note_window(window_open, deferred)
@@ -458,8 +504,9 @@ class UploadLoop:
             log.error("reap.failed", series_key=key, error=str(exc))
             return None
         self._reap_hold.pop(series.series_instance_uid, None)
-        if not outcome.reused:
-            self._counters.record_reap(outcome.duration)
+        if not outcome.reused and (outcome.decision is None or not outcome.decision.upload):
+            # An uploaded series' processing is recorded when its upload ends (`_run_batch`).
+            self._counters.record_reap(outcome.duration, self._clock())
         if outcome.failure is not None:
             key = series_key(series.series_instance_uid)
             self._counters.record_error(
@@ -469,11 +516,49 @@ class UploadLoop:
 
     async def _run_batch(self, batch: UploadBatch) -> BatchReport:
         try:
-            return await self._uploader.upload_batch(batch, self.snapshot.config.routing)
+            # Read before the upload: a confirmed instance's spool file is deleted.
+            calling_ae, announced = None, None
+            if self._figures is not None:
+                calling_ae = await asyncio.to_thread(calling_ae_of, batch.instances[0].path)
+                announced = await asyncio.to_thread(
+                    PullLedger(self._state).announced, batch.series_instance_uid
+                )
+            report = await self._uploader.upload_batch(batch, self.snapshot.config.routing)
+            if self._figures is not None:
+                self._figures.add(self._series_figures(batch, report, calling_ae, announced))
+            return report
         finally:
+            if batch.processing_started_at is not None:
+                ended = self._clock()
+                self._counters.record_reap(ended - batch.processing_started_at, ended)
             self._active.pop(batch.series_instance_uid, None)
             # The series may hold more than one batch, or retries may already be due.
             self._wake.set()
+
+    def _series_figures(
+        self,
+        batch: UploadBatch,
+        report: BatchReport,
+        calling_ae: str | None,
+        announced: int | None,
+    ) -> SeriesFigures:
+        last_received = max(instance.received_at for instance in batch.instances)
+        return SeriesFigures(
+            series_key=series_key(batch.series_instance_uid),
+            calling_ae=calling_ae,
+            routing_reason=report.routing_reason or str(batch.target.routing_reason),
+            traceparent=report.traceparent,
+            # Instances sent for the first time; a retried one was counted when it was new.
+            instances_received=sum(1 for instance in batch.instances if instance.attempts == 0),
+            instances_announced=announced,
+            instances_stored=report.uploaded,
+            instances_failed=report.failed,
+            instances_retrying=report.retrying,
+            bytes_uploaded=report.bytes_uploaded,
+            last_received_at=dt.datetime.fromtimestamp(last_received, dt.UTC),
+            stored_at=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
+            deferred_s=max(0.0, batch.deferred_s),
+        )
 
     async def _drain(self) -> None:
         for timer in self._due_timers.values():

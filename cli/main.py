@@ -7,14 +7,16 @@ Each command imports its side lazily, so `dicom-connector agent` never loads Fas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.admin import admin_app
+from cli.admin import admin_app, agents_app
+from cli.admin_metrics import card, metrics
 from cli.admin_routing import route_check
 from cli.admin_series import series_app
 from cli.admin_sessions import sessions_app
+from cli.admin_support import diagnostics, echo, query
 
 app = typer.Typer(
     name="dicom-connector",
@@ -26,6 +28,11 @@ app = typer.Typer(
 admin_app.add_typer(series_app, name="series")
 admin_app.add_typer(sessions_app, name="sessions")
 admin_app.command("route-check")(route_check)
+admin_app.command("metrics")(metrics)
+admin_app.command("card")(card)
+agents_app.command("echo")(echo)
+agents_app.command("query")(query)
+agents_app.command("diagnostics")(diagnostics)
 app.add_typer(admin_app, name="admin")
 
 AdminTokenOption = Annotated[
@@ -122,6 +129,14 @@ def agent(
             " (https:// only); trusted instead of the system's CAs.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus /metrics and a /healthz probe on this port"
+            " (address: env DICOM_CONNECTOR_AGENT_METRICS_HOST, default 127.0.0.1).",
+        ),
+    ] = None,
 ) -> None:
     """Run an edge agent: DICOM intake, spool, routing and upload."""
     from pydantic import ValidationError
@@ -130,12 +145,15 @@ def agent(
     from agent.settings import AgentSettings
     from cli.all_in_one import AGENT_READY_PREFIX
 
+    # Only a given flag overrides the environment (DICOM_CONNECTOR_AGENT_METRICS_PORT).
+    optional: dict[str, Any] = {} if metrics_port is None else {"metrics_port": metrics_port}
     try:
         settings = AgentSettings(
             control_plane_url=control_plane_url,
             token_file=token_file,
             data_dir=data_dir,
             control_plane_ca=ca_file,
+            **optional,
         )
     except ValidationError as exc:
         for error in exc.errors():

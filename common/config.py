@@ -511,11 +511,30 @@ class TimingConfig(_Section):
     )
     reap_time_threshold: Duration = Field(
         default=dt.timedelta(hours=1),
-        description="Reap time above which health degrades.",
+        description="Processing time of a series (reap, de-identification, upload) above "
+        "which health degrades; judged on the longest over the last hour.",
         json_schema_extra={"default": "1h"},
     )
+    upload_failure_threshold: Duration = Field(
+        default=dt.timedelta(minutes=15),
+        description="How long uploads may keep failing (no success in between) before health "
+        "degrades.",
+        json_schema_extra={"default": "15m"},
+    )
+    spool_age_threshold: Duration = Field(
+        default=dt.timedelta(hours=2),
+        description="Age of the oldest instance not yet uploaded above which health degrades "
+        "(judged only while the upload window is open).",
+        json_schema_extra={"default": "2h"},
+    )
 
-    @field_validator("sleep_time", "query_time_threshold", "reap_time_threshold")
+    @field_validator(
+        "sleep_time",
+        "query_time_threshold",
+        "reap_time_threshold",
+        "upload_failure_threshold",
+        "spool_age_threshold",
+    )
     @classmethod
     def _must_be_positive(cls, value: dt.timedelta) -> dt.timedelta:
         if value <= dt.timedelta(0):

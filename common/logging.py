@@ -19,6 +19,7 @@ import hashlib
 import logging
 import sys
 import warnings
+from collections import deque
 from typing import TextIO
 
 import structlog
@@ -29,6 +30,7 @@ from common.phi import SAFE_KEYS
 __all__ = [
     "ALLOWED_LOG_KEYS",
     "REDACTED",
+    "RecentLogLines",
     "configure_logging",
     "redact_unlisted_keys",
     "series_key",
@@ -68,6 +70,64 @@ def redact_unlisted_keys(
     return event_dict
 
 
+def _shared_processors() -> list[Processor]:
+    """The processors every event passes, the PHI filter last."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_unlisted_keys,
+    ]
+
+
+def _drop_exception(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    # A traceback may quote a value; a diagnostics line keeps the event and its safe keys.
+    for key in ("exc_info", "exception", "stack_info", "stack"):
+        event_dict.pop(key, None)
+    return event_dict
+
+
+class RecentLogLines(logging.Handler):
+    """The last `capacity` log lines of this process, PHI-filtered, as JSON text (for a
+    diagnostics bundle). Attach with `attach()`, detach with `detach()`."""
+
+    def __init__(self, capacity: int = 200, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self._lines: deque[str] = deque(maxlen=capacity)
+        self.set_name("dicom-connector-recent")
+        self.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=_shared_processors(),
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    _drop_exception,
+                    structlog.processors.JSONRenderer(),
+                ],
+            )
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the formatted line (never raises: a log line must not break its caller)."""
+        try:
+            self._lines.append(self.format(record))
+        # logging's own contract: a handler reports through handleError and never raises.
+        except Exception:
+            self.handleError(record)
+
+    def lines(self) -> list[str]:
+        """The kept lines, oldest first."""
+        return list(self._lines)
+
+    def attach(self) -> None:
+        """Start keeping lines of the root logger."""
+        logging.getLogger().addHandler(self)
+
+    def detach(self) -> None:
+        """Stop keeping lines."""
+        logging.getLogger().removeHandler(self)
+
+
 def configure_logging(
     level: str = "INFO", json: bool = False, stream: TextIO | None = None
 ) -> None:
@@ -84,13 +144,7 @@ def configure_logging(
     if name not in _LEVELS:
         raise ValueError(f"{level!r} is not a log level; use one of {', '.join(_LEVELS)}")
     threshold = logging.getLevelName(name)
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_unlisted_keys,
-    ]
+    shared = _shared_processors()
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -16,7 +16,8 @@ The conversation:
 3. agent → `config_result` for every `config` it receives: `applied`, or `failed` with a
    reason, in which case it keeps running on its previous config.
 4. agent → `health` every heartbeat interval. The health message *is* the heartbeat: an
-   agent not heard from for 3 intervals is reported missing.
+   agent not heard from for 3 intervals is reported missing. Before it, a `figures` frame
+   when upload batches ended since the last one (the operational figures' raw facts).
 5. control plane → `config` again whenever the site gets a new config revision.
 6. control plane → `command`; agent → `command_result` with the same id. An agent answers a
    command name it does not know with `ok: false`, never by ignoring it.
@@ -72,9 +73,11 @@ __all__ = [
     "CommandResult",
     "ConfigMessage",
     "ConfigResult",
+    "DiagnosticsBundle",
     "DicomRejectionCount",
     "Error",
     "ErrorCode",
+    "Figures",
     "Health",
     "HealthReport",
     "Hello",
@@ -82,6 +85,8 @@ __all__ = [
     "Ping",
     "Pong",
     "ProtocolError",
+    "PullSourceReport",
+    "SeriesFigures",
     "Welcome",
     "encode_message",
     "negotiate_version",
@@ -248,6 +253,35 @@ class DicomRejectionCount(BaseModel):
 
 
 TLS_EXPIRY_WARNING_DAYS: Final = 30
+MAX_PULL_SOURCES: Final = 64
+
+
+class PullSourceReport(BaseModel):
+    """One PULL source as the agent sees it: its last C-ECHO and C-FIND outcomes and the
+    series it could not retrieve whole. The source is named by AE title and address, never
+    by anything it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(max_length=128, description="AE_TITLE@host:port of the source.")
+    echo_ok: bool | None = Field(
+        default=None, description="The last C-ECHO answered; null before one was tried."
+    )
+    echo_error: Text | None = None
+    echo_at: AwareDatetime | None = None
+    query_ok: bool | None = Field(
+        default=None, description="The last C-FIND round succeeded; null before the first."
+    )
+    query_error: Text | None = None
+    query_at: AwareDatetime | None = None
+    query_duration_s: Seconds | None = None
+    consecutive_failed_queries: Count = 0
+    series_short: Count = Field(
+        default=0, description="Series whose retrieval stayed short (retried with a backoff)."
+    )
+    instances_missing: Count = Field(default=0, description="What the short series lack.")
+    retrievals_failed: Count = 0
+    last_retrieve_error: Text | None = None
 
 
 class HealthReport(BaseModel):
@@ -261,7 +295,13 @@ class HealthReport(BaseModel):
     last_query_duration_s: Seconds | None = Field(
         description="Duration of the last C-FIND round (pull mode); null in push mode."
     )
-    longest_reap_s: Seconds | None = Field(description="Longest reap so far; null before one.")
+    longest_reap_s: Seconds | None = Field(
+        description="Longest processing of a series (reap, de-identification, upload) over "
+        "the last `reap_window_s`; null before one."
+    )
+    reap_window_s: Seconds | None = Field(
+        default=None, description="The sliding window `longest_reap_s` is taken over."
+    )
     spool_depth: Count = Field(description="Instances in the spool, not yet uploaded.")
     spool_bytes: Count
     deferred_uploads: Count = Field(description="Instances waiting for the upload window.")
@@ -284,6 +324,22 @@ class HealthReport(BaseModel):
     )
     uploads_succeeded: Count
     uploads_failed: Count
+    retries_scheduled: Count = Field(
+        default=0, description="Upload attempts that failed and were scheduled again."
+    )
+    uploads_failing_for_s: Seconds | None = Field(
+        default=None,
+        description="How long upload attempts have been failing with no success in between "
+        "(measured by the agent); null while uploads succeed.",
+    )
+    consecutive_upload_failures: Count = Field(
+        default=0, description="Failed upload attempts since the last success."
+    )
+    pull_sources: list[PullSourceReport] = Field(
+        default_factory=list,
+        max_length=MAX_PULL_SOURCES,
+        description="Every PULL source being polled (pull mode); empty in push mode.",
+    )
     oldest_unuploaded_age_s: Seconds | None = Field(
         description="Age of the oldest spooled instance; null when the spool is empty."
     )
@@ -323,6 +379,61 @@ class Health(_Frame):
     report: HealthReport
 
 
+MAX_FIGURES_PER_FRAME: Final = 500
+TRACEPARENT_PATTERN: Final = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
+class SeriesFigures(BaseModel):
+    """What became of one upload batch of a series: the raw facts the control plane keeps to
+    compute the guide's operational figures (per site and per scanner). PHI-free: the series
+    by its key, the scanner by its calling AE title (a node identity, not a patient's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series_key: str = Field(max_length=64)
+    calling_ae: str | None = Field(
+        default=None,
+        max_length=16,
+        description="The calling AE title the batch's first instance came from (a modality; "
+        "the PACS for PULL by C-MOVE); null for C-GET retrievals or when it is not known.",
+    )
+    routing_reason: str = Field(max_length=32)
+    instances_received: Count = Field(
+        description="Instances of the batch sent for the first time (a retried instance was "
+        "counted when it was new)."
+    )
+    instances_announced: Count | None = Field(
+        default=None,
+        description="PULL: the instance count the source announced for the whole series at "
+        "its last query (the same on every batch of the series); null for PUSH.",
+    )
+    instances_stored: Count = Field(description="Confirmed by the destination.")
+    instances_failed: Count = Field(description="Failed for good in this batch.")
+    instances_retrying: Count = Field(description="Failed now, scheduled to be tried again.")
+    bytes_uploaded: Count = Field(description="Bytes of the instances confirmed.")
+    last_received_at: AwareDatetime = Field(
+        description="When the batch's latest instance reached the agent."
+    )
+    stored_at: AwareDatetime = Field(description="When the batch's upload ended.")
+    deferred_s: Seconds = Field(
+        default=0.0, description="Time the series waited for the working-hours window."
+    )
+    traceparent: str | None = Field(
+        default=None,
+        pattern=TRACEPARENT_PATTERN,
+        description="The batch's trace (W3C traceparent): the control plane's record of these "
+        "figures joins it.",
+    )
+
+
+class Figures(_Frame):
+    """Agent → control plane: series figures since the last `figures` frame (sent with the
+    heartbeat; kept by the agent until sent)."""
+
+    type: Literal["figures"] = "figures"
+    series: list[SeriesFigures] = Field(min_length=1, max_length=MAX_FIGURES_PER_FRAME)
+
+
 class Command(_Frame):
     """Control plane → agent: do something now; answered by a `command_result`."""
 
@@ -330,6 +441,12 @@ class Command(_Frame):
     id: uuid.UUID
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     args: dict[str, Any] = Field(default_factory=dict)
+    traceparent: str | None = Field(
+        default=None,
+        pattern=TRACEPARENT_PATTERN,
+        description="The trace of the request that sent the command (W3C traceparent): the "
+        "agent's span for it joins that trace.",
+    )
 
 
 class SeriesCommandArgs(BaseModel):
@@ -340,11 +457,51 @@ class SeriesCommandArgs(BaseModel):
     series_key: str = Field(pattern=r"^[0-9a-f]{16}$")
 
 
+class SourceCommandArgs(BaseModel):
+    """The arguments of `echo_source` and `query_source`: a PULL source as health names it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(
+        min_length=1, max_length=128, description="AE_TITLE@host:port, as in pull_sources."
+    )
+
+
+class NoArgs(BaseModel):
+    """A command without arguments (`diagnostics`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 COMMAND_ARGUMENTS: dict[str, type[BaseModel]] = {
     "retry_series": SeriesCommandArgs,
     "discard_series": SeriesCommandArgs,
+    "echo_source": SourceCommandArgs,
+    "query_source": SourceCommandArgs,
+    "diagnostics": NoArgs,
 }
 """The commands an agent knows, with the model of their `args`."""
+
+
+MAX_LOG_LINES: Final = 200
+MAX_LOG_LINE_LENGTH: Final = 1000
+
+
+class DiagnosticsBundle(BaseModel):
+    """What support needs from an agent in one piece (the `diagnostics` command): its version
+    and config revision, its health now, and its latest log lines (after the PHI filter)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_version: str = Field(max_length=64)
+    config_revision: Revision | None
+    collected_at: AwareDatetime
+    health: HealthReport
+    log_lines: list[Annotated[str, Field(max_length=MAX_LOG_LINE_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=MAX_LOG_LINES,
+        description="The latest log lines, oldest first, as JSON objects (PHI-filtered).",
+    )
 
 
 class CommandResult(_Frame):
@@ -354,6 +511,9 @@ class CommandResult(_Frame):
     id: uuid.UUID
     ok: bool
     detail: Text | None = None
+    diagnostics: DiagnosticsBundle | None = Field(
+        default=None, description="The bundle a `diagnostics` command collected."
+    )
 
 
 class Ping(_Frame):
@@ -384,6 +544,7 @@ Message = Annotated[
     | ConfigMessage
     | ConfigResult
     | Health
+    | Figures
     | Command
     | CommandResult
     | Ping
@@ -400,6 +561,7 @@ MESSAGE_TYPES: Final = frozenset(
         "config",
         "config_result",
         "health",
+        "figures",
         "command",
         "command_result",
         "ping",

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.messages import HealthReport
+from common.messages import DiagnosticsBundle, HealthReport
 from control_plane.fleet.health_rules import AgentStatus
 
 
@@ -112,6 +112,9 @@ class CommandAnswer(BaseModel):
     id: uuid.UUID
     ok: bool
     detail: str | None
+    diagnostics: DiagnosticsBundle | None = Field(
+        default=None, description="What a `diagnostics` command collected."
+    )
 
 
 class FailedSeriesPublic(BaseModel):

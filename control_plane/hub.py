@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -69,6 +71,8 @@ class Hub:
         read_sessionmaker: async_sessionmaker[AsyncSession],
         settings: ControlPlaneSettings,
         clock: Clock,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self._read_sessionmaker = read_sessionmaker
         self._settings = settings
@@ -84,6 +88,7 @@ class Hub:
             recorder=self.recorder,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             current_config=self._current_config,
+            tracer=tracer or trace.get_tracer(__name__),
         )
         self._links: dict[uuid.UUID, AgentLink] = {}
         self._by_site: defaultdict[uuid.UUID, set[AgentLink]] = defaultdict(set)

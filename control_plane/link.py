@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 
 from common.config import SiteConfig
 from common.messages import (
@@ -31,21 +33,25 @@ from common.messages import (
     ConfigResult,
     Error,
     ErrorCode,
+    Figures,
     Health,
     Hello,
     Message,
     Ping,
     Pong,
     ProtocolError,
+    SeriesFigures,
     Welcome,
     encode_message,
     negotiate_version,
     parse_message,
 )
+from common.telemetry import safe_attributes
 from control_plane.clock import Clock
 from control_plane.fleet.agents import LinkAgent
 from control_plane.fleet.health_rules import Thresholds, verdict_of_report
 from control_plane.fleet.recorder import LinkRecorder
+from control_plane.tracing import current_traceparent, remote_context
 
 logger = structlog.get_logger(__name__)
 
@@ -94,6 +100,8 @@ class LinkContext:
     heartbeat_interval_s: float
     current_config: Callable[[LinkAgent], Awaitable[ConfigOffer]]
     """The current config of the agent's site (read from the database)."""
+    tracer: Tracer = field(default_factory=lambda: trace.get_tracer(__name__))
+    """Spans of what agents report, in the trace the agent names (`traceparent`)."""
 
 
 class AgentLink:
@@ -230,7 +238,7 @@ class AgentLink:
             LinkClosedError: the link closed before the agent answered.
             TimeoutError: no answer within `timeout_s`.
         """
-        command = Command(id=uuid.uuid4(), name=name, args=args)
+        command = Command(id=uuid.uuid4(), name=name, args=args, traceparent=current_traceparent())
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._commands[command.id] = future
         try:
@@ -281,6 +289,11 @@ class AgentLink:
                     health_reasons=list(verdict.reasons),
                 )
                 self._context.recorder.record_report(self.agent.agent_id, now, verdict, document)
+            case Figures(series=series):
+                self._context.recorder.record_figures(
+                    self.agent.site_id, self.agent.agent_id, now, series
+                )
+                self._trace_figures(series)
             case ConfigResult(revision=revision, status="applied"):
                 self._applied(revision)
                 urgent = True
@@ -323,6 +336,20 @@ class AgentLink:
                     )
                 )
         self._record(urgent=urgent)
+
+    def _trace_figures(self, series: Sequence[SeriesFigures]) -> None:
+        # One short span per batch, inside the agent's trace of that series: the trace of a
+        # series then shows its upload requests and the control plane recording its figures.
+        for item in series:
+            parent = remote_context(item.traceparent)
+            if parent is None:
+                continue
+            span = self._context.tracer.start_span(
+                "series.figures",
+                context=parent,
+                attributes=safe_attributes(series_key=item.series_key, site=self.agent.site),
+            )
+            span.end()
 
     def _applied(self, revision: int) -> None:
         failed = self._state.config_failed_revision

@@ -8,7 +8,9 @@ Must not import `agent` or pynetdicom.
 """
 
 import asyncio
+import datetime as dt
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -16,12 +18,17 @@ from importlib.metadata import PackageNotFoundError, version
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from opentelemetry.trace import TracerProvider
 
+from common.telemetry import configure_tracing
 from control_plane import migrate
+from control_plane.alerts import Alerter
 from control_plane.api.access_doc import publish_access
 from control_plane.api.hardening import INTERNAL_ERROR_DETAIL, harden
+from control_plane.api.http_metrics import HttpMetricsMiddleware
 from control_plane.api.router import api_router
-from control_plane.api.routes import health
+from control_plane.api.routes import health, metrics_export
 from control_plane.api.routes.ingest import BATCH_LIMITS
 from control_plane.clock import Clock, system_clock
 from control_plane.db import (
@@ -33,14 +40,18 @@ from control_plane.db import (
 from control_plane.errors import ControlPlaneError, InvalidConfigError
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
+from control_plane.metrics import HttpMetrics
 from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
+from control_plane.tracing import TRACER_NAME, trace_engine
+from control_plane.ui import routes as ui_routes
 
 logger = structlog.get_logger(__name__)
 
 __all__ = ["INTERNAL_ERROR_DETAIL", "SchemaNotCurrentError", "create_app"]
 
+SERVICE_NAME = "dicom-connector-control-plane"
 # Room for the part headers and boundaries of a full batch around its instances' bytes.
 BATCH_FRAMING_BYTES = 1024 * 1024
 
@@ -70,9 +81,22 @@ async def _check_schema(settings: ControlPlaneSettings) -> None:
         )
 
 
-def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> FastAPI:
+def create_app(
+    settings: ControlPlaneSettings,
+    clock: Clock = system_clock,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     """A control-plane app for `settings`; its lifespan owns the database, the blob store and
-    the hub. `clock` is what health is judged by (tests pass one they can move)."""
+    the hub. `clock` is what health is judged by (tests pass one they can move). Traces go to
+    `tracer_provider`, else to one exporting to OTEL_EXPORTER_OTLP_ENDPOINT when that is set
+    (`common.telemetry.configure_tracing`), which the lifespan flushes and shuts down."""
+    owned = configure_tracing(SERVICE_NAME) if tracer_provider is None else None
+    provider = tracer_provider or owned
+    # Spans nobody exports are work for nothing on every request and statement: request and
+    # SQL spans only when a provider was given or OTLP export is configured.
+    tracing = tracer_provider is not None or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    assert provider is not None
+    tracer = provider.get_tracer(TRACER_NAME)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,9 +105,18 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         await blobs.prepare()
         engine = create_engine(settings.database_url)
         read_engine = create_read_engine(settings.database_url)
+        for traced in (engine, read_engine):
+            if traced is not None and tracing:
+                trace_engine(traced, tracer)
         sessionmaker = create_sessionmaker(engine)
         read_sessionmaker = create_sessionmaker(read_engine or engine)
-        hub = Hub(sessionmaker, read_sessionmaker, settings, clock)
+        hub = Hub(sessionmaker, read_sessionmaker, settings, clock, tracer=tracer)
+        alerter = Alerter(
+            settings.alerts,
+            hub.view.site_statuses,
+            clock,
+            dt.timedelta(seconds=settings.heartbeat_interval_s),
+        )
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
@@ -93,31 +126,50 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
             admin_token_digest=token_digest(settings.admin_token.get_secret_value()),
             hub=hub,
             clock=clock,
+            alerter=alerter,
         )
         # The fleet routes answer from the hub's view: it is filled before the first request.
         await hub.view.resync()
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
+        alerts_work = asyncio.create_task(alerter.run(), name="alerts")
+        alerts_work.add_done_callback(_report_crash)
         if settings.tune_garbage_collector:
             _tune_garbage_collector()
         logger.info("control plane started", revision=migrate.head_revision())
         try:
             yield
         finally:
+            alerts_work.cancel()
             hub_work.cancel()
-            await asyncio.wait([hub_work])
+            await asyncio.wait([hub_work, alerts_work])
             await hub.close()
             if read_engine is not None:
                 await read_engine.dispose()
             await engine.dispose()
+            if owned is not None:
+                owned.shutdown()  # flushes spans still batched for export
             logger.info("control plane stopped")
 
     app = FastAPI(
         title="dicom-connector control plane",
         version=_package_version(),
         lifespan=lifespan,
+        # FastAPI's own request spans; their URL path and query are dropped at export
+        # (common.telemetry.AllowlistExporter), the route template kept.
+        telemetry={
+            "tracer_provider": provider,
+            "tracing": tracing,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
     )
     app.include_router(health.router)
+    app.include_router(metrics_export.router)
+    app.include_router(ui_routes.router)
+    app.mount("/ui/static", StaticFiles(directory=ui_routes.STATIC_DIR), name="ui-static")
     app.include_router(api_router)
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     harden(
@@ -129,6 +181,9 @@ def create_app(settings: ControlPlaneSettings, clock: Clock = system_clock) -> F
         },
     )
     publish_access(app)
+    # Outermost: every request is counted, refused ones included.
+    app.state.http_metrics = HttpMetrics()
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
     return app
 
 
@@ -154,7 +209,11 @@ def _report_crash(task: "asyncio.Task[None]") -> None:
     # The hub's loops handle database errors themselves; anything else is a bug that leaves
     # link state unwritten, so it must not wait for shutdown to be seen.
     if not task.cancelled() and task.exception() is not None:
-        logger.error("hub background work stopped", error=type(task.exception()).__name__)
+        logger.error(
+            "background work stopped",
+            service=task.get_name(),
+            error=type(task.exception()).__name__,
+        )
 
 
 async def _control_plane_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -171,6 +172,31 @@ class AgentHealthReport(Base):
     status: Mapped[str] = mapped_column(String(16))
     reasons: Mapped[list[str]] = mapped_column(JSONDocument)
     report: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+
+
+class SeriesFigure(Base):
+    """One upload batch of a series as an agent reported it (`common.messages.SeriesFigures`):
+    the raw facts of the operational figures (`control_plane.figures`). PHI-free."""
+
+    __tablename__ = "series_figures"
+    __table_args__ = (Index("ix_series_figures_site_id_stored_at", "site_id", "stored_at"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id"))
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"))
+    series_key: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    routing_reason: Mapped[str] = mapped_column(String(32))
+    instances_received: Mapped[int] = mapped_column(Integer)
+    instances_announced: Mapped[int | None] = mapped_column(Integer)
+    instances_stored: Mapped[int] = mapped_column(Integer)
+    instances_failed: Mapped[int] = mapped_column(Integer)
+    instances_retrying: Mapped[int] = mapped_column(Integer)
+    bytes_uploaded: Mapped[int] = mapped_column(BigInteger)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deferred_s: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Group(Base):

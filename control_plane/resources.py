@@ -5,10 +5,11 @@ Built by the lifespan in `control_plane.main` and reached by requests through
 `control_plane.deps`; nothing here exists before the app starts. Must not import FastAPI.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from control_plane.alerts import Alerter
 from control_plane.clock import Clock
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
@@ -28,3 +29,5 @@ class Resources:
     admin_token_digest: str
     hub: Hub
     clock: Clock
+    alerter: Alerter | None = field(default=None)
+    """Webhook alerts on site status changes (None when built without one, in tests)."""

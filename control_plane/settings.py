@@ -5,13 +5,62 @@ Nothing here runs at import time: callers build `ControlPlaneSettings(...)` and 
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.database_url import async_database_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+class AlertSettings(BaseModel):
+    """`alerts.*`: webhooks told when a site turns degraded, unhealthy or missing, or recovers.
+
+    Webhook URLs often carry a secret (a chat service's token): they are `SecretStr`, never
+    logged or shown; a delivery is named by its position in the list.
+    """
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    webhooks: list[SecretStr] = Field(
+        default_factory=list,
+        description="http(s) URLs each transition is POSTed to as JSON; none: no alerts.",
+    )
+    hold_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A site's new status must hold this long before it is alerted, so a "
+        "status that flaps back within it sends nothing.",
+    )
+    min_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="At most one alert per site this often; a change inside it is sent once "
+        "the interval is over, if it still holds.",
+    )
+    check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often site statuses are compared."
+    )
+    attempts: int = Field(
+        default=6, ge=1, le=100, description="Deliveries tried per alert and webhook."
+    )
+    retry_backoff_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="First wait between attempts; doubled each time, capped at 5 minutes.",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _http_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, url in enumerate(value, start=1):
+            parts = urlsplit(url.get_secret_value())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"alerts.webhooks[{number}] is not an http(s) URL")
+        return value
 
 
 class ControlPlaneSettings(BaseSettings):
@@ -20,7 +69,10 @@ class ControlPlaneSettings(BaseSettings):
     # Inputs stay out of error messages: they would echo a weak admin token or a database
     # password into whatever log catches the error.
     model_config = SettingsConfigDict(
-        env_prefix="DICOM_CONNECTOR_", extra="forbid", hide_input_in_errors=True
+        env_prefix="DICOM_CONNECTOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(repr=False)
@@ -63,6 +115,16 @@ class ControlPlaneSettings(BaseSettings):
         default=360,
         ge=1,
         description="Health reports kept per agent (360 is an hour at the 10 s default).",
+    )
+
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, GET /metrics needs it as a bearer token; else it is open.",
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings,
+        description="Webhook alerts on site status changes (`DICOM_CONNECTOR_ALERTS` as JSON, "
+        "or `DICOM_CONNECTOR_ALERTS__WEBHOOKS='[\"https://...\"]'`).",
     )
 
     @field_validator("database_url")

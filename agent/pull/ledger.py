@@ -220,6 +220,16 @@ class PullLedger:
             ).fetchone()
         return None if row is None else _tracked(row)
 
+    def announced(self, series_instance_uid: str) -> int | None:
+        """How many instances the sources announced for a series at their last query (the
+        largest, should two sources hold it); None for a series no source listed (PUSH)."""
+        with self._state.transaction(write=False) as db:
+            row = db.execute(
+                "SELECT max(remote_count) FROM pull_series WHERE series_instance_uid = ?",
+                (series_instance_uid,),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def mark_retrieved(self, source: str, series_instance_uid: str, count: int, now: float) -> None:
         """Every one of `count` announced instances arrived."""
         self._update(

@@ -70,6 +70,7 @@ class _Status:
 
     echo_ok: bool | None = None
     echo_error: str | None = None
+    echo_at: float | None = None
     last_round_at: float | None = None
     last_round_duration: float | None = None
     last_round_ok: bool | None = None
@@ -149,10 +150,12 @@ class SourcePoller:
         try:
             await asyncio.to_thread(self._scu.echo)
         except SourceError as exc:
+            self._status.echo_at = self._clock()
             self._status.echo_ok, self._status.echo_error = False, str(exc)
             self._counters.record_error(str(exc), self._clock())
             log.warning("pull.echo_failed", **self._log_fields(), error=str(exc))
             return False
+        self._status.echo_at = self._clock()
         self._status.echo_ok, self._status.echo_error = True, None
         log.info("pull.echo_ok", **self._log_fields())
         return True
@@ -171,6 +174,7 @@ class SourcePoller:
             retrieve=self._source.retrieve,
             echo_ok=status.echo_ok,
             echo_error=status.echo_error,
+            echo_at=status.echo_at,
             last_round_at=status.last_round_at,
             last_round_duration=status.last_round_duration,
             last_round_ok=status.last_round_ok,

@@ -77,6 +77,34 @@ class PullService:
         """One entry per source being polled (blocking: reads the ledger)."""
         return tuple(poller.health() for poller in list(self._pollers.values()))
 
+    async def echo_now(self, source: str) -> tuple[bool, str]:
+        """C-ECHO a source now (a support command); whether it answered, and a sentence."""
+        poller = self._pollers.get(source)
+        if poller is None:
+            return False, self._unknown(source)
+        started = time.monotonic()
+        if await poller.echo():
+            return True, f"{source} answered C-ECHO in {(time.monotonic() - started) * 1000:.0f} ms"
+        health = await asyncio.to_thread(poller.health)
+        return False, f"{source} did not answer C-ECHO: {health.echo_error or 'no reason given'}"
+
+    async def query_now(self, source: str) -> tuple[bool, str]:
+        """Run a query round of a source now (a support command), retrievals included."""
+        poller = self._pollers.get(source)
+        if poller is None:
+            return False, self._unknown(source)
+        report = await poller.poll_once()
+        if not report.ok or report.changes is None:
+            return False, f"{source} could not be queried: {report.error or 'no reason given'}"
+        return True, (
+            f"{source}: {report.changes.seen} series listed in {report.duration * 1000:.0f} ms,"
+            f" {len(report.retrievals)} retrieval(s), {report.failed_retrievals} failed"
+        )
+
+    def _unknown(self, source: str) -> str:
+        known = ", ".join(sorted(self._pollers)) or "none (the site is not in pull mode)"
+        return f"{source} is not a PULL source of this agent; its sources: {known}"
+
     async def run(self) -> None:
         """Run until `stop`; the pollers' tasks end with it."""
         async with asyncio.TaskGroup() as group:

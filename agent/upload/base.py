@@ -27,6 +27,8 @@ class UploadResult:
 
     file_id: str
     status: str
+    routing_reason: str | None = None
+    """Where the store says it filed the instance and why (`unknown_group`...), when it says."""
 
 
 class UploadError(Exception):

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from agent.http_retry import is_retryable
 from agent.state import InstanceRow
+from agent.tracing import trace_headers
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.http_retry import MAX_DETAIL_CHARS, RetryPolicy, with_retries
 from agent.upload.multipart import CHUNK_SIZE, RelatedBody, SpooledPart, open_part, unreadable
@@ -125,7 +126,8 @@ class BuiltinStoreDestination:
         return await self._with_retries(lambda: self._post_once(instance, params))
 
     def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token()}"}
+        # With the current trace (the series being uploaded): the store's spans join it.
+        return {"Authorization": f"Bearer {self._token()}", **trace_headers()}
 
     async def aclose(self) -> None:
         """Close the HTTP client if this destination created it; idempotent."""
@@ -260,7 +262,11 @@ def _confirmation(response: httpx2.Response) -> UploadResult:
             True,
             "store answered 200 without a file_id and a status of created/exists/replaced",
         ) from None
-    return UploadResult(file_id=str(result.file_id), status=str(result.status))
+    return UploadResult(
+        file_id=str(result.file_id),
+        status=str(result.status),
+        routing_reason=str(result.routing_reason),
+    )
 
 
 def _batch_confirmation(
@@ -271,8 +277,10 @@ def _batch_confirmation(
             is_retryable(response.status_code),
             f"store answered HTTP {response.status_code}: {_error_detail(response)}",
         )
+    reason: str | None = None
     try:
-        items = BatchResult.model_validate_json(response.content).items
+        parsed = BatchResult.model_validate_json(response.content)
+        items, reason = parsed.items, parsed.routing_reason
     except ValidationError:
         items = []
     if len(items) != len(sent):
@@ -282,11 +290,13 @@ def _batch_confirmation(
             f"store answered 200 without one item per part ({len(sent)}), each with a"
             " file_id and a known status or an error",
         )
-    return [_item_outcome(item, instance) for item, instance in zip(items, sent, strict=True)]
+    return [
+        _item_outcome(item, instance, reason) for item, instance in zip(items, sent, strict=True)
+    ]
 
 
 def _item_outcome(
-    item: BatchItemStored | BatchItemRefused, instance: InstanceRow
+    item: BatchItemStored | BatchItemRefused, instance: InstanceRow, reason: str | None
 ) -> UploadResult | UploadError:
     # A refused part names no UID when the store found none valid in its headers.
     if isinstance(item, BatchItemRefused) and item.sop_instance_uid in (
@@ -296,7 +306,11 @@ def _item_outcome(
         # The store's refusal names digests and what to do, never a DICOM value.
         return UploadError(False, f"store refused the instance: {item.error}"[:MAX_DETAIL_CHARS])
     if isinstance(item, BatchItemStored) and item.sop_instance_uid == instance.sop_instance_uid:
-        return UploadResult(file_id=str(item.file_id), status=str(item.status))
+        return UploadResult(
+            file_id=str(item.file_id),
+            status=str(item.status),
+            routing_reason=None if reason is None else str(reason),
+        )
     return UploadError(
         True, "store answered 200 with items that do not match the parts sent, in order"
     )

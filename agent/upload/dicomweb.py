@@ -44,6 +44,7 @@ import httpx2
 
 from agent.http_retry import is_retryable
 from agent.state import InstanceRow
+from agent.tracing import trace_headers
 from agent.upload.base import BatchLimits, UploadError, UploadResult
 from agent.upload.http_retry import RetryPolicy, with_retries
 from agent.upload.multipart import RelatedBody, SpooledPart, open_part
@@ -148,7 +149,7 @@ class DicomwebDestination:
         return self._studies_url
 
     async def _headers(self) -> dict[str, str]:
-        headers = {"Accept": DICOM_JSON}
+        headers = {"Accept": DICOM_JSON, **trace_headers()}
         if self._token_file is not None:
             token = await asyncio.to_thread(read_secret, self._token_file, "token")
             headers["Authorization"] = f"Bearer {token}"

@@ -63,13 +63,18 @@ class Thresholds:
 
     query_time: dt.timedelta
     reap_time: dt.timedelta
+    upload_failure: dt.timedelta = dt.timedelta(minutes=15)
+    spool_age: dt.timedelta = dt.timedelta(hours=2)
 
     @classmethod
     def of(cls, config: SiteConfig) -> Thresholds:
         """The thresholds of a site config (`timing.*_threshold`)."""
+        timing = config.timing
         return cls(
-            query_time=config.timing.query_time_threshold,
-            reap_time=config.timing.reap_time_threshold,
+            query_time=timing.query_time_threshold,
+            reap_time=timing.reap_time_threshold,
+            upload_failure=timing.upload_failure_threshold,
+            spool_age=timing.spool_age_threshold,
         )
 
 
@@ -157,16 +162,20 @@ def judge_report(report: HealthReport, thresholds: Thresholds) -> list[tuple[Age
                     f" of {_duration(thresholds.query_time)}",
                 )
             )
+    findings.extend(_pull_source_findings(report))
     if report.longest_reap_s is not None:
         took = _seconds(report.longest_reap_s)
         if took > thresholds.reap_time:
+            window = report.reap_window_s
+            within = "" if window is None else f" (within the last {_duration(_seconds(window))})"
             findings.append(
                 (
                     AgentStatus.degraded,
                     f"the longest reap took {_duration(took)}, over the reap_time_threshold"
-                    f" of {_duration(thresholds.reap_time)}",
+                    f" of {_duration(thresholds.reap_time)}" + within,
                 )
             )
+    findings.extend(_upload_findings(report, thresholds))
     if report.failed_series:
         latest = report.failed_series_recent[0].reason if report.failed_series_recent else None
         findings.append(
@@ -183,6 +192,67 @@ def judge_report(report: HealthReport, thresholds: Thresholds) -> list[tuple[Age
                 AgentStatus.degraded,
                 f"{report.failed_instances} instance(s) failed for good and are kept in the"
                 " spool for support",
+            )
+        )
+    return findings
+
+
+def _pull_source_findings(report: HealthReport) -> list[tuple[AgentStatus, str]]:
+    """A source that cannot be queried (its last C-FIND round failed, or it never answered a
+    C-ECHO before a first round) degrades the agent, naming the source and the error."""
+    findings: list[tuple[AgentStatus, str]] = []
+    for source in report.pull_sources:
+        if source.query_ok is False:
+            rounds = source.consecutive_failed_queries
+            findings.append(
+                (
+                    AgentStatus.degraded,
+                    f"PULL source {source.source} cannot be queried"
+                    f" ({rounds} failed C-FIND round(s) in a row): "
+                    f"{source.query_error or 'no reason given'}",
+                )
+            )
+        elif source.query_ok is None and source.echo_ok is False:
+            findings.append(
+                (
+                    AgentStatus.degraded,
+                    f"PULL source {source.source} does not answer C-ECHO: "
+                    f"{source.echo_error or 'no reason given'}",
+                )
+            )
+        if source.series_short:
+            findings.append(
+                (
+                    AgentStatus.degraded,
+                    f"PULL source {source.source}: {source.series_short} series retrieved short"
+                    f" ({source.instances_missing} instance(s) missing), retried with a backoff",
+                )
+            )
+    return findings
+
+
+def _upload_findings(report: HealthReport, thresholds: Thresholds) -> list[tuple[AgentStatus, str]]:
+    findings: list[tuple[AgentStatus, str]] = []
+    failing = report.uploads_failing_for_s
+    if failing is not None and _seconds(failing) > thresholds.upload_failure:
+        findings.append(
+            (
+                AgentStatus.degraded,
+                f"uploads have been failing for {_duration(_seconds(failing))}"
+                f" ({report.consecutive_upload_failures} failed attempt(s), no success since),"
+                f" over the upload_failure_threshold of {_duration(thresholds.upload_failure)}"
+                + (f"; latest error: {report.last_error}" if report.last_error else ""),
+            )
+        )
+    age = report.oldest_unuploaded_age_s
+    # Outside the upload window the spool is meant to grow old: judged only while it is open.
+    if age is not None and report.uploads_open and _seconds(age) > thresholds.spool_age:
+        findings.append(
+            (
+                AgentStatus.degraded,
+                f"the oldest instance not yet uploaded is {_duration(_seconds(age))} old, over"
+                f" the spool_age_threshold of {_duration(thresholds.spool_age)}"
+                f" ({report.spool_depth} instance(s) waiting)",
             )
         )
     return findings

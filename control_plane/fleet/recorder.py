@@ -30,8 +30,9 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from common.messages import SeriesFigures
 from control_plane.fleet.health_rules import Verdict
-from control_plane.models import Agent, AgentHealthReport
+from control_plane.models import Agent, AgentHealthReport, SeriesFigure
 
 logger = structlog.get_logger(__name__)
 
@@ -74,6 +75,7 @@ class LinkState:
 _COLUMNS = tuple(field.name for field in dataclasses.fields(LinkState))
 _AGENTS = Agent.metadata.tables[Agent.__tablename__]
 _REPORTS = AgentHealthReport.metadata.tables[AgentHealthReport.__tablename__]
+_FIGURES = SeriesFigure.metadata.tables[SeriesFigure.__tablename__]
 _UPDATE_LINK_STATE = (
     update(_AGENTS)
     .where(_AGENTS.c.id == bindparam("agent_id"))
@@ -95,6 +97,9 @@ class LinkRecorder:
         self._history_per_agent = history_per_agent
         self._states: dict[uuid.UUID, LinkState] = {}
         self._reports: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_REPORTS)
+        # Series figures are facts, not states: kept like reports (capped while the database
+        # is away), written in the same transaction.
+        self._figures: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_REPORTS)
         self._dropped_reports = 0
         self._lock = asyncio.Lock()
         self.urgent = asyncio.Event()
@@ -104,7 +109,7 @@ class LinkRecorder:
     @property
     def pending(self) -> int:
         """States and reports not yet written."""
-        return len(self._states) + len(self._reports)
+        return len(self._states) + len(self._reports) + len(self._figures)
 
     def record_state(self, agent_id: uuid.UUID, state: LinkState, *, urgent: bool = False) -> None:
         """Write `state` as the agent's link state at the next flush (replacing any older),
@@ -132,6 +137,28 @@ class LinkRecorder:
             }
         )
 
+    def record_figures(
+        self,
+        site_id: uuid.UUID,
+        agent_id: uuid.UUID,
+        received_at: datetime,
+        figures: Sequence[SeriesFigures],
+    ) -> None:
+        """Add an agent's series figures to the next flush."""
+        for item in figures:
+            if len(self._figures) == MAX_PENDING_REPORTS:
+                self._dropped_reports += 1
+            self._figures.append(
+                {
+                    "id": uuid.uuid4(),
+                    "site_id": site_id,
+                    "agent_id": agent_id,
+                    "recorded_at": received_at,
+                    # The trace is joined when the figures arrive (control_plane.link), not kept.
+                    **item.model_dump(exclude={"traceparent"}),
+                }
+            )
+
     async def flush(self) -> None:
         """Write everything recorded so far, in one transaction.
 
@@ -147,12 +174,15 @@ class LinkRecorder:
             states, self._states = self._states, {}
             reports = list(self._reports)
             self._reports.clear()
-            if not states and not reports:
+            figures = list(self._figures)
+            self._figures.clear()
+            if not states and not reports and not figures:
                 return
             try:
-                await self._write(states, reports)
+                await self._write(states, reports, figures)
             except (OperationalError, InterfaceError, OSError):
                 self._restore(states, reports)
+                self._figures.extendleft(reversed(figures))
                 raise
             except SQLAlchemyError as exc:
                 logger.error(
@@ -189,7 +219,10 @@ class LinkRecorder:
             await session.commit()
 
     async def _write(
-        self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]
+        self,
+        states: dict[uuid.UUID, LinkState],
+        reports: list[dict[str, Any]],
+        figures: list[dict[str, Any]] | None = None,
     ) -> None:
         # Core statements on the tables: the ORM's bulk paths do per-row bookkeeping that a
         # flush of a thousand agents pays for on the event loop.
@@ -204,6 +237,8 @@ class LinkRecorder:
                 )
             if reports:
                 await session.execute(insert(_REPORTS), reports)
+            if figures:
+                await session.execute(insert(_FIGURES), figures)
             await session.commit()
 
     def _restore(self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]) -> None:

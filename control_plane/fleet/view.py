@@ -76,6 +76,25 @@ _AGENTS = Agent.__table__
 logger = structlog.get_logger(__name__)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentStatusEntry:
+    """One agent of a `SiteStatus`: its name, verdict and whether its link is up."""
+
+    name: str
+    verdict: Verdict
+    connected: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SiteStatus:
+    """A site's verdict at one moment, with its agents' (by name)."""
+
+    site: str
+    verdict: Verdict
+    agents: tuple[AgentStatusEntry, ...]
+    config_revision: int
+
+
 class _Entry:
     """One agent: its record, and what was judged and serialized from it (None: not yet, or
     outdated by a change)."""
@@ -357,6 +376,25 @@ class FleetView:
         ).model_dump_json()
         self._fleet_json = (self._generation, answer.encode())
         return self._fleet_json[1]
+
+    def site_statuses(self, context: HealthContext) -> list[SiteStatus]:
+        """Every site's verdict now, with each agent's, by site name (alerts and metrics)."""
+        statuses: list[SiteStatus] = []
+        for site in sorted(self._sites.values(), key=lambda site: site.name):
+            self._judge_site(site, context)
+            judged, _ = self._site_verdict(site)
+            statuses.append(
+                SiteStatus(
+                    site=site.name,
+                    verdict=judged,
+                    agents=tuple(
+                        AgentStatusEntry(entry.record.name, entry.verdict(), entry.connected)
+                        for entry in site.ordered()
+                    ),
+                    config_revision=site.config_revision,
+                )
+            )
+        return statuses
 
     async def _site(self, name: str, context: HealthContext) -> _Site:
         site = self._by_name.get(name)

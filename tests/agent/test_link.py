@@ -261,7 +261,7 @@ async def test_a_slow_reap_reported_in_a_heartbeat_turns_the_site_degraded(
     await _eventually(admin, f"/api/v1/sites/{SITE}/health", lambda s: s["status"] == "ok")
 
     # Longer than the default reap_time_threshold of 1 h.
-    agent.runtime.counters.record_reap(2 * 3600.0)
+    agent.runtime.counters.record_reap(2 * 3600.0, time.time())
 
     site = await _eventually(
         admin, f"/api/v1/sites/{SITE}/health", lambda s: s["status"] == "degraded"

@@ -195,6 +195,17 @@ async def test_a_study_stored_in_the_pacs_lands_in_the_store_without_anyone_push
 
     await until(agent, lambda health: health.series_retrieved == 2, "both series retrieved")
     await site.wait_for_files(4)
+    # The figures arrive with the next heartbeat: PULL series, announced by the source.
+    deadline = time.monotonic() + WAIT_S
+    while (metrics := await _call(admin, "GET", "/api/v1/sites/default/metrics"))["figures"][
+        "instances_stored"
+    ] < 4:
+        assert time.monotonic() < deadline, metrics
+        await asyncio.sleep(0.1)
+    figures = metrics["figures"]
+    assert (figures["instances_announced"], figures["pull_completeness"]) == (4, 1.0)
+    # C-MOVE stores come from the PACS' own AE title: the "scanner" of a PULL series.
+    assert [scanner["calling_ae"] for scanner in metrics["scanners"]] == [pacs.ae_title]
     source = await source_health(agent)
     await agent.stop()
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.figures import FiguresBuffer
 from agent.health import PipelineCounters
 from agent.reaper import Reaper
 from agent.site import SiteSnapshot
@@ -263,3 +264,45 @@ async def test_a_destination_bug_fails_the_instance_without_quoting_its_message(
     assert report.failed == 1
     [row] = [state.instance(instance.id) for instance in batch.instances]
     assert row.last_error == "unexpected KeyError in the destination while uploading"
+
+
+async def test_the_figures_of_a_deferred_series_are_its_true_values(
+    state: AgentState, spool: Spool, destination: BuiltinStoreDestination
+) -> None:
+    datasets = series_datasets(3, comments="fw://neuro/study-a")
+    uid = datasets[0].SeriesInstanceUID
+    received_at = NOON - 100
+    spool_datasets(spool, datasets, received_at)
+    sizes = sum(row.size for row in state.spooled_instances(uid, NOON))
+    clock, counters, figures = Clock(NOON), PipelineCounters(), FiguresBuffer()
+    uploader = Uploader(state, destination, concurrency=4, counters=counters, clock=clock)
+    loop = UploadLoop(
+        state,
+        Reaper(state, clock=clock),
+        uploader,
+        snapshot("18:00-06:00"),
+        counters=counters,
+        interval=0.05,
+        drain_timeout=5,
+        clock=clock,
+        figures=figures,
+    )
+
+    assert await loop.tick() == []  # noon: outside the window, the series waits
+    clock.now = EVENING
+    running = asyncio.create_task(loop.run())
+    try:
+        await wait_until(lambda: len(figures) == 1)
+    finally:
+        loop.stop()
+        await running
+
+    (item,) = figures.take()
+    assert item.deferred_s == EVENING - NOON  # from the first tick that held it back
+    assert (item.instances_received, item.instances_stored) == (3, 3)
+    assert (item.instances_failed, item.instances_retrying) == (0, 0)
+    assert item.bytes_uploaded == sizes
+    assert item.last_received_at.timestamp() == received_at
+    assert item.stored_at.timestamp() == EVENING
+    assert item.routing_reason == "routed"
+    assert item.calling_ae is None  # spooled without an association: no calling AE title

@@ -180,7 +180,8 @@ def test_every_problem_is_listed_in_one_error() -> None:
             "timing: {acquisiton_delay: 30s}",
             "timing.acquisiton_delay: unknown key (did you mean 'acquisition_delay'?); "
             "allowed keys here: working_hours, acquisition_delay, grace_period, sleep_time, "
-            "query_time_threshold, reap_time_threshold",
+            "query_time_threshold, reap_time_threshold, upload_failure_threshold, "
+            "spool_age_threshold",
         ),
         (
             "routnig: {}",

@@ -37,6 +37,8 @@ ROUTE_ACCESS = {
     ("DELETE", "/api/v1/agents/{agent_id}/token"): "site-change",
     ("POST", "/api/v1/agents/{agent_id}/commands"): "site-change",
     ("GET", "/api/v1/sites/{site}/health"): "site-read",
+    ("GET", "/api/v1/sites/{site}/metrics"): "site-read",
+    ("GET", "/api/v1/sites/{site}/card"): "site-read",
     ("GET", "/api/v1/fleet/health"): "fleet-read",
     ("GET", "/api/v1/agent/config"): "agent",
     ("POST", "/api/v1/ingest"): "ingest",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from common.config import SiteConfig
-from common.messages import HealthReport
+from common.messages import HealthReport, PullSourceReport
 from control_plane.fleet.health_rules import (
     AgentFacts,
     AgentStatus,
@@ -77,6 +77,84 @@ def test_thresholds_come_from_the_sites_timing_config() -> None:
     assert Thresholds.of(config) == Thresholds(
         query_time=dt.timedelta(minutes=2), reap_time=dt.timedelta(seconds=30)
     )
+
+
+SOURCE = "PACS@10.0.0.5:104"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        (
+            {
+                "pull_sources": [
+                    PullSourceReport(
+                        source=SOURCE,
+                        echo_ok=True,
+                        query_ok=False,
+                        query_error="connection refused",
+                        consecutive_failed_queries=2,
+                    )
+                ]
+            },
+            f"PULL source {SOURCE} cannot be queried (2 failed C-FIND round(s) in a row):"
+            " connection refused",
+        ),
+        (
+            {"pull_sources": [PullSourceReport(source=SOURCE, echo_ok=False, echo_error="no")]},
+            f"PULL source {SOURCE} does not answer C-ECHO: no",
+        ),
+        (
+            {
+                "pull_sources": [
+                    PullSourceReport(
+                        source=SOURCE, query_ok=True, series_short=1, instances_missing=4
+                    )
+                ]
+            },
+            f"PULL source {SOURCE}: 1 series retrieved short (4 instance(s) missing), retried"
+            " with a backoff",
+        ),
+        (
+            {"uploads_failing_for_s": 1200.0, "consecutive_upload_failures": 7},
+            "uploads have been failing for 20m (7 failed attempt(s), no success since), over"
+            " the upload_failure_threshold of 15m",
+        ),
+        (
+            {"oldest_unuploaded_age_s": 3 * 3600.0, "spool_depth": 12},
+            "the oldest instance not yet uploaded is 3h old, over the spool_age_threshold of 2h"
+            " (12 instance(s) waiting)",
+        ),
+        (
+            {"longest_reap_s": 5400.0, "reap_window_s": 3600.0},
+            "the longest reap took 1h30m, over the reap_time_threshold of 1h (within the last 1h)",
+        ),
+    ],
+)
+def test_a_failure_the_report_shows_degrades_with_its_reason(
+    changes: dict[str, Any], reason: str
+) -> None:
+    report = HEALTHY.model_copy(update=changes)
+
+    assert _judge(_with_report(report)) == (AgentStatus.degraded, (reason,))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"uploads_failing_for_s": 899.0},
+        {"oldest_unuploaded_age_s": 7199.0},
+        # Outside the upload window the spool is meant to age.
+        {"oldest_unuploaded_age_s": 3 * 3600.0, "uploads_open": False},
+        {"pull_sources": [PullSourceReport(source=SOURCE, echo_ok=True, query_ok=True)]},
+        # A C-ECHO that failed at start-up is settled by a query round that worked.
+        {"pull_sources": [PullSourceReport(source=SOURCE, echo_ok=False, query_ok=True)]},
+    ],
+)
+def test_what_stays_under_its_threshold_is_ok(changes: dict[str, Any]) -> None:
+    report = HEALTHY.model_copy(update=changes)
+
+    assert _judge(_with_report(report)) == (AgentStatus.ok, ())
 
 
 @pytest.mark.parametrize(

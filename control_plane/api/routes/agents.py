@@ -126,4 +126,6 @@ async def send_command(
         raise NoAnswerError(
             f"agent {agent_id} did not answer the command within {COMMAND_TIMEOUT_S:.0f} s"
         ) from None
-    return CommandAnswer(id=result.id, ok=result.ok, detail=result.detail)
+    return CommandAnswer(
+        id=result.id, ok=result.ok, detail=result.detail, diagnostics=result.diagnostics
+    )
