@@ -18,6 +18,7 @@ from pynetdicom.tests import encoded_pdu_items
 
 from agent.dicom.engine.commands import decode_command
 from agent.dicom.listeners import IntakeEngine, Listener
+from agent.dicom.timeouts import ScpTimeouts
 from agent.state import AgentState
 from tests.support.dicom_factory import encoded_dataset, make_instance
 from tests.support.scu import send_datasets
@@ -277,3 +278,28 @@ def test_a_store_in_many_small_fragments_is_answered_once_durable(
 
     (row,) = state.spooled_instances(ds.SeriesInstanceUID)
     assert row.path.read_bytes().endswith(encoded)
+
+
+def test_a_pdu_longer_than_allowed_closes_the_connection_and_the_next_is_served(
+    start_listener: StartListener, state: AgentState
+) -> None:
+    listener = start_listener()
+    with established(listener.port) as sock:
+        sock.sendall(struct.pack(">BxL", _P_DATA, 1 << 30) + b"\x00" * 64)  # claims 1 GiB
+        answer = read_pdu(sock)
+        assert answer is None or answer[0] == _ABORT
+
+    the_next_association_is_served(listener.port, state)
+
+
+def test_a_peer_stalling_mid_pdu_is_closed_after_the_network_timeout(
+    start_listener: StartListener, state: AgentState
+) -> None:
+    listener = start_listener(timeouts=ScpTimeouts(artim=5.0, dimse=0.5, network=0.5))
+    with established(listener.port) as sock:
+        whole = p_data(1, 0x03, store_command(MRImageStorage, generate_uid()))
+        sock.sendall(whole[:9])  # and then nothing
+        answer = read_pdu(sock)  # the SCP gives up long before our own wait
+        assert answer is None or answer[0] == _ABORT
+
+    the_next_association_is_served(listener.port, state)
