@@ -132,7 +132,7 @@ class LeanListener:
             self._accept_thread.start()
             self._started = True
             port = self.port
-        _log.info("dicom listener started", ae_title=self._ae_title, port=port, engine="lean")
+        _log.info("dicom listener started", ae_title=self._ae_title, port=port)
         return port
 
     def stop(self, timeout: float) -> None:
