@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 from pydicom.dataset import Dataset
@@ -47,6 +48,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, InterventionEvent
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -56,7 +58,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from agent.dicom.intake import StoreRefused, status_dataset, store_received
+from agent.dicom.intake import status_dataset, store_received
 from agent.dicom.pynetdicom_adapter import (
     disable_nagle,
     park_reactor,
@@ -65,10 +67,9 @@ from agent.dicom.pynetdicom_adapter import (
     unbind_logging_handlers,
 )
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY
-from agent.dicom.status import Status
+from agent.dicom.store_handler import StoreHandler
 from agent.dicom.tls import TlsFiles, client_context
 from agent.spool import Spool
-from agent.state import AddOutcome
 
 __all__ = [
     "UIDS_PER_REQUEST",
@@ -188,7 +189,8 @@ class RetrieveOutcome:
 
 
 class SpoolSink:
-    """Spools the instances a C-GET brings in, exactly as the listener spools a C-STORE.
+    """Spools the instances a C-GET brings in, through the listener's own C-STORE handler
+    (`StoreHandler`): same checks, statuses and log lines.
 
     `on_stored(series_instance_uid)` is called on the association thread after each instance
     that became durable (not for duplicates).
@@ -196,32 +198,20 @@ class SpoolSink:
 
     def __init__(self, spool: Spool, on_stored: Callable[[str], None] | None = None) -> None:
         self._spool = spool
-        self._on_stored = on_stored
+        self._handler = StoreHandler(on_stored)
 
     def handle_store(self, event: Event) -> Dataset:
         """The EVT_C_STORE handler: make the instance durable, return the status to send."""
         received_at = time.time()
-        try:
-            stored = store_received(
+        request = cast(C_STORE, event.request)
+        status, comment = self._handler.handle(
+            None,
+            lambda: store_received(
                 event, self._spool, source_ae_title=None, received_at=received_at
-            )
-        except StoreRefused as refusal:
-            _log.warning(
-                "c-get store refused", status=f"0x{refusal.status:04X}", reason=refusal.detail
-            )
-            return status_dataset(refusal.status, str(refusal))
-        except Exception as exc:
-            _log.exception("c-get store failed", error=type(exc).__name__)
-            return status_dataset(
-                Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
-            )
-        if stored.outcome is not AddOutcome.duplicate and self._on_stored is not None:
-            try:
-                self._on_stored(stored.series_instance_uid)
-            except Exception:
-                # The instance is durable and the upload loop polls the state anyway.
-                _log.exception("on_stored callback failed")
-        return status_dataset(Status.SUCCESS)
+            ),
+            str(request.AffectedSOPClassUID or ""),
+        )
+        return status_dataset(status, comment)
 
 
 class Scu:
