@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.tests import encoded_pdu_items
 
-from agent.dicom.engine.commands import decode_command
+from agent.dicom.engine.commands import decode_command, parse_store_request
 from agent.dicom.listeners import IntakeEngine, Listener
 from agent.dicom.timeouts import ScpTimeouts
 from agent.state import AgentState
@@ -303,3 +303,64 @@ def test_a_peer_stalling_mid_pdu_is_closed_after_the_network_timeout(
         assert answer is None or answer[0] == _ABORT
 
     the_next_association_is_served(listener.port, state)
+
+
+def test_a_store_command_outside_the_fast_path_is_stored_through_the_codec(
+    start_listener: StartListener, state: AgentState
+) -> None:
+    # A Priority element of odd length is no command set the fast path parses; pynetdicom's
+    # codec reads it, and the instance is stored as any other.
+    listener = start_listener()
+    ds = make_instance(
+        patient_id="PROTOCOL",
+        study_uid=generate_uid(),
+        series_uid=generate_uid(),
+        series_description="codec path",
+        study_description="protocol",
+    )
+    command = store_command(MRImageStorage, ds.SOPInstanceUID, message_id=5)
+    # Drop the group length (optional) and add Move Originator AE Title, padded with a space.
+    command = command[12:] + struct.pack("<HHL", 0, 0x1030, 8) + b"PACS    "
+    assert parse_store_request(command) is not None  # still fast: now break it
+    unusual = command + struct.pack("<HHL", 0, 0x1031, 4) + b"\x01\x00\x00\x00"  # US of 4
+    assert parse_store_request(unusual) is None
+    assert decode_command(unusual) is not None
+    with established(listener.port) as sock:
+        sock.sendall(p_data(1, 0x03, unusual))
+        sock.sendall(p_data(1, 0x02, encoded_dataset(ds)))
+        answer = read_pdu(sock)
+        assert answer is not None
+        response = decode_command(answer[1][6:])
+        assert response is not None
+        assert int(response.dataset.Status) == 0x0000
+        sock.sendall(encoded_pdu_items.a_release_rq)
+        assert read_pdu(sock) == (_RELEASE_RP, b"\x00\x00\x00\x00")
+
+    assert len(state.spooled_instances(ds.SeriesInstanceUID)) == 1
+
+
+@pytest.mark.parametrize(
+    "fixture", ["a_associate_rq_user_id_user_pass", "a_associate_rq_user_id_ext_neg"]
+)
+def test_user_identity_and_extended_negotiation_get_no_reply_items(
+    start_listener: StartListener, fixture: str
+) -> None:
+    # Accepted without a user identity response (0x59) and without accepting SOP Class
+    # Extended Negotiation (0x56) or an asynchronous operations window (0x53): both engines
+    # answer exactly as pynetdicom's AE does without handlers.
+    listener = start_listener()
+    with connect(listener.port) as sock:
+        sock.sendall(getattr(encoded_pdu_items, fixture))
+        answer = read_pdu(sock)
+        assert answer is not None
+        assert answer[0] == _ASSOCIATE_AC
+        accept = A_ASSOCIATE_AC()
+        accept.decode(struct.pack(">BxL", _ASSOCIATE_AC, len(answer[1])) + answer[1])
+        kinds = {type(item).__name__ for item in accept.to_primitive().user_information}
+        assert kinds <= {
+            "MaximumLengthNotification",
+            "ImplementationClassUIDNotification",
+            "ImplementationVersionNameNotification",
+        }
+        sock.sendall(encoded_pdu_items.a_release_rq)
+        assert read_pdu(sock) == (_RELEASE_RP, b"\x00\x00\x00\x00")

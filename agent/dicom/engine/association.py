@@ -37,6 +37,7 @@ from agent.dicom.access import REJECT, PeerAccess, source_of
 from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.engine.commands import (
     C_ECHO_RQ_FIELD,
+    C_STORE_RQ_FIELD,
     StoreRequest,
     decode_command,
     echo_response,
@@ -378,13 +379,22 @@ class Association:
             decoded = decode_command(command)
             if decoded is None:
                 raise ProtocolError("a command set that does not decode", _INVALID_PARAMETER)
-            request = decoded.store_request()
+            try:
+                request = decoded.store_request()
+            except Exception:  # pydicom converts values lazily and raises many kinds
+                raise ProtocolError(
+                    "a command set whose values do not decode", _INVALID_PARAMETER
+                ) from None
             if request is None:
                 if decoded.field == C_ECHO_RQ_FIELD and not decoded.has_data_set:
                     message_id = int(decoded.dataset.get("MessageID", 0))
                     sop_class = str(decoded.dataset.get("AffectedSOPClassUID", ""))
                     self._respond(context_id, echo_response(message_id, sop_class))
                     return
+                if decoded.field == C_STORE_RQ_FIELD:
+                    raise ProtocolError(
+                        "a C-STORE-RQ without a usable Message ID or SOP UIDs", _INVALID_PARAMETER
+                    )
                 raise ProtocolError(f"command 0x{decoded.field:04X}, which this SCP does not offer")
         assert self._negotiated is not None
         received_at = time.time()

@@ -84,22 +84,27 @@ class Command:
         ds = self.dataset
         if self.field != C_STORE_RQ_FIELD:
             return None
-        message_id = ds.get("MessageID")
+        message_id = _single_int(ds.get("MessageID"))
         sop_class = ds.get("AffectedSOPClassUID")
         sop_instance = ds.get("AffectedSOPInstanceUID")
         if message_id is None or not sop_class or not sop_instance:
             return None
         originator = ds.get("MoveOriginatorApplicationEntityTitle")
-        originator_id = ds.get("MoveOriginatorMessageID")
         return StoreRequest(
-            message_id=int(message_id),
+            message_id=message_id,
             sop_class_uid=str(sop_class),
             sop_instance_uid=str(sop_instance),
-            priority=int(ds.get("Priority", 0)),
+            priority=_single_int(ds.get("Priority")) or 0,
             has_data_set=self.has_data_set,
             move_originator_ae_title=None if originator is None else str(originator).strip(),
-            move_originator_message_id=None if originator_id is None else int(originator_id),
+            # Informational only: a value that is not one number is dropped, not fatal.
+            move_originator_message_id=_single_int(ds.get("MoveOriginatorMessageID")),
         )
+
+
+def _single_int(value: object) -> int | None:
+    """A US element's value when it is one number (pydicom gives a list for an odd length)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def parse_store_request(encoded: bytes | bytearray | memoryview) -> StoreRequest | None:
