@@ -11,9 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
+from pynetdicom.pdu import A_ASSOCIATE_AC
 from pynetdicom.tests import encoded_pdu_items
 
 from agent.dicom.engine.commands import decode_command, parse_store_request
@@ -21,56 +19,12 @@ from agent.dicom.listeners import IntakeEngine, Listener
 from agent.dicom.timeouts import ScpTimeouts
 from agent.state import AgentState
 from tests.support.dicom_factory import encoded_dataset, make_instance
+from tests.support.raw_dicom import association_request, connect, read_pdu
 from tests.support.scu import send_datasets
 
 StartListener = Callable[..., Listener]
 _WAIT_SECONDS = 10.0
 _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA, _RELEASE_RP, _ABORT = 0x02, 0x03, 0x04, 0x06, 0x07
-
-
-def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=_WAIT_SECONDS)
-
-
-def read_exact(sock: socket.socket, count: int) -> bytes | None:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def read_pdu(sock: socket.socket) -> tuple[int, bytes] | None:
-    """The next PDU's type and body; None when the peer closed (or reset) instead."""
-    try:
-        header = read_exact(sock, 6)
-        if header is None:
-            return None
-        pdu_type, length = struct.unpack(">BxL", header)
-        body = read_exact(sock, length)
-    except ConnectionResetError:
-        return None
-    return None if body is None else (pdu_type, body)
-
-
-def association_request(contexts: list[tuple[str, str]], called: str = "CONNECTOR") -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "RAWSCU"
-    primitive.called_ae_title = called
-    primitive.presentation_context_definition_list = [
-        build_context(abstract, [syntax]) for abstract, syntax in contexts
-    ]
-    for number, context in enumerate(primitive.presentation_context_definition_list):
-        context.context_id = 2 * number + 1
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16384
-    primitive.user_information = [maximum]
-    request = A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
-    return bytes(request.encode())
 
 
 def p_data(context_id: int, control: int, data: bytes) -> bytes:
