@@ -2,11 +2,11 @@
 
 pynetdicom does its per-message work in Python, so one process keeps one core busy at most
 (the GIL); on four associations the agent measured half of Orthanc's rate with the second core
-idle. Each worker is a `DicomListener` bound with SO_REUSEPORT to the agent's port, writing into
-the same spool (its own slot pool) and state database (SQLite serialises the writers); the
-kernel spreads new associations over the listening processes. Workers never reap or upload:
-the agent's reaper finds their instances in the state on its next pass, and a C-MOVE the
-agent asked for counts what arrived from the state too.
+idle. Each worker is a listener (`make_listener`) bound with SO_REUSEPORT to the agent's port,
+writing into the same spool (its own slot pool) and state database (SQLite serialises the
+writers); the kernel spreads new associations over the listening processes. Workers never
+reap or upload: the agent's reaper finds their instances in the state on its next pass, and a
+C-MOVE the agent asked for counts what arrived from the state too.
 
 The agent starts them after spool recovery, with an `IntakeWorkerSpec` as one JSON line on
 stdin, and keeps stdin open: each further line is a `WorkerUpdate` (new TLS files from a config
@@ -32,12 +32,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.dicom.association_limit import AssociationLimit
-from agent.dicom.scp import DicomListener, ScpTimeouts
+from agent.dicom.listeners import make_listener
+from agent.dicom.timeouts import ScpTimeouts
 from agent.dicom.tls import TlsContexts, TlsError, TlsFiles
 from agent.rejections import Key
 from agent.spool import Spool
@@ -71,7 +73,8 @@ class IntakeWorkerSpec(BaseModel):
     host: str
     port: int = Field(gt=0, le=65535)
     peers: tuple[tuple[str, str], ...]
-    dul_loop_delay: float = Field(ge=0)
+    intake_engine: Literal["lean", "pynetdicom"] = "lean"
+    dul_loop_delay: float | None = Field(default=None, ge=0)
     drain_timeout: float = Field(gt=0)
     tls: DicomTls | None = None
     max_associations: int = Field(default=16, ge=1)
@@ -238,7 +241,8 @@ def worker_main() -> int:
     try:
         files = TlsFiles.of(spec.tls)
         tls = None if files is None else TlsContexts(files)
-        listener = DicomListener(
+        listener = make_listener(
+            spec.intake_engine,
             ae_title=spec.ae_title,
             host=spec.host,
             port=spec.port,

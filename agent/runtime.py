@@ -41,7 +41,8 @@ from agent.config_client import ConfigClient
 from agent.data_dir_lock import DataDirLock
 from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.intake import identify_spooled
-from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener, ScpTimeouts
+from agent.dicom.listeners import Listener, make_listener
+from agent.dicom.timeouts import ScpTimeouts
 from agent.dicom.tls import TlsContexts, TlsError, TlsFiles
 from agent.figures import FiguresBuffer
 from agent.health import HealthSnapshot, PipelineCounters, health_report, take_snapshot
@@ -120,7 +121,7 @@ class AgentRuntime:
         self._snapshot: SiteSnapshot | None = None
         self._state: AgentState | None = None
         self._spool: Spool | None = None
-        self._listener: DicomListener | None = None
+        self._listener: Listener | None = None
         self._listener_key: ListenerKey | None = None
         self._tls: TlsContexts | None = None
         self._workers: IntakeWorkers | None = None
@@ -520,8 +521,7 @@ class AgentRuntime:
         assert self._spool is not None
         key = self._key_of(snapshot)
         ae_title, port, peers, max_associations, (artim, dimse, network), _ = key
-        delay = self.settings.dul_loop_delay
-        dul_loop_delay = DEFAULT_DUL_LOOP_DELAY if delay is None else delay
+        dul_loop_delay = self.settings.dul_loop_delay
         processes = self.settings.intake_processes or len(os.sched_getaffinity(0))
         files = TlsFiles.of(snapshot.config.dicom.tls)
         tls = None if files is None else await asyncio.to_thread(TlsContexts, files)
@@ -530,7 +530,8 @@ class AgentRuntime:
             max_associations,
             self.settings.data_dir / ASSOCIATION_SLOTS_DIR_NAME,
         )
-        listener = DicomListener(
+        listener = make_listener(
+            self.settings.intake_engine,
             ae_title=ae_title,
             host=self.settings.dicom_host,
             port=port,
@@ -559,7 +560,7 @@ class AgentRuntime:
         snapshot: SiteSnapshot,
         key: ListenerKey,
         port: int,
-        dul_loop_delay: float,
+        dul_loop_delay: float | None,
     ) -> None:
         """Start the extra intake processes; without them intake goes on in this one."""
         ae_title, _, peers, max_associations, timeouts, _ = key
@@ -571,6 +572,7 @@ class AgentRuntime:
             host=self.settings.dicom_host,
             port=port,
             peers=peers,
+            intake_engine=self.settings.intake_engine,
             dul_loop_delay=dul_loop_delay,
             drain_timeout=self.settings.association_drain_timeout,
             tls=snapshot.config.dicom.tls,

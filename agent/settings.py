@@ -11,8 +11,9 @@ Must not import pynetdicom, fastapi or control_plane.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.tls import control_plane_ssl_context
@@ -72,7 +73,13 @@ class AgentSettings(BaseSettings):
     intake_processes: int = Field(
         default=0, ge=0, le=16, description="DICOM intake processes on the port (0 = per core)"
     )
-    # None keeps the listener's tuned default (agent.dicom.scp, measured in docs/intake.md).
+    # The lean engine (one loop per association on pynetdicom's codec, agent.dicom.engine) or
+    # pynetdicom's own association threads (agent.dicom.scp), kept for one release.
+    intake_engine: Literal["lean", "pynetdicom"] = Field(
+        default="lean", description="DICOM intake engine: lean (default) or pynetdicom"
+    )
+    # None keeps the listener's tuned default (agent.dicom.scp, measured in docs/intake.md);
+    # only the pynetdicom engine has a DUL thread to tune.
     dul_loop_delay: float | None = Field(default=None, ge=0, le=1)
     http_timeout: float = Field(default=60.0, gt=0, description="Seconds per HTTP request")
     association_drain_timeout: float = Field(
@@ -91,6 +98,15 @@ class AgentSettings(BaseSettings):
     upload_drain_timeout: float = Field(
         default=5.0, ge=0, description="Seconds to let in-flight uploads finish when stopping"
     )
+
+    @model_validator(mode="after")
+    def _delay_needs_pynetdicom(self) -> Self:
+        if self.dul_loop_delay is not None and self.intake_engine != "pynetdicom":
+            raise ValueError(
+                "dul_loop_delay tunes intake_engine 'pynetdicom' only (the lean engine has no "
+                "DUL thread): unset it or set intake_engine to pynetdicom"
+            )
+        return self
 
     @field_validator("control_plane_ca")
     @classmethod

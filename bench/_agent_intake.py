@@ -1,4 +1,4 @@
-"""The agent's durable intake path on its own: DicomListener + Spool + AgentState, nothing else.
+"""The agent's durable intake path on its own: a listener + Spool + AgentState, nothing else.
 
 Run as its own process by bench/intake.py: prints ``ready PORT`` once the listener accepts
 associations on 127.0.0.1 and stops on SIGTERM (waiting for in-flight associations). This is
@@ -23,7 +23,7 @@ from typing import Any
 from _pynetdicom_prototypes import cap_association_reactor_sleep
 
 from agent.dicom.intake import identify_spooled
-from agent.dicom.scp import DicomListener
+from agent.dicom.listeners import make_listener
 from agent.spool import Spool
 from agent.state import AgentState
 
@@ -50,7 +50,8 @@ def main() -> None:
         options: dict[str, Any] = {}
         if args.dul_loop_delay is not None:
             options["dul_loop_delay"] = args.dul_loop_delay
-        listener = DicomListener(
+        listener = make_listener(
+            args.engine,
             ae_title=AE_TITLE,
             host="127.0.0.1",
             port=args.port,
@@ -86,6 +87,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--count-only", action="store_true")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--engine", choices=("lean", "pynetdicom"), default="lean")
     parser.add_argument("--dul-loop-delay", type=float, default=None)
     parser.add_argument(
         "--reuse-port",

@@ -149,12 +149,11 @@ class PynetdicomFloor:
 
 @dataclass
 class AgentIntake:
-    """The agent's durable intake alone: DicomListener + Spool + AgentState, in _agent_intake.py."""
+    """The agent's durable intake alone: a listener + Spool + AgentState, in _agent_intake.py."""
 
     name: str = "agent-intake"
-    description: str = (
-        "agent DicomListener + Spool + AgentState (fsync + SQLite commit per instance)"
-    )
+    description: str = "agent lean engine + Spool + AgentState (fsync + SQLite commit per instance)"
+    engine: str = "lean"
     dul_loop_delay: float | None = None
     processes: int = 1
     assoc_loop_delay: float | None = None
@@ -168,6 +167,8 @@ class AgentIntake:
             BENCH_DIR / "_agent_intake.py",
             "--data-dir",
             data_dir,
+            "--engine",
+            self.engine,
         ]
         if self.dul_loop_delay is not None:
             argv += ["--dul-loop-delay", str(self.dul_loop_delay)]

@@ -27,7 +27,12 @@ from _receivers import AgentIntake, AllInOne, Orthanc, PynetdicomFloor, Receiver
 from _report import report
 from _rounds import Plan, run_rounds
 
-AGENT_RECEIVERS = ("agent-intake", "all-in-one", "all-in-one-uploading")
+AGENT_RECEIVERS = (
+    "agent-intake",
+    "agent-intake-pynetdicom",
+    "all-in-one",
+    "all-in-one-uploading",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +76,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--receivers",
         default=None,
         help="comma-separated subset of: storescp, orthanc, pynetdicom-floor, agent-intake, "
-        "all-in-one, all-in-one-uploading (default: every one that is installed)",
+        "agent-intake-pynetdicom, all-in-one, all-in-one-uploading (default: every one that "
+        "is installed)",
     )
     parser.add_argument(
         "--max-busy",
@@ -83,7 +89,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-timeout", type=float, default=120.0)
     tuning = parser.add_argument_group("tuning of the pynetdicom receivers (default: their own)")
     tuning.add_argument(
-        "--dul-loop-delay", type=float, default=None, help="seconds, e.g. 0 (floor, agent-intake)"
+        "--dul-loop-delay",
+        type=float,
+        default=None,
+        help="seconds, e.g. 0 (floor, agent-intake-pynetdicom)",
     )
     tuning.add_argument(
         "--processes",
@@ -131,12 +140,19 @@ def _select_receivers(args: argparse.Namespace) -> list[Receiver]:
     }
     missing: dict[str, str] = {}
     if all(_importable(f"agent.{module}") for module in ("dicom.scp", "spool", "state")):
-        available["agent-intake"] = AgentIntake(
+        available["agent-intake"] = AgentIntake(processes=args.processes)
+        available["agent-intake-pynetdicom"] = AgentIntake(
+            name="agent-intake-pynetdicom",
+            description="agent pynetdicom engine + Spool + AgentState (fsync + SQLite commit "
+            "per instance)",
+            engine="pynetdicom",
             dul_loop_delay=args.dul_loop_delay,
             processes=args.processes,
         )
     else:
-        missing["agent-intake"] = "agent.dicom.scp, agent.spool or agent.state is missing"
+        missing["agent-intake"] = missing["agent-intake-pynetdicom"] = (
+            "agent.dicom.scp, agent.spool or agent.state is missing"
+        )
     if _importable("cli.all_in_one") and _importable("agent.runtime"):
         available["all-in-one"] = AllInOne()
         available["all-in-one-uploading"] = AllInOne(

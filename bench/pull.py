@@ -6,8 +6,9 @@
 Retrieval: Orthanc holds `--series` series of `--instances` synthetic ~130 KB MR images. Round
 after round, each receiver gets all of them with C-MOVE from the same Orthanc, `concurrency`
 series at a time: the agent (a `SourcePoller` whose series are due at once, retrieving into its
-real intake: `DicomListener`, durable spool, state database), once with one intake process and
-once with `--intake-processes` sharing the port as the agent runs them (`IntakeWorkers`), against
+real intake: a listener of the lean engine, durable spool, state database), once with one intake
+process and once with `--intake-processes` sharing the port as the agent runs them
+(`IntakeWorkers`), and once on the pynetdicom engine with one process, against
 dcmtk `movescu` processes moving into `storescp --fork` (which writes files without fsync). Every
 run starts from an empty receiver and checks it got every instance. The agent's CPU counts the
 workers' too.
@@ -50,7 +51,7 @@ from _machine import process_cpu_seconds  # noqa: E402  (bench/, the script's di
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from agent.data_dir_lock import DataDirLock  # noqa: E402
-from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener  # noqa: E402
+from agent.dicom.listeners import IntakeEngine, make_listener  # noqa: E402
 from agent.dicom.scu import Scu, SourceAddress, SpoolSink  # noqa: E402
 from agent.health import PipelineCounters  # noqa: E402
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec  # noqa: E402
@@ -105,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
     total = args.series * args.instances
     results: list[Retrieval] = []
-    receivers = ["movescu+storescp", "agent-1"]
+    receivers = ["movescu+storescp", "agent-lean-1", "agent-pynetdicom-1"]
     if args.intake_processes > 1:
-        receivers.append(f"agent-{args.intake_processes}")
+        receivers.append(f"agent-lean-{args.intake_processes}")
     with _orthanc(workdir / "orthanc") as pacs:
         started = time.monotonic()
         series = _fill(pacs, args.series, args.instances, rows=256)
@@ -121,16 +122,23 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                     run_dir = workdir / f"r{round_number}-{receiver}-{concurrency}"
                     run_dir.mkdir(parents=True)
                     if receiver.startswith("agent"):
-                        processes = int(receiver.removeprefix("agent-"))
+                        _, engine, processes = receiver.split("-")
                         result = asyncio.run(
-                            _agent_retrieval(pacs, run_dir, concurrency, total, processes)
+                            _agent_retrieval(
+                                pacs,
+                                run_dir,
+                                concurrency,
+                                total,
+                                int(processes),
+                                "lean" if engine == "lean" else "pynetdicom",
+                            )
                         )
                     else:
                         result = _dcmtk_retrieval(pacs, series, run_dir, concurrency, total)
                     results.append(result)
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(
-                        f"  round {round_number} {receiver:>17} x{concurrency}: "
+                        f"  round {round_number} {receiver:>18} x{concurrency}: "
                         f"{result.per_second:.0f} inst/s",
                         flush=True,
                     )
@@ -186,13 +194,19 @@ def _movescu(pacs: Orthanc, chunk: list[tuple[str, str]]) -> list[str]:
 
 
 async def _agent_retrieval(
-    pacs: Orthanc, run_dir: Path, concurrency: int, total: int, processes: int
+    pacs: Orthanc,
+    run_dir: Path,
+    concurrency: int,
+    total: int,
+    processes: int,
+    engine: IntakeEngine,
 ) -> Retrieval:
     lock = DataDirLock(run_dir)
     lock.acquire(timeout=5)
     state = AgentState.open(run_dir / "state.db")
     spool = Spool(run_dir / "spool", state)
-    listener = DicomListener(
+    listener = make_listener(
+        engine,
         ae_title=AGENT_AE,
         host="127.0.0.1",
         port=0,
@@ -202,7 +216,7 @@ async def _agent_retrieval(
     )
     port = listener.start()
     # As the agent runs: its own listener and intake_processes - 1 workers on the same port.
-    workers = IntakeWorkers(processes - 1, _worker_spec(run_dir, port), lock.fd)
+    workers = IntakeWorkers(processes - 1, _worker_spec(run_dir, port, engine), lock.fd)
     await workers.start()
     pacs.register_modality("bench-agent", AGENT_AE, "127.0.0.1", port)
     try:
@@ -231,10 +245,10 @@ async def _agent_retrieval(
     state.close()
     if not report.ok or got != total:
         raise RuntimeError(f"the agent got {got} of {total} instances ({report.error})")
-    return Retrieval(f"agent ({processes} proc)", concurrency, seconds, total, cpu)
+    return Retrieval(f"agent {engine} ({processes} proc)", concurrency, seconds, total, cpu)
 
 
-def _worker_spec(run_dir: Path, port: int) -> IntakeWorkerSpec:
+def _worker_spec(run_dir: Path, port: int, engine: IntakeEngine) -> IntakeWorkerSpec:
     return IntakeWorkerSpec(
         state_path=run_dir / "state.db",
         spool_dir=run_dir / "spool",
@@ -243,7 +257,7 @@ def _worker_spec(run_dir: Path, port: int) -> IntakeWorkerSpec:
         host="127.0.0.1",
         port=port,
         peers=(),
-        dul_loop_delay=DEFAULT_DUL_LOOP_DELAY,
+        intake_engine=engine,
         drain_timeout=30,
     )
 

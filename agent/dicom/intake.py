@@ -24,7 +24,14 @@ from agent.dicom.status import Status
 from agent.spool import Spool, SpoolFull, SpoolIdentity
 from agent.state import AddOutcome
 
-__all__ = ["StoreRefused", "Stored", "identify_spooled", "status_dataset", "store_received"]
+__all__ = [
+    "StoreRefused",
+    "Stored",
+    "identify_spooled",
+    "status_dataset",
+    "store_part10",
+    "store_received",
+]
 
 _ERROR_COMMENT_LIMIT = 64  # (0000,0902) Error Comment is an LO
 
@@ -66,33 +73,61 @@ def store_received(
     syntax = str(event.context.transfer_syntax)
     sop_class = str(request.AffectedSOPClassUID)
     sop_instance = str(request.AffectedSOPInstanceUID)
+    part10 = bytearray(
+        part10_header(
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            transfer_syntax_uid=syntax,
+            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+            implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+            source_ae_title=source_ae_title,
+        )
+    )
+    offset = len(part10)
     # getbuffer() is a view of pynetdicom's receive buffer: the only copy made of the data
-    # set is the one into the Part-10 bytes below.
+    # set is the one into the Part-10 bytes.
     with request.DataSet.getbuffer() as encoded:
+        part10 += encoded
+    return store_part10(
+        part10,
+        offset,
+        spool,
+        transfer_syntax_uid=syntax,
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        received_at=received_at,
+    )
+
+
+def store_part10(
+    part10: bytearray,
+    dataset_offset: int,
+    spool: Spool,
+    *,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    received_at: float,
+) -> Stored:
+    """Make durable a Part-10 file whose data set (from `dataset_offset`) came in a C-STORE
+    request for `sop_class_uid` / `sop_instance_uid` on a context of `transfer_syntax_uid`.
+
+    Raises `StoreRefused` as `store_received` does.
+    """
+    with memoryview(part10) as whole:
         try:
-            summary = scan_dataset(encoded, syntax)
+            summary = scan_dataset(whole[dataset_offset:], transfer_syntax_uid)
         except MalformedDatasetError as exc:
             raise StoreRefused(Status.CANNOT_UNDERSTAND, str(exc)) from None
-        study_uid, series_uid = _check_identity(summary, sop_class, sop_instance)
-        part10 = bytearray(
-            part10_header(
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                transfer_syntax_uid=syntax,
-                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
-                source_ae_title=source_ae_title,
-            )
-        )
-        part10 += encoded
+    study_uid, series_uid = _check_identity(summary, sop_class_uid, sop_instance_uid)
     try:
         outcome = spool.store(
             part10,
-            sop_instance_uid=sop_instance,
-            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
             series_instance_uid=series_uid,
             study_instance_uid=study_uid,
-            transfer_syntax_uid=syntax,
+            transfer_syntax_uid=transfer_syntax_uid,
             received_at=received_at,
         )
     except SpoolFull as exc:

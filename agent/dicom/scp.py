@@ -29,14 +29,12 @@ statuses and series keys, never DICOM values.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import cast
 
 import structlog
@@ -51,18 +49,26 @@ from pynetdicom import (
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from agent.dicom.access import REJECT, PeerAccess, source_of
 from agent.dicom.association_limit import AssociationLimit
-from agent.dicom.intake import StoreRefused, status_dataset, store_received
+from agent.dicom.intake import status_dataset, store_received
+from agent.dicom.pynetdicom_adapter import (
+    contain_engine_failures,
+    guard_transport,
+    register_server,
+    set_dul_loop_delay,
+    transport_socket,
+    unbind_logging_handlers,
+)
 from agent.dicom.status import Status
-from agent.dicom.tls import TlsContexts
+from agent.dicom.store_handler import AssociationTally, StoreHandler
+from agent.dicom.timeouts import ScpTimeouts
+from agent.dicom.tls import TlsContexts, handshake_problem
 from agent.rejections import RejectionCounter, RejectionReason
 from agent.spool import Spool
-from agent.state import AddOutcome
-from common.logging import series_key
 
 __all__ = ["DEFAULT_DUL_LOOP_DELAY", "DicomListener", "ScpTimeouts"]
 
@@ -79,59 +85,10 @@ _MAXIMUM_PDU_SIZE = 1 << 20
 # request of many presentation contexts. pynetdicom reads whatever length a PDU header claims
 # (up to 4 GiB) into memory; a longer one closes the connection instead.
 _MAXIMUM_RECEIVED_PDU = _MAXIMUM_PDU_SIZE + (64 << 10)
-_LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
-_REJECTED_PERMANENT, _REJECTED_TRANSIENT = 0x01, 0x02
-_SERVICE_USER, _SERVICE_PROVIDER_PRESENTATION = 0x01, 0x03
-_NO_REASON_GIVEN, _CALLING_AE_NOT_RECOGNISED, _CALLED_AE_NOT_RECOGNISED = 0x01, 0x03, 0x07
-_LOCAL_LIMIT_EXCEEDED = 0x02
-# (result, source, diagnostic) of each A-ASSOCIATE-RJ the listener sends.
-_REJECT = {
-    RejectionReason.unlisted_address: (_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON_GIVEN),
-    RejectionReason.calling_ae_not_recognised: (
-        _REJECTED_PERMANENT,
-        _SERVICE_USER,
-        _CALLING_AE_NOT_RECOGNISED,
-    ),
-    RejectionReason.called_ae_not_recognised: (
-        _REJECTED_PERMANENT,
-        _SERVICE_USER,
-        _CALLED_AE_NOT_RECOGNISED,
-    ),
-    RejectionReason.association_limit: (
-        _REJECTED_TRANSIENT,
-        _SERVICE_PROVIDER_PRESENTATION,
-        _LOCAL_LIMIT_EXCEEDED,
-    ),
-}
 # A sanity bound for pynetdicom's own per-process count, which includes connections that have
 # not asked for an association yet; the limit that matters is `AssociationLimit`'s.
 _PYNETDICOM_MAXIMUM_ASSOCIATIONS = 4096
 _ABORT_JOIN_SECONDS = 5.0
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(frozen=True, slots=True)
-class ScpTimeouts:
-    """Seconds the SCP waits for a peer (`dicom.timeouts`)."""
-
-    artim: float = 30.0  # connection → A-ASSOCIATE-RQ, release answers, the TLS handshake
-    dimse: float = 60.0  # the next DIMSE message
-    network: float = 120.0  # no traffic at all on an association
-
-
-@dataclass
-class _AssociationTally:
-    """What one association did, for the line logged when it closes."""
-
-    peer_host: str
-    opened_at: float = field(default_factory=time.monotonic)
-    peer_ae: str | None = None
-    stored: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    bytes: int = 0
-    slot: int | None = None
 
 
 class DicomListener:
@@ -152,7 +109,7 @@ class DicomListener:
         share_port: bool = False,
         tls: TlsContexts | None = None,
         association_limit: AssociationLimit | None = None,
-        timeouts: ScpTimeouts = ScpTimeouts(),
+        timeouts: ScpTimeouts | None = None,
     ) -> None:
         """Configure the listener; nothing is bound until `start`.
 
@@ -175,23 +132,20 @@ class DicomListener:
         self._ae_title = ae_title
         self._host = host
         self._requested_port = port
-        self._peers = tuple(peers)
+        self._access = PeerAccess(ae_title, peers, require_called_aet=require_called_aet)
         self._spool = spool
-        self._on_stored = on_stored
+        self._handler = StoreHandler(on_stored)
         self._dul_loop_delay = dul_loop_delay
         self._limit = association_limit or AssociationLimit(maximum_associations)
-        self._require_called_aet = require_called_aet or bool(self._peers)
         self._share_port = share_port
         self._tls = tls
-        self._timeouts = timeouts
+        self._timeouts = timeouts or ScpTimeouts()
         self.rejections = RejectionCounter()
         """Refused associations and TLS handshakes, by reason and source address."""
-        self._allowed: frozenset[tuple[str, IPAddress]] = frozenset()
-        self._allowed_hosts: frozenset[IPAddress] = frozenset()
         self._server: ThreadedAssociationServer | None = None
         self._started = False
         self._lifecycle = threading.Lock()
-        self._tallies: dict[Association, _AssociationTally] = {}
+        self._tallies: dict[Association, AssociationTally] = {}
         self._tallies_lock = threading.Lock()
         # pynetdicom logs whole data sets at DEBUG; stay quiet unless someone chose a level.
         library_logger = logging.getLogger("pynetdicom")
@@ -215,8 +169,7 @@ class DicomListener:
         with self._lifecycle:
             if self._started:
                 raise RuntimeError("a DicomListener starts once; create a new one to restart")
-            self._allowed = _resolve_peers(self._peers)
-            self._allowed_hosts = frozenset(address for _, address in self._allowed)
+            self._access.resolve()
             ae = AE(ae_title=self._ae_title)
             ae.maximum_associations = _PYNETDICOM_MAXIMUM_ASSOCIATIONS
             ae.maximum_pdu_size = _MAXIMUM_PDU_SIZE
@@ -277,16 +230,11 @@ class DicomListener:
             assoc = event.assoc
             # pynetdicom's standard logging handlers format every PDU and DIMSE message (and
             # copy each data set) even when nothing is logged; we log per association instead.
-            for logging_event in _LOGGING_EVENTS:
-                bound = cast(
-                    list[tuple[Callable[..., object], object]], assoc.get_handlers(logging_event)
-                )
-                for handler, _args in list(bound):
-                    assoc.unbind(logging_event, handler)
+            unbind_logging_handlers(assoc)
             with self._tallies_lock:
-                self._tallies[assoc] = _AssociationTally(peer_host=str(assoc.requestor.address))
-            _guard_transport(assoc, self._timeouts.artim)
-            _contain_engine_failures(assoc, self._finish_connection)
+                self._tallies[assoc] = AssociationTally(peer_host=str(assoc.requestor.address))
+            guard_transport(assoc, self._timeouts.artim, _MAXIMUM_RECEIVED_PDU)
+            contain_engine_failures(assoc, self._finish_connection)
         except Exception:
             _log.exception("dicom connection set-up failed")
             event.assoc.abort()
@@ -299,7 +247,9 @@ class DicomListener:
             tally = self._tally(assoc)
             if tally is not None:
                 tally.peer_ae = calling
-            refusal = self._refusal(assoc, calling, host)
+            refusal = self._access.refusal(
+                calling=calling, called=_called_ae_title(assoc), host=host
+            )
             if refusal is None:
                 slot = self._limit.acquire()
                 if slot is None:
@@ -309,93 +259,39 @@ class DicomListener:
                 else:
                     tally.slot = slot
             if refusal is None:
-                # pynetdicom offers no public knob for this delay; the DUL thread reads the
-                # attribute on every pass. Set only now, so connections that never ask for an
-                # association (TCP probes) idle at pynetdicom's cheaper default.
-                assoc.dul._run_loop_delay = self._dul_loop_delay
-                _transport_socket(assoc).settimeout(self._timeouts.network)
+                # Set only now, so connections that never ask for an association (TCP
+                # probes) idle at pynetdicom's cheaper default.
+                set_dul_loop_delay(assoc, self._dul_loop_delay)
+                transport_socket(assoc).settimeout(self._timeouts.network)
                 return
-            self.rejections.record(refusal, _source(host))
+            self.rejections.record(refusal, source_of(host))
             _log.warning("association rejected", peer_ae=calling, peer_host=host, reason=refusal)
-            assoc.acse.send_reject(*_REJECT[refusal])
+            assoc.acse.send_reject(*REJECT[refusal])
             assoc.kill()
         except Exception:
             _log.exception("association request check failed")
             event.assoc.abort()
 
-    def _refusal(self, assoc: Association, calling: str, host: str) -> RejectionReason | None:
-        """Why the allowlist or the called AE title refuses this request; None if neither."""
-        if self._allowed:
-            address = _peer_address(host, calling)
-            if address is None or address[1] not in self._allowed_hosts:
-                return RejectionReason.unlisted_address
-            if address not in self._allowed:
-                return RejectionReason.calling_ae_not_recognised
-        if self._require_called_aet and _called_ae_title(assoc) != self._ae_title.strip():
-            return RejectionReason.called_ae_not_recognised
-        return None
-
     def _handshake_failed(self, host: str) -> None:
-        self.rejections.record(RejectionReason.tls_handshake_failed, _source(host))
+        self.rejections.record(RejectionReason.tls_handshake_failed, source_of(host))
 
     def _handle_echo(self, event: Event) -> int:
         return int(Status.SUCCESS)
 
     def _handle_store(self, event: Event) -> Dataset:
         received_at = time.time()
-        tally = self._tally(event.assoc)
-        try:
-            stored = store_received(
+        request = cast(C_STORE, event.request)
+        status, comment = self._handler.handle(
+            self._tally(event.assoc),
+            lambda: store_received(
                 event,
                 self._spool,
                 source_ae_title=_calling_ae_title(event.assoc),
                 received_at=received_at,
-            )
-        except StoreRefused as refusal:
-            return self._refuse(event, tally, refusal)
-        except Exception as exc:
-            _log.exception(
-                "c-store failed",
-                status=f"0x{Status.PROCESSING_FAILURE:04X}",
-                error=type(exc).__name__,
-                **_peer_fields(tally),
-            )
-            return self._refuse(
-                event,
-                tally,
-                StoreRefused(Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"),
-            )
-        duplicate = stored.outcome is AddOutcome.duplicate
-        if tally is not None:
-            tally.bytes += stored.size
-            if duplicate:
-                tally.duplicates += 1
-            else:
-                tally.stored += 1
-        series_uid = stored.series_instance_uid
-        if self._on_stored is not None and not duplicate and series_uid:
-            try:
-                self._on_stored(series_uid)
-            except Exception:
-                # The instance is durable and the reaper polls the state anyway: a lost wake-up
-                # only delays it, so the peer still gets Success.
-                _log.exception("on_stored callback failed", series_key=series_key(series_uid))
-        return status_dataset(Status.SUCCESS)
-
-    def _refuse(
-        self, event: Event, tally: _AssociationTally | None, refusal: StoreRefused
-    ) -> Dataset:
-        if tally is not None:
-            tally.failed += 1
-        if refusal.status is not Status.PROCESSING_FAILURE:  # that one was logged with its trace
-            _log.warning(
-                "c-store refused",
-                status=f"0x{refusal.status:04X}",
-                sop_class=_sop_class_name(event),
-                reason=refusal.detail,
-                **_peer_fields(tally),
-            )
-        return status_dataset(refusal.status, str(refusal))
+            ),
+            str(request.AffectedSOPClassUID or ""),
+        )
+        return status_dataset(status, comment)
 
     def _handle_connection_close(self, event: Event) -> None:
         self._finish_connection(event.assoc)
@@ -409,18 +305,11 @@ class DicomListener:
                 return
             if tally.slot is not None:
                 self._limit.release(tally.slot)
-            _log.info(
-                "association closed",
-                count=tally.stored,
-                instance_count=tally.stored + tally.duplicates + tally.failed,
-                bytes=tally.bytes,
-                duration_ms=round((time.monotonic() - tally.opened_at) * 1000),
-                **_peer_fields(tally),
-            )
+            self._handler.closed(tally)
         except Exception:
             _log.exception("dicom connection tear-down failed")
 
-    def _tally(self, assoc: Association) -> _AssociationTally | None:
+    def _tally(self, assoc: Association) -> AssociationTally | None:
         with self._tallies_lock:
             return self._tallies.get(assoc)
 
@@ -479,21 +368,11 @@ class _AgentServer(ThreadedAssociationServer):
             secured.settimeout(None)
         except (OSError, ValueError) as exc:
             self._on_handshake_failed(host)
-            _log.warning("tls handshake failed", peer_host=host, reason=_handshake_problem(exc))
+            _log.warning("tls handshake failed", peer_host=host, reason=handshake_problem(exc))
             with contextlib.suppress(OSError):
                 plain.close()
             return None
         return secured
-
-
-def _handshake_problem(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate refused: {exc.verify_message}"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "no TLS handshake within the ARTIM timeout"
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc)
-    return type(exc).__name__
 
 
 def _start_server(
@@ -520,108 +399,8 @@ def _start_server(
             on_handshake_failed=on_handshake_failed,
         ),
     )
-    thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
-    thread.start()
-    # AssociationServer.shutdown() removes the server from this list, as start_server's are.
-    ae._servers.append(server)
+    register_server(ae, server)
     return server
-
-
-def _transport_socket(assoc: Association) -> socket.socket:
-    transport = assoc.dul.socket
-    assert transport is not None
-    assert transport.socket is not None
-    return transport.socket
-
-
-def _guard_transport(assoc: Association, timeout: float) -> None:
-    """Bound what a peer can make the association's DUL thread do while reading a PDU.
-
-    pynetdicom reads a PDU with blocking `recv` calls on a socket without a timeout, for as
-    many bytes as the PDU's header claims: a peer that stops halfway keeps the thread (and
-    the connection) forever, since the ARTIM and idle timers are checked between PDUs and an
-    abort waits for that thread; one that claims 4 GiB is buffered as it sends. So the socket
-    gets a timeout (ARTIM until the association is accepted, then the network timeout), and a
-    PDU longer than `_MAXIMUM_RECEIVED_PDU` ends the connection before its body is read.
-    """
-    transport = assoc.dul.socket
-    assert transport is not None
-    raw = _transport_socket(assoc)
-    raw.settimeout(timeout)
-    read = transport.recv
-    host = str(assoc.requestor.address)
-
-    def recv(count: int) -> bytearray:
-        if count <= _MAXIMUM_RECEIVED_PDU:
-            return read(count)
-        _log.warning(
-            "dicom connection closed",
-            peer_host=host,
-            reason=f"a PDU of {count} bytes, over the {_MAXIMUM_RECEIVED_PDU} allowed",
-        )
-        with contextlib.suppress(OSError):
-            raw.shutdown(socket.SHUT_RDWR)
-        return bytearray()  # pynetdicom: "PDU shorter than expected", transport closed
-
-    # pynetdicom has no hook for the transport's reads; the DUL calls this attribute.
-    transport.recv = recv  # type: ignore[method-assign,assignment]
-
-
-def _contain_engine_failures(assoc: Association, finish: Callable[[Association], None]) -> None:
-    """Abort and close the connection when pynetdicom's DUL thread meets an exception.
-
-    The DUL runs state-machine actions (decoding a DIMSE message among them) outside its own
-    error handling: a command set without a Command Field ends the thread with an
-    AttributeError; and an error while reading a PDU sends A-ABORT but returns without closing
-    the socket. Either way no EVT_CONN_CLOSE follows, so the association's slot of
-    `dicom.max_associations`, its socket and its buffers were held for good: sixteen such
-    connections locked every scanner out (found by tests/agent/test_scp_fuzz.py). Here the
-    peer gets A-ABORT, the socket is closed and `finish` releases the slot.
-    """
-    dul = assoc.dul
-    machine = dul.state_machine
-    act = machine.do_action
-    receive = dul._is_transport_event
-    host = str(assoc.requestor.address)
-
-    def fail(exc: Exception) -> None:
-        _log.warning(
-            "association aborted",
-            peer_host=host,
-            reason=f"the association failed on malformed input ({type(exc).__name__})",
-        )
-        abort = A_ABORT_RQ()
-        abort.source = 0x02  # service provider
-        abort.reason_diagnostic = 0x00
-        transport = dul.socket
-        with contextlib.suppress(Exception):
-            if transport is not None:
-                transport.send(abort.encode())
-        assoc.is_aborted = True
-        assoc.is_established = False
-        assoc._kill = True
-        dul._kill_thread = True
-        with contextlib.suppress(Exception):
-            if transport is not None:
-                transport.close()
-        finish(assoc)
-
-    def do_action(fsm_event: str) -> None:
-        try:
-            act(fsm_event)
-        except Exception as exc:
-            fail(exc)
-
-    def is_transport_event() -> bool:
-        try:
-            return receive()
-        except Exception as exc:
-            fail(exc)
-            return False
-
-    # pynetdicom has no hook for either; the DUL looks both attributes up on every pass.
-    machine.do_action = do_action  # type: ignore[method-assign,assignment]
-    dul._is_transport_event = is_transport_event  # type: ignore[method-assign]
 
 
 def _established(server: ThreadedAssociationServer) -> list[Association]:
@@ -635,41 +414,6 @@ def _storage_sop_classes() -> list[str]:
     return [str(uid) for uid in dict.fromkeys(syntaxes) if uid is not None]
 
 
-def _resolve_peers(peers: Sequence[tuple[str, str]]) -> frozenset[tuple[str, IPAddress]]:
-    allowed: set[tuple[str, IPAddress]] = set()
-    for ae_title, host in peers:
-        try:
-            addresses = {_normalise(info[4][0]) for info in socket.getaddrinfo(host, None)}
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"dicom.peers: host {host!r} (AE title {ae_title!r}) does not resolve ({exc}); "
-                "use the peer's static IP address or fix its DNS name"
-            ) from exc
-        allowed.update((ae_title.strip(), address) for address in addresses)
-    return frozenset(allowed)
-
-
-def _normalise(address: str | int) -> IPAddress:
-    parsed = ipaddress.ip_address(str(address).split("%", 1)[0])
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return parsed.ipv4_mapped
-    return parsed
-
-
-def _peer_address(host: str, ae_title: str) -> tuple[str, IPAddress] | None:
-    try:
-        return ae_title, _normalise(host)
-    except ValueError:
-        return None
-
-
-def _source(host: str) -> str:
-    try:
-        return str(_normalise(host))
-    except ValueError:
-        return "unknown"
-
-
 def _called_ae_title(assoc: Association) -> str:
     request = assoc.requestor.primitive
     return "" if request is None else str(request.called_ae_title).strip()
@@ -678,14 +422,3 @@ def _called_ae_title(assoc: Association) -> str:
 def _calling_ae_title(assoc: Association) -> str | None:
     request = assoc.requestor.primitive
     return None if request is None else str(request.calling_ae_title).strip() or None
-
-
-def _sop_class_name(event: Event) -> str:
-    sop_class = cast(C_STORE, event.request).AffectedSOPClassUID
-    return "unknown" if sop_class is None else str(sop_class.name)
-
-
-def _peer_fields(tally: _AssociationTally | None) -> dict[str, str | None]:
-    if tally is None:
-        return {}
-    return {"peer_ae": tally.peer_ae, "peer_host": tally.peer_host}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,8 +47,8 @@ from pynetdicom import (
     build_role,
     evt,
 )
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, InterventionEvent
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -59,12 +58,18 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from agent.dicom.intake import StoreRefused, status_dataset, store_received
+from agent.dicom.intake import status_dataset, store_received
+from agent.dicom.pynetdicom_adapter import (
+    disable_nagle,
+    park_reactor,
+    quiet_identifier_logging,
+    set_dul_loop_delay,
+    unbind_logging_handlers,
+)
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY
-from agent.dicom.status import Status
+from agent.dicom.store_handler import StoreHandler
 from agent.dicom.tls import TlsFiles, client_context
 from agent.spool import Spool
-from agent.state import AddOutcome
 
 __all__ = [
     "UIDS_PER_REQUEST",
@@ -86,13 +91,10 @@ _MAXIMUM_PDU_SIZE = 1 << 20
 # A UID list in one IMAGE-level retrieve; keeps the identifier well under any peer's limits.
 UIDS_PER_REQUEST = 200
 _PENDING = frozenset({0xFF00, 0xFF01})
-_LOGGING_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 _SUCCESS = 0x0000
 # A C-MOVE association only carries status messages while the images arrive elsewhere: its
 # DUL thread may sleep longer when idle (pynetdicom's 1 ms default costs ~10% of a core).
 _MOVE_DUL_LOOP_DELAY = 0.005
-# pynetdicom's association reactor sleeps 1 ms per pass; see `_park_reactor`.
-_REACTOR_PASS_SECONDS = 0.002
 # What a C-GET asks the source to send in: uncompressed, plus the compressed syntaxes PACS
 # usually hold, so the source need not transcode (or refuse) what it stored compressed.
 _GET_TRANSFER_SYNTAXES = (
@@ -187,7 +189,8 @@ class RetrieveOutcome:
 
 
 class SpoolSink:
-    """Spools the instances a C-GET brings in, exactly as the listener spools a C-STORE.
+    """Spools the instances a C-GET brings in, through the listener's own C-STORE handler
+    (`StoreHandler`): same checks, statuses and log lines.
 
     `on_stored(series_instance_uid)` is called on the association thread after each instance
     that became durable (not for duplicates).
@@ -195,32 +198,20 @@ class SpoolSink:
 
     def __init__(self, spool: Spool, on_stored: Callable[[str], None] | None = None) -> None:
         self._spool = spool
-        self._on_stored = on_stored
+        self._handler = StoreHandler(on_stored)
 
     def handle_store(self, event: Event) -> Dataset:
         """The EVT_C_STORE handler: make the instance durable, return the status to send."""
         received_at = time.time()
-        try:
-            stored = store_received(
+        request = cast(C_STORE, event.request)
+        status, comment = self._handler.handle(
+            None,
+            lambda: store_received(
                 event, self._spool, source_ae_title=None, received_at=received_at
-            )
-        except StoreRefused as refusal:
-            _log.warning(
-                "c-get store refused", status=f"0x{refusal.status:04X}", reason=refusal.detail
-            )
-            return status_dataset(refusal.status, str(refusal))
-        except Exception as exc:
-            _log.exception("c-get store failed", error=type(exc).__name__)
-            return status_dataset(
-                Status.PROCESSING_FAILURE, "storage failed on the agent; see its log"
-            )
-        if stored.outcome is not AddOutcome.duplicate and self._on_stored is not None:
-            try:
-                self._on_stored(stored.series_instance_uid)
-            except Exception:
-                # The instance is durable and the upload loop polls the state anyway.
-                _log.exception("on_stored callback failed")
-        return status_dataset(Status.SUCCESS)
+            ),
+            str(request.AffectedSOPClassUID or ""),
+        )
+        return status_dataset(status, comment)
 
 
 class Scu:
@@ -256,13 +247,12 @@ class Scu:
         # Its C-FIND/C-MOVE/C-GET code also formats every request and response identifier
         # for that log whether or not a line is written (about a fifth of a query round's
         # CPU, measured), and an identifier is patient data: the agent never wants them.
-        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+        quiet_identifier_logging()
 
     def echo(self) -> None:
         """C-ECHO the source; raise `SourceError` unless it answers Success."""
         with self._association([(Verification, None)], "C-ECHO") as assoc:
-            _park_reactor(assoc)
+            park_reactor(assoc)
             with _association_still_open(assoc, self.source, "C-ECHO"):
                 status = assoc.send_c_echo()
             code = _status_code(status)
@@ -356,11 +346,11 @@ class Scu:
             ) from exc
         if not assoc.is_established:
             raise SourceError(self._not_established(assoc, purpose))
-        assoc.dul._run_loop_delay = (
-            self._dul_loop_delay if dul_loop_delay is None else dul_loop_delay
+        set_dul_loop_delay(
+            assoc, self._dul_loop_delay if dul_loop_delay is None else dul_loop_delay
         )
-        _disable_nagle(assoc)
-        _unbind_logging_handlers(assoc)
+        disable_nagle(assoc)
+        unbind_logging_handlers(assoc)
         with self._open_lock:
             self._open.add(assoc)
         try:
@@ -440,7 +430,7 @@ class QuerySession:
     def _find(self, query: Dataset, level: str) -> Iterator[Dataset]:
         source = self._scu.source
         model = StudyRootQueryRetrieveInformationModelFind
-        _park_reactor(self._assoc)
+        park_reactor(self._assoc)
         with _association_still_open(self._assoc, source, f"{level}-level C-FIND"):
             for status, found in self._assoc.send_c_find(query, model):
                 code = _status_code(status)
@@ -506,7 +496,7 @@ class RetrieveSession:
 
     def _retrieve(self, identifier: Dataset, level: str) -> RetrieveOutcome:
         source = self._scu.source
-        _park_reactor(self._assoc)
+        park_reactor(self._assoc)
         with _association_still_open(self._assoc, source, f"{level}-level retrieval"):
             if self._destination is None:
                 operation = "C-GET"
@@ -554,42 +544,6 @@ def _association_still_open(assoc: Association, source: object, request: str) ->
         raise SourceError(
             f"the association with {source} ended before the {request} could be sent"
         ) from exc
-
-
-def _park_reactor(assoc: Association) -> None:
-    """Park the association's reactor thread for good before a request goes out.
-
-    pynetdicom 3.0's send_c_* pause the reactor (a thread that takes DIMSE messages off the
-    queue) so it cannot take the response, but they only check a flag the reactor may have
-    set just before passing its checkpoint; that pass then takes the response, which is lost
-    ("Received unexpected C-FIND service message", pynetdicom issue #875). With a fast peer
-    it happened to about one C-FIND in ten here. Closing the checkpoint and letting any pass
-    already under way end (one sleep of the reactor loop) before checking the flag leaves
-    nothing running that could take the response.
-    """
-    assoc._reactor_checkpoint.clear()
-    time.sleep(_REACTOR_PASS_SECONDS)
-    while not assoc._is_paused and assoc.is_established:
-        time.sleep(0.0001)
-
-
-def _unbind_logging_handlers(assoc: Association) -> None:
-    """pynetdicom's standard logging handlers format every PDU and DIMSE message (and copy
-    each data set) even when nothing is logged; the listener drops them the same way."""
-    for logging_event in _LOGGING_EVENTS:
-        bound = cast(list[tuple[Callable[..., object], object]], assoc.get_handlers(logging_event))
-        for handler, _args in list(bound):
-            assoc.unbind(logging_event, handler)
-
-
-def _disable_nagle(assoc: Association) -> None:
-    """Send each PDU at once: pynetdicom writes a request's command and data set as separate
-    PDUs, and with Nagle's algorithm on the second waits for the peer's delayed ACK (~40 ms
-    per C-FIND, measured against Orthanc)."""
-    transport = assoc.dul.socket
-    raw = None if transport is None else transport.socket
-    if raw is not None:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _identifier(level: str, **keys: object) -> Dataset:

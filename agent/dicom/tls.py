@@ -18,6 +18,7 @@ pynetdicom: the SCP and SCU hand the contexts over.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from cryptography import x509
 
 from common.config import DicomTls
 
-__all__ = ["MODERN_TLS12_CIPHERS", "TlsContexts", "TlsError", "TlsFiles", "certificate_not_after"]
+__all__ = [
+    "MODERN_TLS12_CIPHERS",
+    "TlsContexts",
+    "TlsError",
+    "TlsFiles",
+    "certificate_not_after",
+    "handshake_problem",
+]
 
 # OpenSSL names: forward secrecy and authenticated encryption only (BCP 195 / Mozilla
 # "intermediate"); dcmtk's default BCP 195 profile offers these too.
@@ -191,3 +199,14 @@ def _stamp(files: TlsFiles) -> tuple[tuple[int, int, int] | None, ...]:
         else:
             stamps.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return tuple(stamps)
+
+
+def handshake_problem(exc: BaseException) -> str:
+    """Why an SCP's TLS handshake failed, for the log (no certificate content)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate refused: {exc.verify_message}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no TLS handshake within the ARTIM timeout"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return type(exc).__name__

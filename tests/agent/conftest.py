@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.dicom.scp import DicomListener
+from agent.dicom.listeners import ENGINES, IntakeEngine, Listener, make_listener
 from agent.spool import Spool
 from agent.state import AgentState
 
@@ -33,12 +33,20 @@ def spool(tmp_path: Path, state: AgentState) -> Iterator[Spool]:
     opened.close()
 
 
-@pytest.fixture
-def start_listener(spool: Spool) -> Iterator[Callable[..., DicomListener]]:
-    """Start a listener on 127.0.0.1, an OS-chosen port and `spool` unless told otherwise."""
-    started: list[DicomListener] = []
+@pytest.fixture(params=ENGINES)
+def intake_engine(request: pytest.FixtureRequest) -> IntakeEngine:
+    """Each intake engine in turn: the SCP acceptance tests run against both."""
+    engine: IntakeEngine = request.param
+    return engine
 
-    def start(**overrides: Any) -> DicomListener:
+
+@pytest.fixture
+def start_listener(spool: Spool, intake_engine: IntakeEngine) -> Iterator[Callable[..., Listener]]:
+    """Start a listener of `intake_engine` on 127.0.0.1, an OS-chosen port and `spool` unless
+    told otherwise."""
+    started: list[Listener] = []
+
+    def start(**overrides: Any) -> Listener:
         options: dict[str, Any] = {
             "ae_title": "CONNECTOR",
             "host": "127.0.0.1",
@@ -46,7 +54,7 @@ def start_listener(spool: Spool) -> Iterator[Callable[..., DicomListener]]:
             "peers": (),
             "spool": spool,
         }
-        listener = DicomListener(**(options | overrides))
+        listener = make_listener(intake_engine, **(options | overrides))
         listener.start()
         started.append(listener)
         return listener

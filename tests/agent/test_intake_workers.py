@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from agent.data_dir_lock import DataDirLock, DataDirLocked
-from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY, DicomListener
+from agent.dicom.listeners import IntakeEngine, Listener, make_listener
 from agent.intake_workers import READY_LINE, IntakeWorkers, IntakeWorkerSpec, WorkerFailed
 from agent.spool import Spool
 from agent.state import AgentState
@@ -30,7 +30,7 @@ from tests.support.scu import send_datasets
 class Intake:
     """An in-process shared-port listener with one worker beside it, on one data directory."""
 
-    listener: DicomListener
+    listener: Listener
     workers: IntakeWorkers
     state: AgentState
     port: int
@@ -47,7 +47,7 @@ def series(count: int) -> list[Dataset]:
     )
 
 
-def spec_for(data_dir: Path, port: int) -> IntakeWorkerSpec:
+def spec_for(data_dir: Path, port: int, engine: IntakeEngine) -> IntakeWorkerSpec:
     return IntakeWorkerSpec(
         state_path=data_dir / "state.db",
         spool_dir=data_dir / "spool",
@@ -56,14 +56,17 @@ def spec_for(data_dir: Path, port: int) -> IntakeWorkerSpec:
         host="127.0.0.1",
         port=port,
         peers=(),
-        dul_loop_delay=DEFAULT_DUL_LOOP_DELAY,
+        intake_engine=engine,
         drain_timeout=5.0,
     )
 
 
-def shared_port_listener(data_dir: Path, state: AgentState) -> tuple[DicomListener, int]:
+def shared_port_listener(
+    data_dir: Path, state: AgentState, engine: IntakeEngine
+) -> tuple[Listener, int]:
     """The agent's own listener on an OS-chosen port that workers can share; started."""
-    listener = DicomListener(
+    listener = make_listener(
+        engine,
         ae_title="CONNECTOR",
         host="127.0.0.1",
         port=0,
@@ -83,10 +86,12 @@ def lock(tmp_path: Path) -> Iterator[DataDirLock]:
 
 
 @pytest.fixture
-async def intake(tmp_path: Path, lock: DataDirLock) -> AsyncIterator[Intake]:
+async def intake(
+    tmp_path: Path, lock: DataDirLock, intake_engine: IntakeEngine
+) -> AsyncIterator[Intake]:
     state = AgentState.open(tmp_path / "state.db")
-    listener, port = shared_port_listener(tmp_path, state)
-    workers = IntakeWorkers(1, spec_for(tmp_path, port), lock.fd)
+    listener, port = shared_port_listener(tmp_path, state, intake_engine)
+    workers = IntakeWorkers(1, spec_for(tmp_path, port, intake_engine), lock.fd)
     await workers.start()
     yield Intake(listener, workers, state, port)
     await workers.stop()
@@ -133,9 +138,11 @@ async def test_stopped_workers_leave_the_port_to_nobody_and_report_no_exit(
     assert intake.workers.exited() == []
 
 
-def test_a_worker_whose_agent_is_gone_exits_and_only_then_frees_the_lock(tmp_path: Path) -> None:
+def test_a_worker_whose_agent_is_gone_exits_and_only_then_frees_the_lock(
+    tmp_path: Path, intake_engine: IntakeEngine
+) -> None:
     state = AgentState.open(tmp_path / "state.db")
-    listener, port = shared_port_listener(tmp_path, state)
+    listener, port = shared_port_listener(tmp_path, state, intake_engine)
     # The "agent" is this test: it holds the lock, hands the descriptor to the worker, then
     # lets go of both as a killed process would.
     lock = DataDirLock(tmp_path)
@@ -150,7 +157,7 @@ def test_a_worker_whose_agent_is_gone_exits_and_only_then_frees_the_lock(tmp_pat
     try:
         assert worker.stdin is not None
         assert worker.stdout is not None
-        worker.stdin.write(spec_for(tmp_path, port).model_dump_json() + "\n")
+        worker.stdin.write(spec_for(tmp_path, port, intake_engine).model_dump_json() + "\n")
         worker.stdin.flush()
         assert worker.stdout.readline().strip() == READY_LINE
         lock.release()
@@ -179,12 +186,14 @@ def test_a_second_agent_on_the_same_data_directory_is_refused_with_the_holder(
 
 
 async def test_a_worker_that_cannot_listen_fails_start_with_a_clear_error(
-    tmp_path: Path, lock: DataDirLock
+    tmp_path: Path, lock: DataDirLock, intake_engine: IntakeEngine
 ) -> None:
     # A port bound without SO_REUSEPORT: the worker's bind fails.
     blocker = socket.create_server(("127.0.0.1", 0))
     try:
-        workers = IntakeWorkers(1, spec_for(tmp_path, blocker.getsockname()[1]), lock.fd)
+        workers = IntakeWorkers(
+            1, spec_for(tmp_path, blocker.getsockname()[1], intake_engine), lock.fd
+        )
         with pytest.raises(WorkerFailed, match="did not start"):
             await workers.start()
     finally:

@@ -1,9 +1,9 @@
 """Pull rounds against a real Orthanc: what is retrieved, when, how often, and what is not.
 
 Each test runs Orthanc (Debian's) as the PACS and the agent's real intake (state database,
-spool, `DicomListener` as the C-MOVE destination), and drives `SourcePoller.poll_once` round by
-round with a clock it moves by hand, so stability and grace periods need no sleeping. Orthanc's
-C-MOVE and C-GET requests are counted from its log.
+spool, a listener of each intake engine as the C-MOVE destination), and drives
+`SourcePoller.poll_once` round by round with a clock it moves by hand, so stability and grace
+periods need no sleeping. Orthanc's C-MOVE and C-GET requests are counted from its log.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from agent.dicom.scp import DicomListener
+from agent.dicom.listeners import IntakeEngine, make_listener
 from agent.dicom.scu import SpoolSink
 from agent.health import PipelineCounters
 from agent.pull.ledger import PullLedger, SeriesState
@@ -102,11 +102,11 @@ def snapshot_for(pacs: Orthanc, **overrides: Any) -> SiteSnapshot:
 class Intake:
     """The agent's receiving side for one test: state, spool, listener, and a poller factory."""
 
-    def __init__(self, tmp_path: Path, pacs: Orthanc, clock: Clock) -> None:
+    def __init__(self, tmp_path: Path, pacs: Orthanc, clock: Clock, engine: IntakeEngine) -> None:
         self.state = AgentState.open(tmp_path / "state.db")
         self.spool = CountingSpool(tmp_path / "spool", self.state)
-        self.listener = DicomListener(
-            ae_title=AGENT_AE, host="127.0.0.1", port=0, peers=(), spool=self.spool
+        self.listener = make_listener(
+            engine, ae_title=AGENT_AE, host="127.0.0.1", port=0, peers=(), spool=self.spool
         )
         self.pacs = pacs
         self.clock = clock
@@ -151,8 +151,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def intake(tmp_path: Path, pacs: Orthanc, clock: Clock) -> Iterator[Intake]:
-    opened = Intake(tmp_path / "agent", pacs, clock)
+def intake(
+    tmp_path: Path, pacs: Orthanc, clock: Clock, intake_engine: IntakeEngine
+) -> Iterator[Intake]:
+    opened = Intake(tmp_path / "agent", pacs, clock, intake_engine)
     opened.start()
     yield opened
     opened.close()

@@ -39,3 +39,23 @@ def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
             data_dir=tmp_path,
             upload_concurency=2,  # type: ignore[call-arg]
         )
+
+
+def test_the_lean_intake_engine_is_the_default_and_pynetdicom_can_be_chosen(
+    tmp_path: Path,
+) -> None:
+    common = {"control_plane_url": "http://cp", "token_file": tmp_path, "data_dir": tmp_path}
+
+    assert AgentSettings(**common).intake_engine == "lean"  # type: ignore[arg-type]
+    chosen = AgentSettings(**common, intake_engine="pynetdicom", dul_loop_delay=0.001)  # type: ignore[arg-type]
+    assert (chosen.intake_engine, chosen.dul_loop_delay) == ("pynetdicom", 0.001)
+
+
+def test_a_dul_loop_delay_with_the_lean_engine_is_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="dul_loop_delay tunes intake_engine 'pynetdicom'"):
+        AgentSettings(
+            control_plane_url="http://cp",
+            token_file=tmp_path,
+            data_dir=tmp_path,
+            dul_loop_delay=0.001,
+        )

@@ -18,6 +18,7 @@ from pynetdicom.association import Association
 from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.scp import DicomListener, ScpTimeouts
 from agent.rejections import MAX_SOURCES, OTHER_SOURCES, RejectionCounter, RejectionReason
+from tests.support.raw_dicom import rejection
 
 StartListener = Callable[..., DicomListener]
 _WAIT_SECONDS = 15.0
@@ -44,13 +45,6 @@ def associate(
     return assoc
 
 
-def rejection(assoc: Association) -> tuple[int, int, int]:
-    assert assoc.is_rejected
-    primitive = assoc.acceptor.primitive
-    assert primitive is not None
-    return primitive.result, primitive.result_source, primitive.diagnostic
-
-
 def until(condition: Callable[[], bool]) -> bool:
     deadline = time.monotonic() + _WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -65,9 +59,7 @@ def test_an_unlisted_address_is_rejected_without_a_reason_and_counted(
 ) -> None:
     listener = start_listener(peers=[("SCANNER", "192.0.2.10")])
 
-    assoc = associate(listener.port, held)
-
-    assert rejection(assoc) == (0x01, 0x01, 0x01)
+    assert rejection(listener.port) == (0x01, 0x01, 0x01)
     assert listener.rejections.counts() == {("unlisted_address", "127.0.0.1"): 1}
 
 
@@ -76,8 +68,8 @@ def test_an_unlisted_calling_ae_title_is_rejected_calling_ae_not_recognised(
 ) -> None:
     listener = start_listener(peers=[("SCANNER", "127.0.0.1")])
 
-    assert rejection(associate(listener.port, held, calling="STRANGER")) == (0x01, 0x01, 0x03)
-    assert rejection(associate(listener.port, held, calling="STRANGER")) == (0x01, 0x01, 0x03)
+    assert rejection(listener.port, calling="STRANGER") == (0x01, 0x01, 0x03)
+    assert rejection(listener.port, calling="STRANGER") == (0x01, 0x01, 0x03)
     assert listener.rejections.counts() == {("calling_ae_not_recognised", "127.0.0.1"): 2}
 
 
@@ -86,7 +78,7 @@ def test_a_wrong_called_ae_title_is_rejected_called_ae_not_recognised(
 ) -> None:
     listener = start_listener(peers=[("SCANNER", "127.0.0.1")])
 
-    assert rejection(associate(listener.port, held, called="NOTUS")) == (0x01, 0x01, 0x07)
+    assert rejection(listener.port, called="NOTUS") == (0x01, 0x01, 0x07)
     assert listener.rejections.counts() == {("called_ae_not_recognised", "127.0.0.1"): 1}
     assert associate(listener.port, held).is_established
 
@@ -99,9 +91,7 @@ def test_the_association_over_the_limit_gets_local_limit_exceeded_and_a_freed_sl
     assert first.is_established
     assert second.is_established
 
-    over = associate(listener.port, held)
-
-    assert rejection(over) == (0x02, 0x03, 0x02)
+    assert rejection(listener.port) == (0x02, 0x03, 0x02)
     assert listener.rejections.counts() == {("association_limit", "127.0.0.1"): 1}
     first.release()
     assert until(lambda: associate(listener.port, held).is_established)
@@ -117,8 +107,8 @@ def test_the_limit_is_shared_by_listeners_sharing_the_slot_directory(
 
     assert associate(one.port, held).is_established
     assert associate(other.port, held).is_established
-    assert rejection(associate(one.port, held)) == (0x02, 0x03, 0x02)
-    assert rejection(associate(other.port, held)) == (0x02, 0x03, 0x02)
+    assert rejection(one.port) == (0x02, 0x03, 0x02)
+    assert rejection(other.port) == (0x02, 0x03, 0x02)
 
 
 def test_an_idle_association_is_aborted_after_the_network_timeout_and_frees_its_slot(
