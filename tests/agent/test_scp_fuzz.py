@@ -34,6 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from agent.dicom.listeners import ENGINES
 from tests.support.all_in_one import AllInOne
 from tests.support.dicom_factory import make_instance
 from tests.support.dicom_wire import (
@@ -91,8 +92,11 @@ class Hang(AssertionError):
     """An attempt got no answer and no close within the bound."""
 
 
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AllInOne]:
+@pytest.fixture(scope="module", params=ENGINES)
+def agent(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AllInOne]:
+    """A running all-in-one on each intake engine in turn."""
     config = {
         "dicom": {
             "max_associations": _MAX_ASSOCIATIONS,
@@ -105,8 +109,9 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AllInOne]:
         "timing": {"acquisition_delay": "1s"},
     }
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
-    saved = {name: os.environ.get(name) for name in _AGENT_ENVIRONMENT}
-    os.environ.update(_AGENT_ENVIRONMENT)
+    environment = _AGENT_ENVIRONMENT | {"DICOM_CONNECTOR_AGENT_INTAKE_ENGINE": request.param}
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
     server = AllInOne(data_dir, config)
     try:
         server.start()

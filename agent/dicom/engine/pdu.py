@@ -68,6 +68,9 @@ _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
 _RECEIVE_BUFFER = 256 << 10
 _APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+# Where an A-ASSOCIATE-RQ's items begin: header 6, version and reserved 4, AE titles 32,
+# reserved 32.
+_REQUEST_ITEMS_OFFSET = 74
 
 
 class PeerClosed(Exception):
@@ -180,10 +183,42 @@ def release_response_pdu() -> bytes:
 
 def decode_request(pdu: bytes) -> A_ASSOCIATE:
     """An A-ASSOCIATE-RQ PDU (header included) as pynetdicom's primitive; raises on bytes
-    that do not decode."""
+    that do not decode or lack an item PS3.8 9.3.2 makes mandatory."""
+    _check_request_items(pdu)
     request = A_ASSOCIATE_RQ()
     request.decode(pdu)
     return request.to_primitive()
+
+
+def _check_request_items(pdu: bytes) -> None:
+    """Walk the request's variable items and user-information sub-items by their declared
+    lengths: pynetdicom's decoder slices past the end of a truncated PDU without complaint,
+    so a PDU whose length field cuts an item short would otherwise decode into a smaller,
+    acceptable request. The application context, a presentation context and the user
+    information item with its Maximum Length sub-item must all be there (PS3.8 9.3.2, D.1).
+    """
+    found = list(_items(pdu, _REQUEST_ITEMS_OFFSET, len(pdu)))
+    kinds = [item_type for item_type, _ in found]
+    if 0x10 not in kinds or 0x20 not in kinds or kinds.count(0x50) != 1:
+        raise ValueError("an A-ASSOCIATE-RQ without its mandatory items")
+    start, end = dict(found)[0x50]
+    if 0x51 not in dict(_items(pdu, start, end)):
+        raise ValueError("an A-ASSOCIATE-RQ without a Maximum Length sub-item")
+
+
+def _items(pdu: bytes, offset: int, end: int) -> Iterator[tuple[int, tuple[int, int]]]:
+    """(item type, (value start, value end)) of each item in `pdu[offset:end]`; raises when
+    an item's declared length runs past `end`."""
+    while offset < end:
+        if offset + 4 > end:
+            raise ValueError("an item header cut short")
+        item_type = pdu[offset]
+        length = int.from_bytes(pdu[offset + 2 : offset + 4], "big")
+        value = offset + 4
+        if value + length > end:
+            raise ValueError("an item longer than what holds it")
+        yield item_type, (value, value + length)
+        offset = value + length
 
 
 def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
