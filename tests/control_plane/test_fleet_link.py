@@ -583,7 +583,12 @@ async def test_command_reaches_the_agent_and_its_result_is_the_answer(server: Se
 
     assert (command.name, command.args) == ("report_health", {"now": True})
     assert answer.status_code == 200
-    assert answer.json() == {"id": str(command.id), "ok": True, "detail": "health sent"}
+    assert answer.json() == {
+        "id": str(command.id),
+        "ok": True,
+        "detail": "health sent",
+        "diagnostics": None,
+    }
 
 
 async def test_command_to_an_agent_without_a_link_is_409(server: Server) -> None:
