@@ -30,20 +30,32 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from agent.state import AddOutcome, AgentState, SpooledInstance, StateFullError
+from agent.state import AddOutcome, AgentState, GroupCommit, SpooledInstance, StateFullError
 
-__all__ = ["RecoveryReport", "Spool", "SpoolFull", "SpoolIdentity", "WriteFile", "write_durably"]
+__all__ = [
+    "AppendFile",
+    "RecoveryReport",
+    "SlotWriter",
+    "Spool",
+    "SpoolFull",
+    "SpoolIdentity",
+    "WriteFile",
+    "WrittenSlot",
+    "write_durably",
+]
 
 _log = structlog.get_logger(__name__)
 
@@ -68,8 +80,20 @@ class SpoolIdentity:
     transfer_syntax_uid: str
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenSlot:
+    """A slot that holds one instance's whole Part-10 bytes, fsynced, not yet recorded."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
 WriteFile = Callable[[Path, memoryview], None]
 """Writes the bytes into an existing slot and fsyncs it; raises `OSError` (ENOSPC: disk full)."""
+
+AppendFile = Callable[[int, memoryview], None]
+"""Appends the bytes to an open slot (a `SlotWriter`'s); raises `OSError` (ENOSPC: disk full)."""
 
 Identify = Callable[[memoryview], SpoolIdentity | None]
 """Reads the UIDs of a whole Part-10 file; None when the bytes are not one (cut short)."""
@@ -97,13 +121,15 @@ class Spool:
         *,
         slot_batch: int = SLOT_BATCH,
         write_file: WriteFile | None = None,
+        append_file: AppendFile | None = None,
     ) -> None:
         """Create the spool directories under `root` (made durable) if they are missing.
 
         `reserve_bytes` is the free space to keep on the spool's filesystem: a store that would
         go below it raises `SpoolFull`, so the state database and the OS keep room to work.
-        `write_file` is the seam tests use to run out of disk where mounting a small
-        filesystem is not allowed (CI); it defaults to `write_durably`.
+        `write_file` and `append_file` are the seams tests use to run out of disk where
+        mounting a small filesystem is not allowed (CI); they default to `write_durably` and
+        `append_all`.
         """
         if reserve_bytes < 0:
             raise ValueError(f"reserve_bytes must be >= 0, got {reserve_bytes}")
@@ -114,8 +140,10 @@ class Spool:
         self._state = state
         self._reserve_bytes = reserve_bytes
         self._write_file = write_file or write_durably
+        self._append_file = append_file or append_all
         self._make_layout()
         self._pool = _SlotPool(self._slots, slot_batch)
+        self._commits: GroupCommit[SpooledInstance, AddOutcome] = GroupCommit(state.add_instances)
         # The spool owns its files: the state says when one is no longer needed, we delete it.
         state.release_files_with(self.release)
 
@@ -137,8 +165,23 @@ class Spool:
     ) -> AddOutcome:
         """Make `part10` durable and record it; return what the state made of it.
 
-        Raises `SpoolFull` when the disk (or the reserve) is exhausted; no partial file
-        remains. Other `OSError`s and `StateError`s propagate.
+        `write` then `record`. Raises `SpoolFull` when the disk (or the reserve) is exhausted;
+        no partial file remains. Other `OSError`s and `StateError`s propagate.
+        """
+        return self.record(
+            self.write(part10),
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            series_instance_uid=series_instance_uid,
+            study_instance_uid=study_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            received_at=received_at,
+        )
+
+    def write(self, part10: bytes | bytearray | memoryview) -> WrittenSlot:
+        """Write `part10` into a free slot and fsync it; record it next with `record`.
+
+        Raises `SpoolFull` when the disk (or the reserve) is exhausted; the slot is emptied.
         """
         data = memoryview(part10).cast("B")
         sha256 = hashlib.sha256(data).hexdigest()
@@ -149,28 +192,60 @@ class Spool:
         except BaseException as exc:
             self._give_back(slot)
             if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE:
-                raise SpoolFull(
-                    f"spool {self._root} ran out of disk space writing {len(data)} bytes: free "
-                    "space on that filesystem or move the data directory to a larger one"
-                ) from exc
+                raise self._full(len(data)) from exc
             raise
+        return WrittenSlot(slot, sha256, len(data))
+
+    def open_slot(self) -> SlotWriter:
+        """A free slot to write one instance into as its bytes arrive (`SlotWriter`).
+
+        Raises `SpoolFull` when no slot can be made for want of disk space.
+        """
+        slot = self._take_slot()
+        try:
+            # Read too: the receiver checks the data set through a read-only mapping.
+            fd = os.open(slot, os.O_RDWR | os.O_CLOEXEC)
+        except BaseException:
+            self._give_back(slot)
+            raise
+        return SlotWriter(self, slot, fd)
+
+    def record(
+        self,
+        written: WrittenSlot,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        series_instance_uid: str,
+        study_instance_uid: str,
+        transfer_syntax_uid: str,
+        received_at: float,
+    ) -> AddOutcome:
+        """Record a written slot in the state; return what the state made of it once its row
+        is committed.
+
+        Rows of instances recorded at the same time on other threads go into the same
+        transaction (`agent.state.GroupCommit`); each caller still returns only after the
+        commit that holds its own row. Raises `SpoolFull` when the state database's disk is
+        full (the slot is emptied); other `StateError`s propagate.
+        """
         instance = SpooledInstance(
             sop_instance_uid=sop_instance_uid,
             sop_class_uid=sop_class_uid,
             series_instance_uid=series_instance_uid,
             study_instance_uid=study_instance_uid,
             transfer_syntax_uid=transfer_syntax_uid,
-            sha256=sha256,
-            size=len(data),
-            path=slot,
+            sha256=written.sha256,
+            size=written.size,
+            path=written.path,
             received_at=received_at,
             spooled_at=time.time(),
         )
         try:
-            return self._state.add_instance(instance)
+            return self._commits.submit(instance)
         except StateFullError as exc:
             # Rolled back: no row names the slot, so it is ours to empty.
-            self._give_back(slot)
+            self._give_back(written.path)
             raise SpoolFull(str(exc)) from exc
 
     def release(self, path: Path) -> None:
@@ -186,7 +261,9 @@ class Spool:
             _log.warning("spool file not deleted", path=str(path), error=exc.strerror)
 
     def close(self) -> None:
-        """Wait for a slot refill under way to end; stores after this still work. Idempotent."""
+        """Wait for the records and the slot refill under way to end; stores after this still
+        work. Idempotent."""
+        self._commits.drain()
         self._pool.join_refill()
 
     def recover(self, identify: Identify) -> RecoveryReport:
@@ -297,6 +374,12 @@ class Spool:
             return
         self._pool.adopt([slot])
 
+    def _full(self, size: int) -> SpoolFull:
+        return SpoolFull(
+            f"spool {self._root} ran out of disk space writing {size} bytes: free space on "
+            "that filesystem or move the data directory to a larger one"
+        )
+
     def _check_free_space(self, size: int) -> None:
         if not self._reserve_bytes:
             return
@@ -314,6 +397,80 @@ class Spool:
         if created:
             _fsync_directory(self._root)
             _fsync_directory(self._root.parent)
+
+
+class SlotWriter:
+    """One instance written into a spool slot as its bytes arrive, hashed on the way.
+
+    For instances too large to hold in memory whole: the receiver appends each part as it
+    comes (`write`), checks the whole file (`mapped`), then `finish` fsyncs it and the caller
+    records it (`Spool.record`) before it answers Success. Any failure, and `discard`, empties
+    the slot and gives it back to the pool; a crash before `finish` leaves a slot cut short,
+    which `Spool.recover` deletes at the next start (its peer never got Success). Owned by one
+    thread (one association's).
+    """
+
+    def __init__(self, spool: Spool, path: Path, fd: int) -> None:
+        """Use `Spool.open_slot`."""
+        self._spool = spool
+        self.path = path
+        self._fd: int | None = fd
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: memoryview) -> None:
+        """Append `data`. Raises `SpoolFull` (the slot given back) when the disk, or the free
+        space above the reserve, runs out; other `OSError`s likewise give the slot back."""
+        fd = self._open_fd()
+        try:
+            self._spool._check_free_space(len(data))
+            self._spool._append_file(fd, data)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE:
+                raise self._spool._full(self.size + len(data)) from exc
+            raise
+        self._sha256.update(data)
+        self.size += len(data)
+
+    @contextmanager
+    def mapped(self) -> Iterator[memoryview]:
+        """The bytes written so far, mapped read-only from the file (the page cache): only the
+        pages the reader touches are brought in. Release every view of it before the block
+        ends."""
+        fd = self._open_fd()
+        with mmap.mmap(fd, self.size, prot=mmap.PROT_READ) as mapping, memoryview(mapping) as view:
+            yield view
+
+    def finish(self) -> WrittenSlot:
+        """Fsync the slot and close it; it is ready for `Spool.record`. Raises `SpoolFull` (the
+        slot given back) when the disk is full."""
+        fd = self._open_fd()
+        try:
+            os.fsync(fd)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE:
+                raise self._spool._full(self.size) from exc
+            raise
+        self._fd = None
+        os.close(fd)
+        return WrittenSlot(self.path, self._sha256.hexdigest(), self.size)
+
+    def discard(self) -> None:
+        """Give the slot back empty; nothing of it was recorded. Idempotent; a no-op after
+        `finish` (a finished slot is the caller's to record)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with suppress(OSError):
+            os.close(fd)
+        self._spool._give_back(self.path)
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"the spool slot {self.path} was already finished or discarded")
+        return self._fd
 
 
 class _SlotPool:
@@ -411,13 +568,18 @@ def _make_directory(path: Path) -> bool:
     return True
 
 
+def append_all(fd: int, data: memoryview) -> None:
+    """Write all of `data` at the file's current offset."""
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
 def write_durably(path: Path, data: memoryview) -> None:
     """Write `data` into the existing file `path` and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
+        append_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

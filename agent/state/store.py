@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,69 @@ class AgentState(Database):
                 obsolete = self._insert(db, inst, path, known)
             self._commit_then_release_unreferenced(db, obsolete)
         return outcome
+
+    def add_instances(self, instances: Sequence[SpooledInstance]) -> list[AddOutcome | Exception]:
+        """Record several durable spool files in one transaction (group commit, see
+        `agent.state.group_commit`); return each one's outcome or the error meant for it.
+
+        The outcomes are those of `add_instance` called once per instance in this order: an
+        instance whose SOP Instance UID and content an earlier one of the batch brought is a
+        `duplicate`, one with other content `replaced`s it. The commit waits for the disk when
+        any instance deletes an older version's file, as `add_instance` does. When the batch
+        fails (a full disk, a missing file, anything), nothing of it is kept and each instance
+        is recorded alone, so each gets exactly the outcome or error it would have got alone.
+        Thread-safe.
+        """
+        if len(instances) == 1:
+            return [self._add_alone(instances[0])]
+        try:
+            return list(self._add_batch(instances))
+        except Exception:
+            return [self._add_alone(inst) for inst in instances]
+
+    def _add_alone(self, inst: SpooledInstance) -> AddOutcome | Exception:
+        try:
+            return self.add_instance(inst)
+        except Exception as exc:
+            return exc
+
+    def _add_batch(self, instances: Sequence[SpooledInstance]) -> list[AddOutcome]:
+        paths = [self._stored(inst.path) for inst in instances]
+        plans: list[_Plan] = []
+
+        def deletes_an_older_version(db: sqlite3.Connection) -> bool:
+            # Read before BEGIN under the writers' lock (nobody commits in between), then play
+            # the batch through in order, as successive add_instance calls would see it.
+            seen: dict[str, list[tuple[int, str, str, str]]] = {}
+            for inst, path in zip(instances, paths, strict=True):
+                known = seen.get(inst.sop_instance_uid)
+                if known is None:
+                    known = seen[inst.sop_instance_uid] = db.execute(
+                        queries.SELECT_DEDUP_CANDIDATES, (inst.sop_instance_uid,)
+                    ).fetchall()
+                plans.append(_Plan(inst, path, list(known)))
+                if any(sha == inst.sha256 for _, sha, _, _ in known):
+                    continue
+                known[:] = [row for row in known if row[2] != "spooled"]
+                known.append((0, inst.sha256, "spooled", path))
+            return any(plan.deletes_an_older_version for plan in plans)
+
+        outcomes: list[AddOutcome] = []
+        with self._transaction(durable=deletes_an_older_version) as db:
+            obsolete: list[str] = []
+            for plan in plans:
+                inst = plan.instance
+                if plan.duplicate:
+                    outcomes.append(AddOutcome.duplicate)
+                    obsolete.append(plan.path)
+                    continue
+                # Checked under the lock that guards every unlink, as in add_instance.
+                if not inst.path.exists():
+                    raise StateError(f"spool file {inst.path} does not exist; it was not recorded")
+                outcomes.append(AddOutcome.replaced if plan.known else AddOutcome.new)
+                obsolete.extend(self._insert(db, inst, plan.path, plan.known))
+            self._commit_then_release_unreferenced(db, obsolete)
+        return outcomes
 
     def add_recovered(self, inst: SpooledInstance) -> bool:
         """Record a spool file found without a row at start-up (see `Spool.recover`).
@@ -377,6 +441,23 @@ class AgentState(Database):
                 )
             obsolete = [] if state is InstanceState.failed else [path]
             self._commit_then_release_unreferenced(db, obsolete)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One instance of a batch and the dedup candidates it will meet in the transaction."""
+
+    instance: SpooledInstance
+    path: str
+    known: list[tuple[int, str, str, str]]
+
+    @property
+    def duplicate(self) -> bool:
+        return any(sha == self.instance.sha256 for _, sha, _, _ in self.known)
+
+    @property
+    def deletes_an_older_version(self) -> bool:
+        return not self.duplicate and any(state == "spooled" for _, _, state, _ in self.known)
 
 
 def _current_state(db: sqlite3.Connection, instance_id: int) -> str | None:
