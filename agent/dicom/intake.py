@@ -21,7 +21,7 @@ from pynetdicom.events import Event
 from agent.dicom.dataset_scan import DatasetSummary, MalformedDatasetError, scan_dataset
 from agent.dicom.file_meta import part10_header, read_file_meta
 from agent.dicom.status import Status
-from agent.spool import Spool, SpoolFull, SpoolIdentity
+from agent.spool import SlotWriter, Spool, SpoolFull, SpoolIdentity
 from agent.state import AddOutcome
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "status_dataset",
     "store_part10",
     "store_received",
+    "store_spilled",
 ]
 
 _ERROR_COMMENT_LIMIT = 64  # (0000,0902) Error Comment is an LO
@@ -135,6 +136,58 @@ def store_part10(
             Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
         ) from None
     return Stored(outcome, series_uid, len(part10))
+
+
+def store_spilled(
+    slot: SlotWriter,
+    dataset_offset: int,
+    spool: Spool,
+    *,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    received_at: float,
+) -> Stored:
+    """Make durable a Part-10 file written into `slot` as it arrived (a large instance, see
+    `agent.dicom.engine.incoming`): check it as `store_part10` does, through a read-only
+    mapping of the slot, then fsync and record it. The slot goes back to the pool on any
+    refusal or error.
+
+    Raises `StoreRefused` as `store_received` does.
+    """
+    try:
+        problem: str | None = None
+        with slot.mapped() as whole, whole[dataset_offset:] as dataset:
+            try:
+                summary = scan_dataset(dataset, transfer_syntax_uid)
+            except MalformedDatasetError as exc:
+                # Kept as text: the exception's traceback would hold views of the mapping.
+                problem = str(exc)
+        if problem is not None:
+            raise StoreRefused(Status.CANNOT_UNDERSTAND, problem)
+        study_uid, series_uid = _check_identity(summary, sop_class_uid, sop_instance_uid)
+        written = slot.finish()
+    except SpoolFull as exc:
+        raise StoreRefused(
+            Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
+        ) from None
+    finally:
+        slot.discard()  # a no-op once finished
+    try:
+        outcome = spool.record(
+            written,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            series_instance_uid=series_uid,
+            study_instance_uid=study_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            received_at=received_at,
+        )
+    except SpoolFull as exc:
+        raise StoreRefused(
+            Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
+        ) from None
+    return Stored(outcome, series_uid, written.size)
 
 
 def identify_spooled(part10: memoryview) -> SpoolIdentity | None:

@@ -8,8 +8,9 @@ and verification needs it:
   request is checked (allowlist, called AE title, association cap) and answered with
   A-ASSOCIATE-RJ or, after pynetdicom's presentation negotiation, A-ASSOCIATE-AC.
 - Sta6 (established): P-DATA-TF carries DIMSE messages. A C-STORE-RQ's data set fragments are
-  read straight into the Part-10 buffer of the instance (no re-encoding, one copy), and the
-  C-STORE-RSP goes out once the instance is durable. C-ECHO is answered Success. A-RELEASE-RQ
+  read straight into the Part-10 buffer of the instance (no re-encoding, one copy), a large
+  instance's into its spool slot as they arrive (engine/incoming.py), and the C-STORE-RSP goes
+  out once the instance is durable. C-ECHO is answered Success. A-RELEASE-RQ
   is answered A-RELEASE-RP; A-ABORT ends the association, dropping a half-received instance.
 - Protocol errors (a PDU type not expected here, an unknown one, a PDV for a context not
   accepted, a data set fragment without its command, malformed lengths, a PDU longer than
@@ -44,6 +45,7 @@ from agent.dicom.engine.commands import (
     parse_store_request,
     store_response,
 )
+from agent.dicom.engine.incoming import SPILL_BYTES, IncomingInstance, StoreRefusal
 from agent.dicom.engine.pdu import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
@@ -63,7 +65,6 @@ from agent.dicom.engine.pdu import (
     release_response_pdu,
 )
 from agent.dicom.file_meta import part10_header
-from agent.dicom.intake import store_part10
 from agent.dicom.status import Status
 from agent.dicom.store_handler import AssociationTally, StoreHandler
 from agent.dicom.timeouts import ScpTimeouts
@@ -107,28 +108,8 @@ class AcceptorServices:
     # the pynetdicom path writes them.
     implementation_uid: str = IMPLEMENTATION_UID
     implementation_version: str = IMPLEMENTATION_VERSION
-
-
-@dataclass(slots=True)
-class _Incoming:
-    """A C-STORE whose data set is arriving: its Part-10 bytes so far."""
-
-    request: StoreRequest
-    context_id: int
-    transfer_syntax: str
-    part10: bytearray
-    dataset_offset: int
-    used: int
-    received_at: float
-    refusal: StoreRefusal | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRefusal:
-    """An answer decided before the data set arrived (its bytes are read and dropped)."""
-
-    status: Status
-    comment: str
+    # An instance larger than this goes to its spool slot as it arrives (engine/incoming.py).
+    spill_bytes: int = SPILL_BYTES
 
 
 class Association:
@@ -153,7 +134,7 @@ class Association:
         self._reader: Reader
         self._command = bytearray()
         self._command_context: int | None = None
-        self._incoming: _Incoming | None = None
+        self._incoming: IncomingInstance | None = None
 
     def serve(self) -> None:
         """Run the association to its end; never raises."""
@@ -193,7 +174,9 @@ class Association:
             _log.exception("association failed", **self.tally.peer_fields())
             self._send_abort(_SERVICE_PROVIDER, _NOT_SPECIFIED)
         finally:
-            self._incoming = None
+            if self._incoming is not None:  # never answered: its slot goes back empty
+                self._incoming.discard()
+                self._incoming = None
             self.established = False
             if slot is not None:
                 self._services.limit.release(slot)
@@ -359,16 +342,7 @@ class Association:
             raise ProtocolError("a data set fragment without its command")
         if incoming.context_id != context_id:
             raise ProtocolError("a data set fragment on another presentation context")
-        if incoming.refusal is not None:
-            self._reader.skip(size)
-        else:
-            buffer = incoming.part10
-            end = incoming.used + size
-            if end > len(buffer):  # grow geometrically: a large instance arrives in many PDUs
-                buffer.extend(bytes(max(end - len(buffer), len(buffer))))
-            with memoryview(buffer) as whole:
-                self._reader.read_into(whole[incoming.used : end])
-            incoming.used = end
+        incoming.receive(self._reader, size, self._services.spool)
         if last:
             self._incoming = None
             self._on_data_set(incoming)
@@ -420,18 +394,17 @@ class Association:
         except ValueError:
             header = b""
             refusal = StoreRefusal(Status.CANNOT_UNDERSTAND, "a UID of the request is invalid")
-        self._incoming = _Incoming(
+        self._incoming = IncomingInstance(
             request=request,
             context_id=context_id,
             transfer_syntax=syntax,
-            part10=bytearray(header),
-            dataset_offset=len(header),
-            used=len(header),
+            header=header,
             received_at=received_at,
+            spill_bytes=self._services.spill_bytes,
             refusal=refusal,
         )
 
-    def _on_data_set(self, incoming: _Incoming) -> None:
+    def _on_data_set(self, incoming: IncomingInstance) -> None:
         request = incoming.request
         if incoming.refusal is not None:
             self.tally.failed += 1
@@ -439,21 +412,13 @@ class Association:
                 incoming.context_id, request, incoming.refusal.status, incoming.refusal.comment
             )
             return
-        del incoming.part10[incoming.used :]
         services = self._services
-        status, comment = services.handler.handle(
-            self.tally,
-            lambda: store_part10(
-                incoming.part10,
-                incoming.dataset_offset,
-                services.spool,
-                transfer_syntax_uid=incoming.transfer_syntax,
-                sop_class_uid=request.sop_class_uid,
-                sop_instance_uid=request.sop_instance_uid,
-                received_at=incoming.received_at,
-            ),
-            request.sop_class_uid,
-        )
+        try:
+            status, comment = services.handler.handle(
+                self.tally, lambda: incoming.store(services.spool), request.sop_class_uid
+            )
+        finally:
+            incoming.discard()  # a no-op unless the store failed before taking over the slot
         self._answer_store(incoming.context_id, request, status, comment)
 
     def _answer_store(

@@ -25,6 +25,7 @@ import structlog
 from agent.dicom.access import PeerAccess
 from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.engine.association import AcceptorServices, Association
+from agent.dicom.engine.incoming import SPILL_BYTES
 from agent.dicom.store_handler import StoreHandler
 from agent.dicom.timeouts import ScpTimeouts
 from agent.dicom.tls import TlsContexts
@@ -63,9 +64,11 @@ class LeanListener:
         tls: TlsContexts | None = None,
         association_limit: AssociationLimit | None = None,
         timeouts: ScpTimeouts | None = None,
+        spill_bytes: int = SPILL_BYTES,
     ) -> None:
         """Configure the listener; nothing is bound until `start`. The options mean what they
-        mean for `agent.dicom.scp.DicomListener`."""
+        mean for `agent.dicom.scp.DicomListener`; an instance larger than `spill_bytes` is
+        written into its spool slot as it arrives (agent/dicom/engine/incoming.py)."""
         self._ae_title = ae_title
         self._host = host
         self._requested_port = port
@@ -84,6 +87,7 @@ class LeanListener:
             tls=tls,
             maximum_pdu=MAXIMUM_PDU_SIZE,
             maximum_received_pdu=MAXIMUM_RECEIVED_PDU,
+            spill_bytes=spill_bytes,
         )
         self._socket: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
