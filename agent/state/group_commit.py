@@ -97,6 +97,12 @@ class GroupCommit(Generic[Item, Result]):
             raise waiter.error
         return waiter.result  # type: ignore[return-value]
 
+    @property
+    def waiting(self) -> int:
+        """Items queued for a commit that has not started yet."""
+        with self._changed:
+            return len(self._queue)
+
     def drain(self) -> None:
         """Wait until every item queued so far has been committed (or failed); later submits
         still work."""
