@@ -171,7 +171,7 @@ def test_drain_waits_for_what_is_queued_and_submits_go_on_after_it() -> None:
     gated = GatedCommit()
     group: GroupCommit[str, str] = GroupCommit(gated)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = queue_behind_first(group, gated, pool, ["a", "b"])
+        queue_behind_first(group, gated, pool, ["a", "b"])
         draining = pool.submit(group.drain)
         with pytest.raises(TimeoutError):
             draining.result(0.05)

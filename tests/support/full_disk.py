@@ -1,4 +1,4 @@
-"""A disk that runs out of space, for the spool's `write_file` seam.
+"""A disk that runs out of space, for the spool's `write_file` and `append_file` seams.
 
 CI may not mount a small filesystem (that needs CAP_SYS_ADMIN), so the disk-full tests write
 through `FillingDisk`: real files, real fsyncs, and once its free bytes are used up a write
@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-from agent.spool import write_durably
+from agent.spool import append_all, write_durably
 
 __all__ = ["FillingDisk"]
 
@@ -33,3 +33,14 @@ class FillingDisk:
         self.free = 0
         self.refused += 1
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def append(self, fd: int, data: memoryview) -> None:
+        """The same for the spool's `append_file` seam (a `SlotWriter`'s writes)."""
+        if len(data) <= self.free:
+            append_all(fd, data)
+            self.free -= len(data)
+            return
+        append_all(fd, data[: self.free])
+        self.free = 0
+        self.refused += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
