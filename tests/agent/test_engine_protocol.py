@@ -10,7 +10,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import MRImageStorage, generate_uid
 from pynetdicom.pdu import A_ASSOCIATE_AC
 from pynetdicom.tests import encoded_pdu_items
 
@@ -19,47 +19,18 @@ from agent.dicom.listeners import IntakeEngine, Listener
 from agent.dicom.timeouts import ScpTimeouts
 from agent.state import AgentState
 from tests.support.dicom_factory import encoded_dataset, make_instance
-from tests.support.raw_dicom import association_request, connect, read_pdu
+from tests.support.raw_dicom import (
+    connect,
+    established,
+    p_data,
+    read_pdu,
+    store_command,
+)
 from tests.support.scu import send_datasets
 
 StartListener = Callable[..., Listener]
 _WAIT_SECONDS = 10.0
 _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA, _RELEASE_RP, _ABORT = 0x02, 0x03, 0x04, 0x06, 0x07
-
-
-def p_data(context_id: int, control: int, data: bytes) -> bytes:
-    item = struct.pack(">LBB", len(data) + 2, context_id, control) + data
-    return struct.pack(">BxL", _P_DATA, len(item)) + item
-
-
-def store_command(sop_class: str, sop_instance: str, message_id: int = 1) -> bytes:
-    def element(tag: int, value: bytes) -> bytes:
-        return struct.pack("<HHL", 0, tag, len(value)) + value
-
-    def uid(value: str) -> bytes:
-        raw = value.encode()
-        return raw + b"\x00" if len(raw) % 2 else raw
-
-    body = b"".join(
-        [
-            element(0x0002, uid(sop_class)),
-            element(0x0100, struct.pack("<H", 0x0001)),
-            element(0x0110, struct.pack("<H", message_id)),
-            element(0x0700, struct.pack("<H", 0)),
-            element(0x0800, struct.pack("<H", 0x0000)),
-            element(0x1000, uid(sop_instance)),
-        ]
-    )
-    return element(0x0000, struct.pack("<L", len(body))) + body
-
-
-def established(port: int) -> socket.socket:
-    sock = connect(port)
-    sock.sendall(association_request([(MRImageStorage, ExplicitVRLittleEndian)]))
-    answer = read_pdu(sock)
-    assert answer is not None
-    assert answer[0] == _ASSOCIATE_AC
-    return sock
 
 
 def the_next_association_is_served(port: int, state: AgentState) -> None:

@@ -20,7 +20,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
 _WAIT_SECONDS = 10.0
-ASSOCIATE_AC, ASSOCIATE_RJ = 0x02, 0x03
+ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA = 0x02, 0x03, 0x04
 
 
 def connect(port: int, context: ssl.SSLContext | None = None) -> socket.socket:
@@ -96,3 +96,42 @@ def rejection(
         return None
     body = answer[1]
     return body[1], body[2], body[3]
+
+
+def p_data(context_id: int, control: int, data: bytes) -> bytes:
+    """One P-DATA-TF PDU of one PDV (`control`: 0x01 command, 0x02 last fragment)."""
+    item = struct.pack(">LBB", len(data) + 2, context_id, control) + data
+    return struct.pack(">BxL", P_DATA, len(item)) + item
+
+
+def store_command(sop_class: str, sop_instance: str, message_id: int = 1) -> bytes:
+    """An encoded C-STORE-RQ command set (implicit VR little endian) with a data set."""
+
+    def element(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHL", 0, tag, len(value)) + value
+
+    def uid(value: str) -> bytes:
+        raw = value.encode()
+        return raw + b"\x00" if len(raw) % 2 else raw
+
+    body = b"".join(
+        [
+            element(0x0002, uid(sop_class)),
+            element(0x0100, struct.pack("<H", 0x0001)),
+            element(0x0110, struct.pack("<H", message_id)),
+            element(0x0700, struct.pack("<H", 0)),
+            element(0x0800, struct.pack("<H", 0x0000)),
+            element(0x1000, uid(sop_instance)),
+        ]
+    )
+    return element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def established(port: int) -> socket.socket:
+    """A connection with an association for MR images in explicit VR little endian."""
+    sock = connect(port)
+    sock.sendall(association_request([(MRImageStorage, ExplicitVRLittleEndian)]))
+    answer = read_pdu(sock)
+    assert answer is not None
+    assert answer[0] == ASSOCIATE_AC
+    return sock
