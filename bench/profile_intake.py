@@ -159,6 +159,11 @@ def _breakdown(raw: str, wall_ms: float) -> str:
 
 def _role(frames: Sequence[re.Match[str]]) -> str | None:
     functions = [frame["function"] for frame in frames]
+    if any(
+        function.endswith("Association.serve") and "engine/association.py" in frame["path"]
+        for function, frame in zip(functions, frames, strict=True)
+    ):
+        return "lean engine association thread (reads, stores, answers)"
     if any(function.endswith("DULServiceProvider.run_reactor") for function in functions):
         return "DUL thread (reads PDUs, sends responses)"
     if any(function.endswith("Association.run_reactor") for function in functions):
@@ -175,12 +180,24 @@ def _category(frames: Sequence[re.Match[str]], role: str) -> str:
             return "spool: fsync directory (slot batch)"
         if function.endswith("write_durably"):
             return "spool: fsync file" if "fsync" in text else "spool: open + write slot"
-        if function.endswith("Spool.store"):
+        if function.endswith(("Spool.store", "Spool.write")):
             if "sha256" in text:
                 return "spool: sha256"
             return "spool: other"
-        if path.endswith("agent/state.py"):
+        if function.endswith("SlotWriter.finish") and "fsync" in text:
+            return "spool: fsync file"
+        if function.endswith("GroupCommit.submit") and "wait" in text:
+            return "state: waiting for the group commit of others"
+        if "agent/state/" in path or path.endswith("agent/state.py"):
             return "state: SQLite transaction (lock waits included)"
+        if function.endswith(("Reader._fill", "Reader.read_into")) and "recv" in text:
+            return "socket receive / select"
+        if function.endswith(("Association._send", "Association._respond")) and "send" in text:
+            return "socket send"
+        if path.endswith("engine/commands.py"):
+            return "command parse / response encode (direct)"
+        if path.endswith("engine/incoming.py"):
+            return "data set buffer (grow, copy)"
         if path.endswith("dataset_scan.py"):
             return "scan data set (no decode)"
         if path.endswith("file_meta.py"):
@@ -199,6 +216,10 @@ def _category(frames: Sequence[re.Match[str]], role: str) -> str:
             return "encode response / command set (pydicom)"
         if "structlog" in path or "logging/__init__" in path:
             return "logging"
+    if role.startswith("lean"):
+        innermost = frames[-1]
+        chain = " <- ".join(f["function"].split(".")[-1] for f in reversed(frames[-8:-1]))
+        return f"other: {innermost['function']} ({Path(innermost['path']).name}) <- {chain}"
     return (
         "DUL: PDU decode, state machine, queues"
         if role.startswith("DUL")

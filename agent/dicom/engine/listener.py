@@ -26,6 +26,7 @@ from agent.dicom.access import PeerAccess
 from agent.dicom.association_limit import AssociationLimit
 from agent.dicom.engine.association import AcceptorServices, Association
 from agent.dicom.engine.incoming import SPILL_BYTES
+from agent.dicom.engine.pdu import prepare_negotiation
 from agent.dicom.store_handler import StoreHandler
 from agent.dicom.timeouts import ScpTimeouts
 from agent.dicom.tls import TlsContexts
@@ -118,6 +119,7 @@ class LeanListener:
             if self._started:
                 raise RuntimeError("a listener starts once; create a new one to restart")
             self._access.resolve()
+            prepare_negotiation()
             family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
             listening = socket.socket(family, socket.SOCK_STREAM)
             try:

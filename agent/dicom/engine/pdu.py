@@ -52,6 +52,7 @@ __all__ = [
     "decode_request",
     "negotiate",
     "p_data_pdus",
+    "prepare_negotiation",
     "reject_pdu",
     "release_response_pdu",
     "storage_sop_classes",
@@ -310,6 +311,16 @@ def storage_sop_classes() -> tuple[str, ...]:
     syntaxes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
     syntaxes += [cx.abstract_syntax for cx in StoragePresentationContexts]
     return tuple(str(uid) for uid in dict.fromkeys(syntaxes) if uid is not None)
+
+
+def prepare_negotiation() -> None:
+    """Build the contexts every association is negotiated against, once per process.
+
+    Building pynetdicom's 185 presentation contexts validates every UID of every transfer
+    syntax (~60 ms of CPU); the listener calls this before it accepts, so no association
+    waits for it (several arriving at once each built it: the cache does not lock).
+    """
+    _supported_context_tuple()
 
 
 def _supported_contexts() -> list[PresentationContext]:
