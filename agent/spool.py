@@ -8,9 +8,14 @@ Making a new name durable costs a journal commit of directory metadata: a temp f
 rename and a directory fsync took 2.6 ms per store on the reference VM, a write into a file
 whose name already was durable 0.9 ms (bench/durable_write.py, docs/benchmarks.md). So names
 are made ahead of time: `_SlotPool` creates empty slots in batches, in a thread of its own,
-and fsyncs the directory once per batch; `Spool.store` writes an instance into a free slot,
-fsyncs it and records it in `AgentState`; the caller answers Success after that. A store
-changes no directory.
+and fsyncs the directory once per batch. A store changes no directory: `Spool.write` (or, for
+an instance written as it arrives, `open_slot` and `SlotWriter.write`) fills a free slot, and
+`Spool.record` fsyncs it and records it in `AgentState`; the caller answers Success after that.
+
+`record` is a group commit (`agent.state.GroupCommit`): slots recorded at the same time by
+several associations are fsynced one after the other by one thread (fsyncs of several threads
+at once wait on each other's journal commits) and their rows go into one transaction; each
+caller returns only once its own file is fsynced and its row committed.
 
 The spool owns its files: it makes, fills, recovers and deletes them. The state only says when
 a file is no longer needed (`Spool.release`, handed to the state when the spool is built), so
@@ -36,7 +41,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +57,6 @@ __all__ = [
     "Spool",
     "SpoolFull",
     "SpoolIdentity",
-    "WriteFile",
     "WrittenSlot",
     "write_durably",
 ]
@@ -89,9 +93,6 @@ class WrittenSlot:
     size: int
 
 
-WriteFile = Callable[[Path, memoryview], None]
-"""Writes the bytes into an existing slot and fsyncs it; raises `OSError` (ENOSPC: disk full)."""
-
 AppendFile = Callable[[int, memoryview], None]
 """Appends the bytes to an open slot (a `SlotWriter`'s); raises `OSError` (ENOSPC: disk full)."""
 
@@ -120,16 +121,14 @@ class Spool:
         reserve_bytes: int = 0,
         *,
         slot_batch: int = SLOT_BATCH,
-        write_file: WriteFile | None = None,
         append_file: AppendFile | None = None,
     ) -> None:
         """Create the spool directories under `root` (made durable) if they are missing.
 
         `reserve_bytes` is the free space to keep on the spool's filesystem: a store that would
         go below it raises `SpoolFull`, so the state database and the OS keep room to work.
-        `write_file` and `append_file` are the seams tests use to run out of disk where
-        mounting a small filesystem is not allowed (CI); they default to `write_durably` and
-        `append_all`.
+        `append_file` is the seam tests use to run out of disk where mounting a small
+        filesystem is not allowed (CI); it defaults to `append_all`.
         """
         if reserve_bytes < 0:
             raise ValueError(f"reserve_bytes must be >= 0, got {reserve_bytes}")
@@ -139,11 +138,10 @@ class Spool:
         self._slots = self._root / "slots"
         self._state = state
         self._reserve_bytes = reserve_bytes
-        self._write_file = write_file or write_durably
         self._append_file = append_file or append_all
         self._make_layout()
         self._pool = _SlotPool(self._slots, slot_batch)
-        self._commits: GroupCommit[SpooledInstance, AddOutcome] = GroupCommit(state.add_instances)
+        self._commits: GroupCommit[_Pending, AddOutcome] = GroupCommit(self._commit_group)
         # The spool owns its files: the state says when one is no longer needed, we delete it.
         state.release_files_with(self.release)
 
@@ -178,23 +176,14 @@ class Spool:
             received_at=received_at,
         )
 
-    def write(self, part10: bytes | bytearray | memoryview) -> WrittenSlot:
-        """Write `part10` into a free slot and fsync it; record it next with `record`.
+    def write(self, part10: bytes | bytearray | memoryview) -> SlotWriter:
+        """Write `part10` into a free slot; `record` makes it durable and records it.
 
         Raises `SpoolFull` when the disk (or the reserve) is exhausted; the slot is emptied.
         """
-        data = memoryview(part10).cast("B")
-        sha256 = hashlib.sha256(data).hexdigest()
-        self._check_free_space(len(data))
-        slot = self._take_slot()
-        try:
-            self._write_file(slot, data)
-        except BaseException as exc:
-            self._give_back(slot)
-            if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE:
-                raise self._full(len(data)) from exc
-            raise
-        return WrittenSlot(slot, sha256, len(data))
+        slot = self.open_slot()
+        slot.write(memoryview(part10).cast("B"))
+        return slot
 
     def open_slot(self) -> SlotWriter:
         """A free slot to write one instance into as its bytes arrive (`SlotWriter`).
@@ -212,7 +201,7 @@ class Spool:
 
     def record(
         self,
-        written: WrittenSlot,
+        slot: SlotWriter,
         *,
         sop_instance_uid: str,
         sop_class_uid: str,
@@ -221,32 +210,60 @@ class Spool:
         transfer_syntax_uid: str,
         received_at: float,
     ) -> AddOutcome:
-        """Record a written slot in the state; return what the state made of it once its row
-        is committed.
+        """Fsync a written slot and record it; return what the state made of it once both are
+        done (the file on disk and its row committed).
 
-        Rows of instances recorded at the same time on other threads go into the same
-        transaction (`agent.state.GroupCommit`); each caller still returns only after the
-        commit that holds its own row. Raises `SpoolFull` when the state database's disk is
-        full (the slot is emptied); other `StateError`s propagate.
+        Slots recorded at the same time on other threads go into the same group commit
+        (`agent.state.GroupCommit`): one thread fsyncs each slot of the group in turn, then
+        commits their rows in one transaction, and each caller returns only then. Raises
+        `SpoolFull` when the disk or the state database's disk is full (the slot is emptied);
+        other `OSError`s and `StateError`s propagate.
         """
-        instance = SpooledInstance(
-            sop_instance_uid=sop_instance_uid,
-            sop_class_uid=sop_class_uid,
-            series_instance_uid=series_instance_uid,
-            study_instance_uid=study_instance_uid,
-            transfer_syntax_uid=transfer_syntax_uid,
-            sha256=written.sha256,
-            size=written.size,
-            path=written.path,
-            received_at=received_at,
-            spooled_at=time.time(),
+        return self._commits.submit(
+            _Pending(
+                slot,
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                series_instance_uid=series_instance_uid,
+                study_instance_uid=study_instance_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                received_at=received_at,
+            )
         )
-        try:
-            return self._commits.submit(instance)
-        except StateFullError as exc:
-            # Rolled back: no row names the slot, so it is ours to empty.
-            self._give_back(written.path)
-            raise SpoolFull(str(exc)) from exc
+
+    def _commit_group(self, group: Sequence[_Pending]) -> list[AddOutcome | Exception]:
+        """Fsync every slot of the group, then record those that are on disk in one
+        transaction; each gets its outcome or its error.
+
+        One thread fsyncs them one after the other: on ext4 a file's fsync commits the
+        journal, and fsyncs of several threads at once wait on each other's commits (measured
+        several times slower than the same fsyncs in turn, docs/benchmarks.md).
+        """
+        results: list[AddOutcome | Exception] = []
+        instances: list[SpooledInstance] = []
+        places: list[int] = []
+        for pending in group:
+            try:
+                written = pending.slot.finish()  # the slot is given back if this fails
+            except Exception as exc:
+                results.append(exc)
+                continue
+            places.append(len(results))
+            results.append(AddOutcome.new)  # replaced below by what the state says
+            instances.append(pending.instance(written))
+        if instances:
+            for place, inst, outcome in zip(
+                places, instances, self._state.add_instances(instances), strict=True
+            ):
+                if isinstance(outcome, StateFullError):
+                    # Rolled back: no row names the slot, so it is ours to empty.
+                    self._give_back(inst.path)
+                    full = SpoolFull(str(outcome))
+                    full.__cause__ = outcome
+                    results[place] = full
+                else:
+                    results[place] = outcome
+        return results
 
     def release(self, path: Path) -> None:
         """Delete a spool file that no state row needs any more.
@@ -397,6 +414,33 @@ class Spool:
         if created:
             _fsync_directory(self._root)
             _fsync_directory(self._root.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A written slot waiting for its group commit, with what its row will say."""
+
+    slot: SlotWriter
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    received_at: float
+
+    def instance(self, written: WrittenSlot) -> SpooledInstance:
+        return SpooledInstance(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            series_instance_uid=self.series_instance_uid,
+            study_instance_uid=self.study_instance_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            sha256=written.sha256,
+            size=written.size,
+            path=written.path,
+            received_at=self.received_at,
+            spooled_at=time.time(),
+        )
 
 
 class SlotWriter:

@@ -150,8 +150,8 @@ def store_spilled(
 ) -> Stored:
     """Make durable a Part-10 file written into `slot` as it arrived (a large instance, see
     `agent.dicom.engine.incoming`): check it as `store_part10` does, through a read-only
-    mapping of the slot, then fsync and record it. The slot goes back to the pool on any
-    refusal or error.
+    mapping of the slot, then fsync and record it (`Spool.record`). The slot goes back to the
+    pool on any refusal or error.
 
     Raises `StoreRefused` as `store_received` does.
     """
@@ -166,16 +166,13 @@ def store_spilled(
         if problem is not None:
             raise StoreRefused(Status.CANNOT_UNDERSTAND, problem)
         study_uid, series_uid = _check_identity(summary, sop_class_uid, sop_instance_uid)
-        written = slot.finish()
-    except SpoolFull as exc:
-        raise StoreRefused(
-            Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
-        ) from None
-    finally:
-        slot.discard()  # a no-op once finished
+    except BaseException:
+        slot.discard()
+        raise
+    size = slot.size
     try:
         outcome = spool.record(
-            written,
+            slot,
             sop_instance_uid=sop_instance_uid,
             sop_class_uid=sop_class_uid,
             series_instance_uid=series_uid,
@@ -187,7 +184,7 @@ def store_spilled(
         raise StoreRefused(
             Status.OUT_OF_RESOURCES, "agent spool is full; send again later", str(exc)
         ) from None
-    return Stored(outcome, series_uid, written.size)
+    return Stored(outcome, series_uid, size)
 
 
 def identify_spooled(part10: memoryview) -> SpoolIdentity | None:

@@ -363,7 +363,7 @@ def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file_then_serve
     open_association: Callable[..., Association],
 ) -> None:
     disk = FillingDisk(free=1 << 20)
-    small = Spool(tmp_path / "small-spool", state, write_file=disk)
+    small = Spool(tmp_path / "small-spool", state, append_file=disk.append)
     listener = start_listener(spool=small)
     series = make_series(
         12,

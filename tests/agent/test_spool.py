@@ -106,7 +106,7 @@ def test_store_raises_spool_full_on_a_full_disk_and_leaves_no_partial_file(
     tmp_path: Path, state: AgentState
 ) -> None:
     disk = FillingDisk(free=1 << 20)
-    spool = Spool(tmp_path / "spool", state, write_file=disk)
+    spool = Spool(tmp_path / "spool", state, append_file=disk.append)
     outcomes: list[AddOutcome | SpoolFull] = []
     # 1 MiB holds a handful of ~130 KB instances; the loop ends with SpoolFull.
     while not outcomes or not isinstance(outcomes[-1], SpoolFull):

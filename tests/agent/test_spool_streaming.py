@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.dicom.intake import identify_spooled
-from agent.spool import Spool, SpoolFull, WrittenSlot
+from agent.spool import SlotWriter, Spool, SpoolFull
 from agent.state import AddOutcome, AgentState, StateFullError
 from tests.support.dicom_factory import encode_part10, make_instance
 from tests.support.full_disk import FillingDisk
@@ -33,7 +33,7 @@ def part10(sop: str) -> bytes:
     )
 
 
-def record(spool: Spool, written: WrittenSlot, sop: str) -> AddOutcome:
+def record(spool: Spool, written: SlotWriter, sop: str) -> AddOutcome:
     return spool.record(
         written,
         sop_instance_uid=sop,
@@ -45,12 +45,12 @@ def record(spool: Spool, written: WrittenSlot, sop: str) -> AddOutcome:
     )
 
 
-def write_in_pieces(spool: Spool, data: bytes, piece: int = 1000) -> WrittenSlot:
+def write_in_pieces(spool: Spool, data: bytes, piece: int = 1000) -> SlotWriter:
     slot = spool.open_slot()
     with memoryview(data) as view:
         for offset in range(0, len(data), piece):
             slot.write(view[offset : offset + piece])
-    return slot.finish()
+    return slot
 
 
 def test_an_instance_written_in_pieces_is_hashed_fsynced_and_recorded(
@@ -58,14 +58,19 @@ def test_an_instance_written_in_pieces_is_hashed_fsynced_and_recorded(
 ) -> None:
     data = part10("1.2.3.1")
 
-    written = write_in_pieces(spool, data)
+    slot = write_in_pieces(spool, data)
 
-    assert (written.sha256, written.size) == (hashlib.sha256(data).hexdigest(), len(data))
-    assert written.path.read_bytes() == data
+    assert slot.path.read_bytes() == data
     assert state.stats().spooled_count == 0  # nothing recorded before record
-    assert record(spool, written, "1.2.3.1") is AddOutcome.new
+    assert record(spool, slot, "1.2.3.1") is AddOutcome.new
     (row,) = state.spooled_instances(SERIES)
-    assert (row.path, row.sha256, row.size) == (written.path, written.sha256, written.size)
+    assert (row.path, row.sha256, row.size) == (
+        slot.path,
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+    )
+    with pytest.raises(ValueError, match="already finished"):
+        slot.write(memoryview(b"after"))
 
 
 def test_the_mapped_bytes_are_what_was_written(spool: Spool) -> None:
@@ -161,3 +166,26 @@ def test_stores_from_many_threads_share_commits_and_each_gets_its_own_row(
     for row in rows:
         assert row.path.read_bytes() == data[row.sop_instance_uid]
     assert sorted(filled_slots(spool.root)) == sorted(row.path for row in rows)
+
+
+def test_a_slot_that_cannot_be_made_durable_fails_alone_and_the_others_are_recorded(
+    spool: Spool, state: AgentState
+) -> None:
+    sops = [f"1.2.3.{number}" for number in range(12)]
+    slots = {sop: spool.write(part10(sop)) for sop in sops}
+    slots["1.2.3.5"].discard()  # its fsync cannot happen: it fails, nobody else does
+
+    def store(sop: str) -> AddOutcome | Exception:
+        try:
+            return record(spool, slots[sop], sop)
+        except ValueError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = dict(zip(sops, pool.map(store, sops), strict=True))
+
+    assert isinstance(outcomes.pop("1.2.3.5"), ValueError)
+    assert set(outcomes.values()) == {AddOutcome.new}
+    rows = state.spooled_instances(SERIES)
+    assert sorted(row.sop_instance_uid for row in rows) == sorted(outcomes)
+    assert filled_slots(spool.root) == sorted(row.path for row in rows)
