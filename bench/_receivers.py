@@ -157,14 +157,18 @@ class AgentIntake:
     dul_loop_delay: float | None = None
     processes: int = 1
     assoc_loop_delay: float | None = None
+    # Another checkout of dicom-connector (e.g. a worktree of main): its agent code and its
+    # _agent_intake.py run instead of this tree's, for a before/after in one run.
+    source: Path | None = None
 
     @contextlib.contextmanager
     def serve(self, workdir: Path) -> Iterator[Session]:
         """Start the intake process(es) on one data directory; count the state's rows afterwards."""
         data_dir = workdir / "agent"
+        bench_dir = BENCH_DIR if self.source is None else self.source / "bench"
         argv: list[str | Path] = [
             sys.executable,
-            BENCH_DIR / "_agent_intake.py",
+            bench_dir / "_agent_intake.py",
             "--data-dir",
             data_dir,
             "--engine",
@@ -174,7 +178,9 @@ class AgentIntake:
             argv += ["--dul-loop-delay", str(self.dul_loop_delay)]
         if self.assoc_loop_delay is not None:
             argv += ["--assoc-loop-delay", str(self.assoc_loop_delay)]
-        with _ready_processes(argv, self.processes, workdir / "agent-intake.log") as group:
+        env = None if self.source is None else {"PYTHONPATH": str(self.source)}
+        log = workdir / "agent-intake.log"
+        with _ready_processes(argv, self.processes, log, env) as group:
             session = Session(port=group.port, ae_title="CONNECTOR", pids=group.pids())
             yield session
         session.received = _count_agent_instances(data_dir)
@@ -250,14 +256,16 @@ class _ProcessGroup:
 
 
 @contextlib.contextmanager
-def _ready_processes(argv: list[str | Path], processes: int, log: Path) -> Iterator[_ProcessGroup]:
+def _ready_processes(
+    argv: list[str | Path], processes: int, log: Path, env: dict[str, str] | None = None
+) -> Iterator[_ProcessGroup]:
     """Start processes copies of argv (sharing a port via SO_REUSEPORT when more than one)."""
     if processes > 1:
         argv = [*argv, "--reuse-port", "--port", str(free_port())]
     with contextlib.ExitStack() as stack:
         group: _ProcessGroup | None = None
         for _ in range(processes):
-            proc = stack.enter_context(running(spawn(argv, log=log, capture_stdout=True)))
+            proc = stack.enter_context(running(spawn(argv, log=log, env=env, capture_stdout=True)))
             reader = LineReader(proc)
             port = int(reader.wait_for("ready", STARTUP_TIMEOUT_SECONDS).split()[1])
             group = group or _ProcessGroup(port=port)

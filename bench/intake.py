@@ -29,6 +29,7 @@ from _rounds import Plan, run_rounds
 
 AGENT_RECEIVERS = (
     "agent-intake",
+    "agent-intake-baseline",
     "agent-intake-pynetdicom",
     "all-in-one",
     "all-in-one-uploading",
@@ -76,8 +77,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--receivers",
         default=None,
         help="comma-separated subset of: storescp, orthanc, pynetdicom-floor, agent-intake, "
-        "agent-intake-pynetdicom, all-in-one, all-in-one-uploading (default: every one that "
-        "is installed)",
+        "agent-intake-pynetdicom, agent-intake-baseline (with --baseline), all-in-one, "
+        "all-in-one-uploading (default: every one that is installed)",
     )
     parser.add_argument(
         "--max-busy",
@@ -107,6 +108,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-log-handlers",
         action="store_true",
         help="unbind pynetdicom's standard PDU/DIMSE log handlers (floor only)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a worktree of main): adds receiver agent-intake-baseline, "
+        "its lean engine intake, for a before/after in one run",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
     parser.add_argument("--keep", action="store_true", help="keep files and receiver logs")
@@ -149,6 +157,13 @@ def _select_receivers(args: argparse.Namespace) -> list[Receiver]:
             dul_loop_delay=args.dul_loop_delay,
             processes=args.processes,
         )
+        if args.baseline is not None:
+            available["agent-intake-baseline"] = AgentIntake(
+                name="agent-intake-baseline",
+                description=f"agent-intake as built in {args.baseline}",
+                processes=args.processes,
+                source=args.baseline.resolve(),
+            )
     else:
         missing["agent-intake"] = missing["agent-intake-pynetdicom"] = (
             "agent.dicom.scp, agent.spool or agent.state is missing"
