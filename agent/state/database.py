@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Self
 
 from agent.state import queries
+from agent.state.checkpoint import Checkpointer
 from agent.state.errors import StateError, translate_error, unreadable_message
 from agent.state.schema import prepare
 
@@ -58,6 +59,7 @@ class Database:
             path.parent / f"{path.name}-writers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         self._closed = False
+        self._checkpointer = Checkpointer(path)
         self._synced_commits = True  # _prepare sets synchronous = FULL
         # Who deletes files that became unreferenced; until a spool says it owns them they
         # stay on disk, which is safe (recovery removes leftovers), never the reverse.
@@ -80,6 +82,12 @@ class Database:
             raise StateError(unreadable_message(path, exc)) from exc
         try:
             prepare(connection, path)
+            # Checkpoints run on a thread of their own (agent.state.checkpoint), never inside
+            # a commit of this connection.
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StateError(unreadable_message(path, exc)) from exc
         except BaseException:
             connection.close()
             raise
@@ -100,10 +108,14 @@ class Database:
     def close(self) -> None:
         """Close the database; further calls raise `StateError`. Idempotent."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._connection.close()
-                os.close(self._writers)
+            if self._closed:
+                return
+            self._closed = True
+        # Outside the lock: a checkpoint under way ends first; then nothing else uses the file.
+        self._checkpointer.close()
+        with self._lock:
+            self._connection.close()
+            os.close(self._writers)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -168,6 +180,8 @@ class Database:
                 yield db
                 if db.in_transaction:
                     db.execute("COMMIT")
+                if write:
+                    self._checkpointer.committed()
             except BaseException as exc:
                 if db.in_transaction:
                     db.rollback()

@@ -144,6 +144,8 @@ class AgentState(Database):
                 outcomes.append(AddOutcome.replaced if plan.known else AddOutcome.new)
                 obsolete.extend(self._insert(db, inst, plan.path, plan.known))
             self._commit_then_release_unreferenced(db, obsolete)
+        # The transaction counted once; its log grew about as much as one per instance.
+        self._checkpointer.committed(len(instances) - 1)
         return outcomes
 
     def add_recovered(self, inst: SpooledInstance) -> bool:
