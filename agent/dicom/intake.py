@@ -101,7 +101,7 @@ def store_received(
 
 
 def store_part10(
-    part10: bytearray,
+    part10: bytes | bytearray | memoryview,
     dataset_offset: int,
     spool: Spool,
     *,

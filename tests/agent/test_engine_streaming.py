@@ -210,3 +210,33 @@ def _storescu(port: int, *arguments: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def test_instances_of_different_sizes_on_one_association_each_land_exactly(
+    start_listener: StartListener, spool: Spool, state: AgentState
+) -> None:
+    """The association reuses its buffer from one instance to the next: nothing of a larger
+    earlier instance, or of a refused one, may end up in a later file."""
+    listener = start_listener()
+    large, small, broken, last = (
+        instance("large", rows=400, cols=400),
+        instance("small", rows=64, cols=64),
+        instance("broken", rows=300, cols=300),
+        instance("last", rows=128, cols=128),
+    )
+
+    with established(listener.port) as sock:
+        assert send_raw(sock, large.SOPInstanceUID, encoded_dataset(large)) == Status.SUCCESS
+        assert send_raw(sock, small.SOPInstanceUID, encoded_dataset(small)) == Status.SUCCESS
+        cut = encoded_dataset(broken)[:-5]
+        assert send_raw(sock, broken.SOPInstanceUID, cut) == Status.CANNOT_UNDERSTAND
+        assert send_raw(sock, last.SOPInstanceUID, encoded_dataset(last)) == Status.SUCCESS
+        sock.sendall(encoded_pdu_items.a_release_rq)
+        read_pdu(sock)
+
+    for ds in (large, small, last):
+        (row,) = state.spooled_instances(ds.SeriesInstanceUID)
+        stored = row.path.read_bytes()
+        assert stored.endswith(encoded_dataset(ds))
+        assert dcmread(row.path).SOPInstanceUID == ds.SOPInstanceUID
+        assert len(stored) == row.size

@@ -135,6 +135,8 @@ class Association:
         self._command = bytearray()
         self._command_context: int | None = None
         self._incoming: IncomingInstance | None = None
+        # The last stored instance's buffer, reused by the next (see IncomingInstance).
+        self._buffer = bytearray()
 
     def serve(self) -> None:
         """Run the association to its end; never raises."""
@@ -400,6 +402,7 @@ class Association:
             transfer_syntax=syntax,
             header=header,
             received_at=received_at,
+            buffer=self._buffer,
             spill_bytes=self._services.spill_bytes,
             refusal=refusal,
         )
@@ -419,6 +422,9 @@ class Association:
             )
         finally:
             incoming.discard()  # a no-op unless the store failed before taking over the slot
+        # Kept for the next instance only after a store that went through: a failure's
+        # traceback may still hold a view of it, and a buffer with views cannot grow.
+        self._buffer = incoming.buffer if status is Status.SUCCESS else bytearray()
         self._answer_store(incoming.context_id, request, status, comment)
 
     def _answer_store(

@@ -49,11 +49,14 @@ class IncomingInstance:
         transfer_syntax: str,
         header: bytes,
         received_at: float,
+        buffer: bytearray | None = None,
         spill_bytes: int = SPILL_BYTES,
         refusal: StoreRefusal | None = None,
     ) -> None:
         """`header` is the Part-10 preamble and file meta group; `refusal`, when set, is the
-        answer whatever arrives."""
+        answer whatever arrives. `buffer` is the association's buffer of its previous
+        instance, reused (its contents do not matter): a new one is not allocated and
+        zero-filled for every instance."""
         self.request = request
         self.context_id = context_id
         self.transfer_syntax = transfer_syntax
@@ -61,7 +64,10 @@ class IncomingInstance:
         self.refusal = refusal
         # Refused on the way (the spool ran out of room): the rest is read and dropped.
         self.failure: StoreRefused | None = None
-        self._buffer = bytearray(header)
+        self.buffer = bytearray() if buffer is None else buffer
+        if len(self.buffer) < len(header):
+            self.buffer.extend(bytes(len(header) - len(self.buffer)))
+        self.buffer[: len(header)] = header
         self._used = len(header)
         self._dataset_offset = len(header)
         self._spill_bytes = max(spill_bytes, len(header) + 1)
@@ -83,10 +89,10 @@ class IncomingInstance:
                     reader.skip(size)
                     return
             end = min(self._used + size, self._spill_bytes)
-            if end > len(self._buffer):  # grow geometrically: large instances come in many PDUs
-                grown = min(max(end, 2 * len(self._buffer)), self._spill_bytes)
-                self._buffer.extend(bytes(grown - len(self._buffer)))
-            with memoryview(self._buffer) as whole:
+            if end > len(self.buffer):  # grow geometrically: large instances come in many PDUs
+                grown = min(max(end, 2 * len(self.buffer)), self._spill_bytes)
+                self.buffer.extend(bytes(grown - len(self.buffer)))
+            with memoryview(self.buffer) as whole:
                 reader.read_into(whole[self._used : end])
             size -= end - self._used
             self._used = end
@@ -98,16 +104,16 @@ class IncomingInstance:
         if self.failure is not None:
             raise self.failure
         if self._slot is None:
-            del self._buffer[self._used :]
-            return store_part10(
-                self._buffer,
-                self._dataset_offset,
-                spool,
-                transfer_syntax_uid=self.transfer_syntax,
-                sop_class_uid=request.sop_class_uid,
-                sop_instance_uid=request.sop_instance_uid,
-                received_at=self.received_at,
-            )
+            with memoryview(self.buffer) as whole, whole[: self._used] as part10:
+                return store_part10(
+                    part10,
+                    self._dataset_offset,
+                    spool,
+                    transfer_syntax_uid=self.transfer_syntax,
+                    sop_class_uid=request.sop_class_uid,
+                    sop_instance_uid=request.sop_instance_uid,
+                    received_at=self.received_at,
+                )
         try:
             self._spill(spool)
         except SpoolFull as exc:
@@ -135,7 +141,7 @@ class IncomingInstance:
         """Append the buffer to the instance's slot (taken at the first spill) and empty it."""
         if self._slot is None:
             self._slot = spool.open_slot()
-        with memoryview(self._buffer) as whole:
+        with memoryview(self.buffer) as whole:
             try:
                 self._slot.write(whole[: self._used])
             except BaseException:
