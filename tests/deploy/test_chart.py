@@ -284,9 +284,23 @@ def test_the_agent_pod_keeps_its_invariants(tmp_path: Path, variant: str) -> Non
         assert env[extra["name"]] == extra
 
 
-def test_the_probed_path_is_the_agents_own_health_endpoint() -> None:
-    """The agent's metrics server answers /healthz (503 before the agent runs) and nothing
-    else it does not know: the probe reaches a judgement, not a 404."""
+def _status(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_the_probed_path_is_served_by_the_agents_metrics_server(tmp_path: Path) -> None:
+    """The path the rendered probes ask is one the agent's metrics server judges (503 before
+    the agent runs, 200 once its listener is up: tests/agent/test_agent_metrics.py), not a
+    404 that would keep the pod unready and restart it for ever."""
+    (container,) = _statefulset(_render(tmp_path, "defaults"))["spec"]["template"]["spec"][
+        "containers"
+    ]
+    paths = {container[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
 
     def not_running() -> Any:
         raise RuntimeError("not running")
@@ -294,16 +308,8 @@ def test_the_probed_path_is_the_agents_own_health_endpoint() -> None:
     server = AgentMetricsServer("127.0.0.1", 0, not_running)
     port = server.start()
     try:
-
-        def status(path: str) -> int:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            try:
-                connection.request("GET", path)
-                return connection.getresponse().status
-            finally:
-                connection.close()
-
-        assert status("/healthz") == 503
-        assert status("/health") == 404
+        for path in paths:
+            assert _status(port, path) == 503, path
+        assert _status(port, "/no-such-probe") == 404
     finally:
         server.close()
