@@ -2,7 +2,9 @@
 secrets only ever referenced (files, secret names), never written in.
 
 - compose.yaml: parsed as YAML (the machine has no `docker compose` to run `config`);
-- agent.service: parsed, and rated by `systemd-analyze security --offline` (exposure ≤ 2.5);
+- agent.service: parsed, checked by `systemd-analyze verify` (in a root of its own, no running
+  systemd needed) and rated by `systemd-analyze security --offline` (exposure ≤ 2.5);
+- the agent's arguments in both: read by the real CLI (tests/deploy/agent_command.py);
 - the Helm chart: tests/deploy/test_chart.py renders it with the real helm.
 """
 
