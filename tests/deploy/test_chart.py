@@ -53,7 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spool-storage-class": {"spool": {"size": "200Gi", "storageClassName": "fast-ssd"}},
     "image-ports-service": {
         "image": {"repository": "registry.example.org/dicom-connector", "tag": "0.2.0"},
-        "dicom": {"port": 4242, "service": {"type": "LoadBalancer"}},
+        "dicom": {"port": 4242, "service": {"type": "LoadBalancer", "port": 104}},
         "metrics": {"port": 9500},
     },
     "extra-env-from-secret": {
@@ -227,8 +227,10 @@ def test_the_agent_pod_keeps_its_invariants(tmp_path: Path, variant: str) -> Non
     assert env["DICOM_CONNECTOR_AGENT_DICOM_PORT_OVERRIDE"]["value"] == str(ports["dicom"])
     assert params["metrics_port"] == ports["metrics"]
     assert service["spec"]["type"] == values["dicom"]["service"]["type"]
+    # Scanners may send to another port of the Service (104) than the pod's unprivileged one.
+    service_port = values["dicom"]["service"]["port"] or ports["dicom"]
     assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
-        ("dicom", ports["dicom"], "dicom"),
+        ("dicom", service_port, "dicom"),
         ("metrics", ports["metrics"], "metrics"),
     }
     annotations = statefulset["spec"]["template"]["metadata"]["annotations"]
