@@ -3,7 +3,7 @@ one into .tools/helm; without it the tests skip, and fail when `CI` is set).
 
 `helm lint --strict` and `helm template` run with the default values and with each variant the
 chart documents (a private CA of the control plane, own secret names and keys, a storage class
-and size for the spool, another image, ports and Service type, extra environment from a
+and size for the spool, another image, ports, Service type and port, extra environment from a
 secret). Every rendered document is parsed with PyYAML, validated against the Kubernetes API
 schemas (kubernetes-validate, strict: an unknown or misspelt field fails), and held to the
 chart's invariants: the image and tag from the values, the ports, the spool on a
