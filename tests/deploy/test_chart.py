@@ -235,10 +235,10 @@ def test_the_agent_pod_keeps_its_invariants(tmp_path: Path, variant: str) -> Non
     }
     annotations = statefulset["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
-    # Probes: the agent's own /healthz on the metrics port, which listens on every address
-    # (its default, 127.0.0.1, is out of the kubelet's reach).
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    # Probes: the agent's own /healthz (ready) and /livez (alive) on the metrics port, which
+    # listens on every address (its default, 127.0.0.1, is out of the kubelet's reach).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     assert env["DICOM_CONNECTOR_AGENT_METRICS_HOST"]["value"] == "0.0.0.0"  # noqa: S104
     # Every DICOM_CONNECTOR_AGENT_* variable is a setting the agent has.
     for name in env:
@@ -296,13 +296,15 @@ def _status(port: int, path: str) -> int:
 
 
 def test_the_probed_path_is_served_by_the_agents_metrics_server(tmp_path: Path) -> None:
-    """The path the rendered probes ask is one the agent's metrics server judges (503 before
-    the agent runs, 200 once its listener is up: tests/agent/test_agent_metrics.py), not a
-    404 that would keep the pod unready and restart it for ever."""
+    """The paths the rendered probes ask are ones the agent's metrics server judges, not a
+    404 that would keep the pod unready and restart it for ever: before the agent runs (say,
+    waiting for a valid config) it is not ready (503, 200 once its listener is up:
+    tests/agent/test_agent_metrics.py) but alive, so the kubelet does not restart it."""
     (container,) = _statefulset(_render(tmp_path, "defaults"))["spec"]["template"]["spec"][
         "containers"
     ]
-    paths = {container[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    liveness = container["livenessProbe"]["httpGet"]["path"]
 
     def not_running() -> Any:
         raise RuntimeError("not running")
@@ -310,8 +312,8 @@ def test_the_probed_path_is_served_by_the_agents_metrics_server(tmp_path: Path) 
     server = AgentMetricsServer("127.0.0.1", 0, not_running)
     port = server.start()
     try:
-        for path in paths:
-            assert _status(port, path) == 503, path
+        assert _status(port, readiness) == 503
+        assert _status(port, liveness) == 200
         assert _status(port, "/no-such-probe") == 404
     finally:
         server.close()
