@@ -5,9 +5,11 @@
 
 Starts the receiver (bench/_agent_intake.py by default, or the bare pynetdicom floor), samples it
 with ``py-spy record --idle`` (wall clock, sleeping threads included) while storescu sends, and
-prints per thread — pynetdicom's association thread and its DUL thread — the milliseconds per
-instance spent in each part of the path: loop sleeps, socket I/O, data set scan, sha256, file
-write, fsyncs, the SQLite commit, response encoding. Sampling slows the receiver down a little
+prints per thread — the lean engine's association thread, or pynetdicom's association thread
+and its DUL thread — the milliseconds per instance spent in each part of the path: loop
+sleeps, socket I/O, data set scan, sha256, file write, fsyncs, waiting for a group commit, the
+SQLite commit, response encoding; on the lean engine, time in no known part is shown by its
+innermost function and callers. Sampling slows the receiver down a little
 (the rate printed is the profiled one); compare the shares, not the absolute rate.
 
 The harness must not import pynetdicom; it reads the sampled stacks as text.
