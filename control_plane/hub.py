@@ -11,9 +11,9 @@ Its background task (`run`, owned by the app's lifespan) does four things:
   message;
 - reconciles every `fleet_reconcile_interval_s`: one query for the token digests of all
   connected agents, one for the current revision of their sites. It closes links whose
-  token changed and offers revisions the links have not seen — which is how changes made
-  through another replica reach this one's agents (within seconds, without LISTEN/NOTIFY),
-  and how a token rotated while its agent was mid-handshake is still caught;
+  token changed and offers revisions the links have not seen — the safety net for changes
+  made through another replica (which on PostgreSQL arrive at once through the replica bus,
+  `apply_notice`), and how a token rotated while its agent was mid-handshake is still caught;
 - prunes the health history to `health_history_per_agent` reports per agent every minute;
 - resyncs the `FleetView` (what the fleet routes answer from) with the database every
   `fleet_reconcile_interval_s`, for what other replicas changed.
@@ -45,6 +45,7 @@ from control_plane.fleet.config_revisions import (
     latest_configs,
     latest_revision_numbers,
 )
+from control_plane.fleet.notices import FleetNotice, NoticeKind
 from control_plane.fleet.recorder import LinkRecorder
 from control_plane.fleet.view import FleetView
 from control_plane.link import AgentLink, ConfigOffer, LinkClosedError, LinkContext, LinkTransport
@@ -179,6 +180,46 @@ class Hub:
             await self.recorder.flush()
         except (SQLAlchemyError, OSError) as exc:
             logger.error("could not record agent links at shutdown", error=type(exc).__name__)
+
+    async def apply_notice(self, notice: FleetNotice) -> None:
+        """Act on a change heard on the replica bus (made through any replica, this one too):
+        offer a site's new revision to its links here, close a link whose token changed."""
+        if notice.kind is NoticeKind.config and notice.site is not None and notice.revision:
+            await self._revision_stored(notice.site, notice.revision)
+        elif notice.kind is NoticeKind.token and notice.agent is not None:
+            await self._token_changed(notice.agent)
+
+    async def catch_up(self) -> None:
+        """Everything a full reconcile does, for when notices may have been missed."""
+        await self.reconcile()
+        await self.view.resync()
+
+    async def _revision_stored(self, site_id: uuid.UUID, revision: int) -> None:
+        self.view.set_revision(site_id, revision)
+        behind = [link for link in self._by_site.get(site_id, ()) if link.site_revision < revision]
+        if not behind:
+            return
+        async with self._read_sessionmaker() as session:
+            configs = await latest_configs(session, [site_id])
+        current = configs.get(site_id, DEFAULT_CONFIG)
+        agent = behind[0].agent
+        await self.push_config(
+            site_id,
+            ConfigOffer.of(
+                current.revision, agent.site, agent.timezone, current.config, agent.deid_salt
+            ),
+        )
+
+    async def _token_changed(self, agent_id: uuid.UUID) -> None:
+        await self.view.reload_agents([agent_id])
+        link = self._links.get(agent_id)
+        if link is None:
+            return
+        async with self._read_sessionmaker() as session:
+            digests = await token_digests(session, [agent_id])
+        # A link that already authenticated with the new token stays.
+        if digests.get(agent_id) != link.agent.token_digest:
+            await link.close(CLOSE_UNAUTHORIZED, TOKEN_CHANGED_REASON)
 
     async def reconcile(self) -> None:
         """Close links whose token changed; offer links the revisions they have not seen."""

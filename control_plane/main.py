@@ -2,7 +2,8 @@
 
 Nothing is built at import time. The lifespan migrates the database (unless told not to),
 opens the engine and the blob store, runs the hub's background work (link state flushes,
-reconciling, history pruning), and on shutdown closes the agent links, writes what they left
+reconciling, history pruning) and the replica bus (other replicas' changes, on PostgreSQL),
+and on shutdown closes the agent links, writes what they left
 pending and disposes of the engine.
 Must not import `agent` or pynetdicom.
 """
@@ -41,6 +42,7 @@ from control_plane.errors import ControlPlaneError, InvalidConfigError
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
 from control_plane.metrics import HttpMetrics
+from control_plane.replica_bus import ReplicaBus
 from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
@@ -132,6 +134,10 @@ def create_app(
         await hub.view.resync()
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
+        bus = ReplicaBus(settings.database_url, hub.apply_notice, hub.catch_up)
+        bus_work = asyncio.create_task(bus.run(), name="replica-bus")
+        bus_work.add_done_callback(_report_crash)
+        await _listening(bus)
         alerts_work = asyncio.create_task(alerter.run(), name="alerts")
         alerts_work.add_done_callback(_report_crash)
         if settings.tune_garbage_collector:
@@ -141,8 +147,9 @@ def create_app(
             yield
         finally:
             alerts_work.cancel()
+            bus_work.cancel()
             hub_work.cancel()
-            await asyncio.wait([hub_work, alerts_work])
+            await asyncio.wait([hub_work, bus_work, alerts_work])
             await hub.close()
             if read_engine is not None:
                 await read_engine.dispose()
@@ -203,6 +210,24 @@ def _tune_garbage_collector() -> None:
     if gc.get_freeze_count() == 0:
         gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
+
+
+# Ready means hearing other replicas' changes; a database that will not take the bus's
+# connection is not worth refusing to start for (the reconcile still carries changes).
+BUS_READY_TIMEOUT_S = 10.0
+
+
+async def _listening(bus: ReplicaBus) -> None:
+    if not bus.enabled:
+        return
+    try:
+        async with asyncio.timeout(BUS_READY_TIMEOUT_S):
+            await bus.listening.wait()
+    except TimeoutError:
+        logger.warning(
+            "the replica bus is not listening yet; changes made through other replicas reach"
+            " this one's agents at the next reconcile until it is"
+        )
 
 
 def _report_crash(task: "asyncio.Task[None]") -> None:

@@ -1,0 +1,172 @@
+"""Two control-plane replicas on one PostgreSQL database, end to end: real
+`dicom-connector control-plane` processes and a real `dicom-connector agent` on replica B,
+changes made through replica A.
+
+The replicas' periodic reconcile is set to an hour, so only the replica bus (LISTEN/NOTIFY)
+can carry a change from A to B's agent within the test. The measured latency is printed (run
+with `-s` to see it) and written down in docs/benchmarks.md; the test only asserts that the
+change arrived long before any reconcile could have carried it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.support.cli_process import Process
+from tests.support.environment import free_port
+from tests.support.postgres import temporary_database
+
+pytestmark = pytest.mark.postgres
+
+ADMIN_TOKEN = "e2e-replicas-admin-token-0123456789"
+SITE = "default"
+FAST = {"timing": {"acquisition_delay": "0.5s"}}
+RECONCILE_INTERVAL_S = 3600.0
+# Far under the reconcile interval, far over what the bus takes (milliseconds): a loaded
+# test machine does not fail it, a change carried by nothing does.
+WITHIN_S = 30.0
+CONTROL_PLANE_ENV = {
+    "DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S": "0.5",
+    "DICOM_CONNECTOR_FLEET_FLUSH_INTERVAL_S": "0.05",
+    "DICOM_CONNECTOR_FLEET_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
+}
+AGENT_ENV = {
+    "DICOM_CONNECTOR_AGENT_DICOM_HOST": "127.0.0.1",
+    "DICOM_CONNECTOR_AGENT_SPOOL_RESERVE_BYTES": "0",
+    "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_BASE": "0.1",
+    "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_CAP": "1",
+    "DICOM_CONNECTOR_AGENT_LINK_UNAUTHORIZED_RETRY_INTERVAL": "0.5",
+}
+
+
+class Replica:
+    """One control-plane process of the pair, with an admin client."""
+
+    def __init__(self, database_url: str, blob_dir: Path, stack: ExitStack) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        args = ["control-plane", "--db", database_url, "--http-port", port, "--host", "127.0.0.1"]
+        args += ["--blob-dir", str(blob_dir), "--admin-token", ADMIN_TOKEN]
+        self.process = Process(args, CONTROL_PLANE_ENV, lambda _line: False)
+        stack.callback(self.process.stop)
+        self.admin = httpx2.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        )
+        stack.callback(self.admin.close)
+
+    def healthy(self) -> bool:
+        try:
+            return httpx2.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.admin.request(method, path, **kwargs)
+        assert response.status_code < 300, (path, response.status_code, response.text)
+        return response.json() if response.content else None
+
+    def until(self, path: str, holds: Callable[[Any], bool], within: float) -> float:
+        """Poll GET `path` every 10 ms until `holds(answer)`; the seconds it took."""
+        started = time.perf_counter()
+        while True:
+            answer = self.call("GET", path)
+            if holds(answer):
+                return time.perf_counter() - started
+            if time.perf_counter() - started > within:
+                raise AssertionError(f"GET {path} still does not hold after {within} s: {answer}")
+            time.sleep(0.01)
+
+
+class Pair:
+    """Replicas A and B on one database, and agents started against B."""
+
+    def __init__(self, database_url: str, root: Path, stack: ExitStack) -> None:
+        self.root = root
+        self._stack = stack
+        # One blob directory: the replicas share a store, as in production.
+        self.a = Replica(database_url, root / "blobs", stack)
+        self.b = Replica(database_url, root / "blobs", stack)
+        self.a.process.wait_ready(self.a.healthy)
+        self.b.process.wait_ready(self.b.healthy)
+
+    def start_agent_on_b(self, name: str) -> tuple[str, Path, Process]:
+        """Register an agent through A, start it against B; its id, token file and process."""
+        created = self.a.call(
+            "POST", f"/api/v1/sites/{SITE}/agents", json={"name": name, "deployment": "edge"}
+        )
+        token_file = self.root / f"{name}.token"
+        token_file.write_text(created["token"], encoding="utf-8")
+        args = ["agent", "--control-plane", self.b.url, "--token-file", str(token_file)]
+        args += ["--data-dir", str(self.root / name)]
+        env = AGENT_ENV | {"DICOM_CONNECTOR_AGENT_DICOM_PORT_OVERRIDE": str(free_port())}
+        process = Process(args, env, lambda line: line.startswith("agent-ready"))
+        self._stack.callback(process.stop)
+        process.wait_ready()
+        return created["id"], token_file, process
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    # A database of its own: the replicas migrate it, and no other test shares its rows.
+    with temporary_database() as url, ExitStack() as stack:
+        pair = Pair(url, tmp_path, stack)
+        pair.a.call("POST", "/api/v1/sites", json={"name": SITE, "timezone": "UTC"})
+        pair.a.call("PUT", f"/api/v1/sites/{SITE}/config", json=FAST)
+        yield pair
+
+
+def test_a_config_put_through_one_replica_reaches_an_agent_on_the_other_at_once(
+    pair: Pair,
+) -> None:
+    agent_id, _, _ = pair.start_agent_on_b("edge-1")
+    pair.b.until(
+        f"/api/v1/agents/{agent_id}",
+        lambda a: a["connected"] and a["config_revision"] == 1,
+        within=60,
+    )
+
+    latencies = []
+    for round_number in range(3):
+        document = FAST | {"dicom": {"ae_title": f"RENAMED{round_number}"}}
+        revision = pair.a.call("PUT", f"/api/v1/sites/{SITE}/config", json=document)["revision"]
+        latencies.append(
+            pair.b.until(
+                f"/api/v1/agents/{agent_id}",
+                lambda a, revision=revision: a["config_revision"] == revision,
+                within=WITHIN_S,
+            )
+        )
+
+    print(
+        "\nconfig PUT on replica A until replica B shows the agent applied it:"
+        f" {', '.join(f'{seconds * 1000:.0f} ms' for seconds in latencies)}"
+        f" (reconcile interval {RECONCILE_INTERVAL_S:.0f} s)"
+    )
+
+
+def test_a_token_rotated_through_one_replica_closes_the_link_on_the_other(pair: Pair) -> None:
+    agent_id, _, _ = pair.start_agent_on_b("edge-1")
+    pair.b.until(f"/api/v1/agents/{agent_id}", lambda a: a["connected"], within=60)
+
+    pair.a.call("POST", f"/api/v1/agents/{agent_id}/token")
+
+    took = pair.b.until(
+        f"/api/v1/agents/{agent_id}", lambda a: not a["connected"], within=WITHIN_S
+    )
+    print(f"\ntoken rotated on replica A until replica B closed the link: {took * 1000:.0f} ms")
+
+
+def test_a_token_revoked_through_one_replica_closes_the_link_on_the_other(pair: Pair) -> None:
+    agent_id, _, _ = pair.start_agent_on_b("edge-1")
+    pair.b.until(f"/api/v1/agents/{agent_id}", lambda a: a["connected"], within=60)
+
+    pair.a.call("DELETE", f"/api/v1/agents/{agent_id}/token")
+
+    pair.b.until(f"/api/v1/agents/{agent_id}", lambda a: not a["connected"], within=WITHIN_S)
