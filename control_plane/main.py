@@ -42,6 +42,7 @@ from control_plane.errors import ControlPlaneError, InvalidConfigError
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
 from control_plane.metrics import HttpMetrics
+from control_plane.migrate import SchemaNotCurrentError
 from control_plane.replica_bus import ReplicaBus
 from control_plane.resources import Resources
 from control_plane.security import token_digest
@@ -58,10 +59,6 @@ SERVICE_NAME = "dicom-connector-control-plane"
 BATCH_FRAMING_BYTES = 1024 * 1024
 
 
-class SchemaNotCurrentError(RuntimeError):
-    """The database schema is not the one this code expects and migrating was switched off."""
-
-
 def _package_version() -> str:
     try:
         return version("dicom-connector")
@@ -71,16 +68,9 @@ def _package_version() -> str:
 
 async def _check_schema(settings: ControlPlaneSettings) -> None:
     await asyncio.to_thread(ensure_database_directory, settings.database_url)
-    if settings.migrate_on_start:
-        await asyncio.to_thread(migrate.upgrade, settings.database_url)
-        return
-    current = await asyncio.to_thread(migrate.current_revision, settings.database_url)
-    head = migrate.head_revision()
-    if current != head:
-        raise SchemaNotCurrentError(
-            f"the database schema is at revision {current or 'none'} but this control plane"
-            f" needs {head}; run the migrations (start once with migrate_on_start enabled)"
-        )
+    await asyncio.to_thread(
+        migrate.prepare_schema, settings.database_url, migrate=settings.migrate_on_start
+    )
 
 
 def create_app(
@@ -103,7 +93,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _check_schema(settings)
-        blobs = BlobStore(settings.blob_dir)
+        blobs = _blob_store(settings)
         await blobs.prepare()
         engine = create_engine(settings.database_url)
         read_engine = create_read_engine(settings.database_url)
@@ -210,6 +200,13 @@ def _tune_garbage_collector() -> None:
     if gc.get_freeze_count() == 0:
         gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
+
+
+def _blob_store(settings: ControlPlaneSettings) -> BlobStore:
+    if settings.blob_url is not None:
+        return BlobStore.s3(settings.blob_url)
+    assert settings.blob_dir is not None  # the settings hold exactly one of the two
+    return BlobStore.local(settings.blob_dir)
 
 
 # Ready means hearing other replicas' changes; a database that will not take the bus's

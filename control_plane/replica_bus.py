@@ -85,7 +85,8 @@ class ReplicaBus:
                     "replica bus connection lost; changes made through other replicas reach"
                     " this one's agents at the next reconcile until it is back",
                     error=type(exc).__name__,
-                    retry_in_s=round(wait, 2),
+                    attempt=failures,
+                    duration_ms=round(wait * 1000),
                 )
                 await asyncio.sleep(wait)
             else:
@@ -100,7 +101,7 @@ class ReplicaBus:
             # Whatever was sent before LISTEN took effect was missed: catch up once now.
             await self._resync()
             self.listening.set()
-            logger.info("replica bus listening", connections=self.connections)
+            logger.info("replica bus listening", count=self.connections)
             while True:
                 async for notify in connection.notifies(timeout=self._probe_interval_s):
                     notice = parse_notice(notify.payload)
@@ -115,7 +116,7 @@ class ReplicaBus:
             # The change is in the database: the periodic reconcile delivers it.
             logger.error(
                 "could not act on a replica notice; the reconcile will",
-                kind=notice.kind.value,
+                reason=notice.kind.value,
                 error=type(exc).__name__,
             )
 
