@@ -10,6 +10,7 @@ change arrived long before any reconcile could have carried it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -18,10 +19,13 @@ from typing import Any
 
 import httpx2
 import pytest
+from pydicom.uid import generate_uid
 
 from tests.support.cli_process import Process
+from tests.support.dicom_factory import encode_part10, make_instance
 from tests.support.environment import free_port
 from tests.support.postgres import temporary_database
+from tests.support.s3_server import s3_server
 
 pytestmark = pytest.mark.postgres
 
@@ -49,12 +53,18 @@ AGENT_ENV = {
 class Replica:
     """One control-plane process of the pair, with an admin client."""
 
-    def __init__(self, database_url: str, blob_dir: Path, stack: ExitStack) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        blob_args: list[str],
+        stack: ExitStack,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
         args = ["control-plane", "--db", database_url, "--http-port", port, "--host", "127.0.0.1"]
-        args += ["--blob-dir", str(blob_dir), "--admin-token", ADMIN_TOKEN]
-        self.process = Process(args, CONTROL_PLANE_ENV, lambda _line: False)
+        args += [*blob_args, "--admin-token", ADMIN_TOKEN]
+        self.process = Process(args, CONTROL_PLANE_ENV | (env or {}), lambda _line: False)
         stack.callback(self.process.stop)
         self.admin = httpx2.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
@@ -91,8 +101,9 @@ class Pair:
         self.root = root
         self._stack = stack
         # One blob directory: the replicas share a store, as in production.
-        self.a = Replica(database_url, root / "blobs", stack)
-        self.b = Replica(database_url, root / "blobs", stack)
+        blob_args = ["--blob-dir", str(root / "blobs")]
+        self.a = Replica(database_url, blob_args, stack)
+        self.b = Replica(database_url, blob_args, stack)
         self.a.process.wait_ready(self.a.healthy)
         self.b.process.wait_ready(self.b.healthy)
 
@@ -172,3 +183,46 @@ def test_a_token_revoked_through_one_replica_closes_the_link_on_the_other(pair: 
     pair.a.call("DELETE", f"/api/v1/agents/{agent_id}/token")
 
     pair.b.until(f"/api/v1/agents/{agent_id}", lambda a: not a["connected"], within=WITHIN_S)
+
+
+def test_a_file_uploaded_through_one_replica_downloads_through_the_other_from_one_bucket(
+    tmp_path: Path,
+) -> None:
+    with s3_server() as s3, temporary_database() as url, ExitStack() as stack:
+        blob_args = ["--blob-url", s3.url("connector")]
+        a = Replica(url, blob_args, stack, s3.env)
+        b = Replica(url, blob_args, stack, s3.env)
+        a.process.wait_ready(a.healthy)
+        b.process.wait_ready(b.healthy)
+        sop = generate_uid()
+        body = encode_part10(
+            make_instance(
+                patient_id="SYNTH-REPLICAS",
+                study_uid=generate_uid(),
+                series_uid=generate_uid(),
+                sop_uid=sop,
+                series_description="T1",
+                study_description="Synthetic",
+            )
+        )
+        sha256 = hashlib.sha256(body).hexdigest()
+
+        stored = a.admin.post(
+            "/api/v1/ingest",
+            params={
+                "subject": "SUBJ-1",
+                "session": "SESSION-1",
+                "acquisition": "T1w",
+                "series_instance_uid": generate_uid(),
+                "sop_instance_uid": sop,
+                "sha256": sha256,
+            },
+            content=body,
+            headers={"Content-Type": "application/dicom"},
+        )
+        assert stored.status_code < 300, stored.text
+        downloaded = b.admin.get(f"/api/v1/files/{stored.json()['file_id']}")
+
+        assert downloaded.status_code == 200
+        assert downloaded.content == body
+        assert s3.keys("connector/") == [f"connector/{sha256[:2]}/{sha256}"]
