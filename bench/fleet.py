@@ -607,6 +607,8 @@ class ReplicaPhase:
     storm_s: float
     loaded: Latencies
     pushes: list[Push]
+    last_by_replica: list[list[float]]
+    """Per push, per serving replica: seconds until the last of its agents had the revision."""
 
 
 async def _main_replicas(args: argparse.Namespace) -> int:
@@ -691,13 +693,22 @@ async def _replica_phase(
         await asyncio.sleep(args.heartbeat)
         _progress("API load")
         loaded = await _api_load_spread(serving, ids, args)
-        pushes = []
+        pushes, last_by_replica = [], []
         for round_number in range(args.pushes):
             _progress(f"config push {round_number + 1} of {args.pushes}")
+            began = time.perf_counter()
             # Other numbers than the phase before, so every push is a new revision.
             pushes.append(await _push(admin, agents, 100 * len(serving) + round_number))
+            revision = max(agents[0].received_at)
+            last_by_replica.append(
+                [
+                    max(agent.received_at[revision] for agent in agents[index :: len(serving)])
+                    - began
+                    for index in range(len(serving))
+                ]
+            )
         stop.set()
-    return ReplicaPhase(len(serving), storm, loaded, pushes)
+    return ReplicaPhase(len(serving), storm, loaded, pushes, last_by_replica)
 
 
 async def _api_load_spread(
@@ -764,6 +775,11 @@ def _report_replicas(args: argparse.Namespace, phases: list[ReplicaPhase]) -> li
         f" {median(two):.3f} | {median(two) / median(one):.2f} |",
         f"| config push, last agent has it, worst of {args.pushes} (s) | {worst(one):.3f} |"
         f" {worst(two):.3f} | {worst(two) / worst(one):.2f} |",
+        f"| config push, last agent on the PUT's replica has it, median (s) |"
+        f" {statistics.median(r[0] for r in one.last_by_replica):.3f} |"
+        f" {statistics.median(r[0] for r in two.last_by_replica):.3f} | |",
+        f"| config push, last agent on the other replica has it (NOTIFY), median (s) | n/a |"
+        f" {statistics.median(r[1] for r in two.last_by_replica):.3f} | |",
         f"| config push, every result in the first replica's API, median (s) |"
         f" {recorded(one):.3f} | {recorded(two):.3f} | {recorded(two) / recorded(one):.2f} |",
     ]

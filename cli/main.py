@@ -6,6 +6,7 @@ Each command imports its side lazily, so `dicom-connector agent` never loads Fas
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,6 +21,8 @@ from cli.admin_support import diagnostics, echo, query
 
 if TYPE_CHECKING:
     from control_plane.settings import ControlPlaneSettings
+
+BLOB_ENV = ("DICOM_CONNECTOR_BLOB_DIR", "DICOM_CONNECTOR_BLOB_URL")
 
 app = typer.Typer(
     name="dicom-connector",
@@ -131,9 +134,7 @@ def control_plane(
         typer.echo(f"control-plane: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging()
-    settings = _control_plane_settings(
-        db, blob_dir if blob_url is None else None, blob_url, token, no_migrate
-    )
+    settings = _control_plane_settings(db, blob_dir, blob_url, token, no_migrate)
     # log_config=None keeps uvicorn's loggers on our handler and its PHI filter; the access
     # log is off because request URLs carry hierarchy labels in their query strings.
     uvicorn.run(
@@ -157,13 +158,13 @@ def _control_plane_settings(
     from control_plane.migrate import SchemaNotCurrentError, prepare_schema
     from control_plane.settings import ControlPlaneSettings
 
+    # Flags first, then DICOM_CONNECTOR_BLOB_DIR / _BLOB_URL, then ./blobs.
+    blobs: dict[str, Any] = {"blob_dir": blob_dir} if blob_dir is not None else {}
+    blobs |= {"blob_url": blob_url} if blob_url is not None else {}
+    if not blobs and not any(os.environ.get(name) for name in BLOB_ENV):
+        blobs = {"blob_dir": Path("blobs")}
     try:
-        settings = ControlPlaneSettings(
-            database_url=db,
-            blob_dir=blob_dir if blob_dir is not None or blob_url is not None else Path("blobs"),
-            blob_url=blob_url,
-            admin_token=token,
-        )
+        settings = ControlPlaneSettings(database_url=db, admin_token=token, **blobs)
     except ValidationError as exc:
         problems = "; ".join(str(error["msg"]) for error in exc.errors())
         typer.echo(f"control-plane: {problems}", err=True)
@@ -172,7 +173,7 @@ def _control_plane_settings(
     # server's start-up; the app then only checks that the schema is current.
     try:
         ensure_database_directory(settings.database_url)
-        prepare_schema(settings.database_url, migrate=not no_migrate)
+        prepare_schema(settings.database_url, migrate=settings.migrate_on_start and not no_migrate)
     except SchemaNotCurrentError as exc:
         typer.echo(f"control-plane: {exc}", err=True)
         raise typer.Exit(2) from None
