@@ -109,6 +109,7 @@ def create_app(
             clock,
             dt.timedelta(seconds=settings.heartbeat_interval_s),
         )
+        bus = ReplicaBus(settings.database_url, hub.apply_notice, hub.catch_up)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
@@ -119,12 +120,12 @@ def create_app(
             hub=hub,
             clock=clock,
             alerter=alerter,
+            replica_bus=bus,
         )
         # The fleet routes answer from the hub's view: it is filled before the first request.
         await hub.view.resync()
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
-        bus = ReplicaBus(settings.database_url, hub.apply_notice, hub.catch_up)
         bus_work = asyncio.create_task(bus.run(), name="replica-bus")
         bus_work.add_done_callback(_report_crash)
         await _listening(bus)

@@ -226,3 +226,10 @@ def test_a_file_uploaded_through_one_replica_downloads_through_the_other_from_on
         assert downloaded.status_code == 200
         assert downloaded.content == body
         assert s3.keys("connector/") == [f"connector/{sha256[:2]}/{sha256}"]
+
+
+def test_each_replica_reports_its_bus_listening_in_its_metrics(pair: Pair) -> None:
+    for replica in (pair.a, pair.b):
+        exposition = httpx2.get(f"{replica.url}/metrics", timeout=30).text
+        assert "dicom_connector_replica_bus_listening 1.0" in exposition
+        assert "dicom_connector_replica_bus_connects_total 1.0" in exposition
