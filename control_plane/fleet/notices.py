@@ -30,6 +30,9 @@ class NoticeKind(enum.StrEnum):
     """A site stored a new config revision (`site`, `revision`)."""
     token = "token"  # noqa: S105 - a kind of notice, not a secret
     """An agent's token was rotated or revoked (`agent`): its links must close."""
+    states = "states"
+    """Replica `origin` wrote link states readers should see soon (connects, disconnects,
+    config results): the other replicas' fleet views catch up."""
 
 
 class FleetNotice(BaseModel):
@@ -41,6 +44,7 @@ class FleetNotice(BaseModel):
     site: uuid.UUID | None = None
     agent: uuid.UUID | None = None
     revision: int | None = None
+    origin: uuid.UUID | None = None
 
     @classmethod
     def config_revision(cls, site_id: uuid.UUID, revision: int) -> FleetNotice:
@@ -51,6 +55,11 @@ class FleetNotice(BaseModel):
     def token_changed(cls, agent_id: uuid.UUID) -> FleetNotice:
         """An agent's token was rotated or revoked."""
         return cls(kind=NoticeKind.token, agent=agent_id)
+
+    @classmethod
+    def states_written(cls, origin: uuid.UUID) -> FleetNotice:
+        """Replica `origin` wrote link states worth showing at once."""
+        return cls(kind=NoticeKind.states, origin=origin)
 
 
 def parse_notice(payload: str) -> FleetNotice | None:
