@@ -151,10 +151,13 @@ def _control_plane_settings(
 ) -> ControlPlaneSettings:
     """Settings for `control-plane`, with the database schema made ready (migrated under a
     lock unless `no_migrate`); exits with a clear message when either cannot be done."""
+    import asyncio
+
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from control_plane.db import ensure_database_directory
+    from control_plane.hierarchy.blobs import BlobStore, BlobStoreConfigError
     from control_plane.migrate import SchemaNotCurrentError, prepare_schema
     from control_plane.settings import ControlPlaneSettings
 
@@ -170,7 +173,8 @@ def _control_plane_settings(
         typer.echo(f"control-plane: {problems}", err=True)
         raise typer.Exit(2) from None
     # Before the server starts, so a refusal is one clear line, not a traceback from the
-    # server's start-up; the app then only checks that the schema is current.
+    # server's start-up; the app then only checks that the schema is current (and the blob
+    # store again).
     try:
         ensure_database_directory(settings.database_url)
         prepare_schema(settings.database_url, migrate=settings.migrate_on_start and not no_migrate)
@@ -184,6 +188,12 @@ def _control_plane_settings(
             err=True,
         )
         raise typer.Exit(2) from None
+    if settings.blob_url is not None:
+        try:
+            asyncio.run(BlobStore.s3(settings.blob_url).prepare())
+        except BlobStoreConfigError as exc:
+            typer.echo(f"control-plane: {exc}", err=True)
+            raise typer.Exit(2) from None
     return settings.model_copy(update={"migrate_on_start": False})
 
 

@@ -3,8 +3,8 @@
 Nothing is built at import time. The lifespan migrates the database (unless told not to),
 opens the engine and the blob store, runs the hub's background work (link state flushes,
 reconciling, history pruning) and the replica bus (other replicas' changes, on PostgreSQL),
-and on shutdown closes the agent links, writes what they left
-pending and disposes of the engine.
+and on shutdown closes the agent links, writes what they left pending and disposes of the
+engine.
 Must not import `agent` or pynetdicom.
 """
 

@@ -101,17 +101,19 @@ class BlobStore:
         return cls(S3Store.from_url(url), url, None)
 
     async def prepare(self) -> None:
-        """Check that the store can be reached; create the local directories. Call once
+        """Check that the store takes uploads; create the local directories. Call once
         before the first upload; `BlobStoreConfigError` when the store refuses us."""
         if self._local_root is not None:
             await asyncio.to_thread(
                 (self._local_root / INCOMING).mkdir, parents=True, exist_ok=True
             )
             return
+        # A write and its removal: the store must exist and take uploads (a HEAD would answer
+        # "not found" alike for a missing key and a missing bucket).
+        probe = f"{INCOMING}/{uuid.uuid4().hex}.probe"
         try:
-            await obstore.head_async(self._store, f"{INCOMING}/{uuid.uuid4().hex}.probe")
-        except FileNotFoundError:
-            return
+            await obstore.put_async(self._store, probe, b"", use_multipart=False)
+            await obstore.delete_async(self._store, probe)
         except Exception as exc:  # obstore raises its own types, and OSError for transport
             raise BlobStoreConfigError(
                 f"the blob store {self.location} cannot be used ({type(exc).__name__}): check"

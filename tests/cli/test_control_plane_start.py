@@ -19,19 +19,22 @@ from control_plane.migrate import head_revision, upgrade
 from tests.support.cli_process import Process
 from tests.support.environment import free_port
 from tests.support.postgres import libpq_url, temporary_database
+from tests.support.s3_server import s3_server
 
 ADMIN_TOKEN = "cli-start-admin-token-0123456789"
 FUTURE_REVISION = "0999_from_the_future"
 MIGRATED = "database schema migrated"
 
 
-def _control_plane(database_url: str, root: Path, *extra: str) -> tuple[Process, str]:
+def _control_plane(
+    database_url: str, root: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[Process, str]:
     port = free_port()
     args = ["control-plane", "--db", database_url, "--http-port", str(port)]
     args += ["--host", "127.0.0.1", "--admin-token", ADMIN_TOKEN, *extra]
     if "--blob-url" not in extra and "--blob-dir" not in extra:
         args += ["--blob-dir", str(root / "blobs")]
-    return Process(args, {}, lambda _line: False), f"http://127.0.0.1:{port}"
+    return Process(args, env or {}, lambda _line: False), f"http://127.0.0.1:{port}"
 
 
 def _healthy(url: str) -> bool:
@@ -119,6 +122,23 @@ def test_a_blob_url_that_is_not_s3_is_refused(tmp_path: Path) -> None:
 
     assert process.wait_exit() == 2
     assert "s3://BUCKET/PREFIX" in "".join(process.output)
+
+
+def test_a_blob_url_whose_bucket_does_not_exist_is_refused(tmp_path: Path) -> None:
+    with s3_server() as s3:
+        process, _ = _control_plane(
+            f"sqlite:///{tmp_path / 'cp.db'}",
+            tmp_path,
+            "--blob-url",
+            f"s3://no-such-bucket-{s3.bucket}/connector",
+            env=s3.env,
+        )
+
+        assert process.wait_exit() == 2
+    output = "".join(process.output)
+    assert "cannot be used" in output
+    assert "AWS_ENDPOINT_URL" in output
+    assert "Traceback" not in output
 
 
 def _set_revision(database_url: str, revision: str) -> None:
