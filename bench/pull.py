@@ -6,12 +6,12 @@
 Retrieval: Orthanc holds `--series` series of `--instances` synthetic ~130 KB MR images. Round
 after round, each receiver gets all of them with C-MOVE from the same Orthanc, `concurrency`
 series at a time: the agent (a `SourcePoller` whose series are due at once, retrieving into its
-real intake: a listener of the lean engine, durable spool, state database), once with one intake
-process and once with `--intake-processes` sharing the port as the agent runs them
-(`IntakeWorkers`), and once on the pynetdicom engine with one process, against
-dcmtk `movescu` processes moving into `storescp --fork` (which writes files without fsync). Every
-run starts from an empty receiver and checks it got every instance. The agent's CPU counts the
-workers' too.
+real intake: a listener of the lean engine, durable spool, state database) asking with the lean
+requestor, with one intake process and with `--intake-processes` sharing the port as the agent
+runs them (`IntakeWorkers`); the same with the pynetdicom requestor (one intake process); and
+the old path whole, pynetdicom's intake and requestor; against dcmtk `movescu` processes moving
+into `storescp --fork` (which writes files without fsync). Every run starts from an empty
+receiver and checks it got every instance. The agent's CPU counts the workers' too.
 
 C-FIND round: another Orthanc holds `--find-series` one-instance series (10 per study, dated
 today); the agent's query round (study level, then series level per study, one association) is
@@ -52,12 +52,18 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from agent.data_dir_lock import DataDirLock  # noqa: E402
 from agent.dicom.listeners import IntakeEngine, make_listener  # noqa: E402
-from agent.dicom.scu import Scu, SourceAddress, SpoolSink  # noqa: E402
+from agent.dicom.scu import (  # noqa: E402
+    REQUESTOR_ENGINES,
+    RequestorEngine,
+    Scu,
+    SourceAddress,
+    SpoolSink,
+)
 from agent.health import PipelineCounters  # noqa: E402
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec  # noqa: E402
 from agent.pull.ledger import PullLedger  # noqa: E402
 from agent.pull.poller import SourcePoller  # noqa: E402
-from agent.pull.query import FULL_ROUND_EVERY, QueryRounds  # noqa: E402
+from agent.pull.query import FULL_ROUND_EVERY, QueryRounds, RoundQueries  # noqa: E402
 from agent.site import SiteSnapshot  # noqa: E402
 from agent.spool import Spool  # noqa: E402
 from agent.state import AgentState  # noqa: E402
@@ -106,9 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
     total = args.series * args.instances
     results: list[Retrieval] = []
-    receivers = ["movescu+storescp", "agent-lean-1", "agent-pynetdicom-1"]
+    # agent-<intake engine>-<intake processes>-<requestor engine>
+    receivers = [
+        "movescu+storescp",
+        "agent-lean-1-lean",
+        "agent-lean-1-pynetdicom",
+        "agent-pynetdicom-1-pynetdicom",
+    ]
     if args.intake_processes > 1:
-        receivers.append(f"agent-lean-{args.intake_processes}")
+        receivers.append(f"agent-lean-{args.intake_processes}-lean")
     with _orthanc(workdir / "orthanc") as pacs:
         started = time.monotonic()
         series = _fill(pacs, args.series, args.instances, rows=256)
@@ -122,7 +134,7 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                     run_dir = workdir / f"r{round_number}-{receiver}-{concurrency}"
                     run_dir.mkdir(parents=True)
                     if receiver.startswith("agent"):
-                        _, engine, processes = receiver.split("-")
+                        _, engine, processes, requestor = receiver.split("-")
                         result = asyncio.run(
                             _agent_retrieval(
                                 pacs,
@@ -131,6 +143,7 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                                 total,
                                 int(processes),
                                 "lean" if engine == "lean" else "pynetdicom",
+                                "lean" if requestor == "lean" else "pynetdicom",
                             )
                         )
                     else:
@@ -138,7 +151,7 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                     results.append(result)
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(
-                        f"  round {round_number} {receiver:>18} x{concurrency}: "
+                        f"  round {round_number} {receiver:>29} x{concurrency}: "
                         f"{result.per_second:.0f} inst/s",
                         flush=True,
                     )
@@ -200,6 +213,7 @@ async def _agent_retrieval(
     total: int,
     processes: int,
     engine: IntakeEngine,
+    requestor: RequestorEngine,
 ) -> Retrieval:
     lock = DataDirLock(run_dir)
     lock.acquire(timeout=5)
@@ -230,6 +244,7 @@ async def _agent_retrieval(
             sink=SpoolSink(spool),
             slots=asyncio.Semaphore(concurrency),
             counters=PipelineCounters(),
+            requestor_engine=requestor,
         )
         worker_cpu = process_cpu_seconds(workers.pids)
         cpu, started = time.process_time(), time.perf_counter()
@@ -245,7 +260,13 @@ async def _agent_retrieval(
     state.close()
     if not report.ok or got != total:
         raise RuntimeError(f"the agent got {got} of {total} instances ({report.error})")
-    return Retrieval(f"agent {engine} ({processes} proc)", concurrency, seconds, total, cpu)
+    return Retrieval(
+        f"agent, {engine} intake ({processes} proc), {requestor} requestor",
+        concurrency,
+        seconds,
+        total,
+        cpu,
+    )
 
 
 def _worker_spec(run_dir: Path, port: int, engine: IntakeEngine) -> IntakeWorkerSpec:
@@ -272,33 +293,14 @@ def _find_part(args: argparse.Namespace, workdir: Path) -> str:
             f"C-FIND round: {studies * 10} series in {studies} studies, stored in "
             f"{time.monotonic() - started:.0f} s",
         ]
-        scu = Scu(
-            SourceAddress(pacs.ae_title, "127.0.0.1", pacs.dicom_port),
-            calling_ae_title=AGENT_AE,
-            timeout=60,
-        )
-        since = dt.datetime.now(tz=dt.UTC).date() - dt.timedelta(days=3)
-        every_study = QueryRounds(scu, full_every=1)
-        full = [_timed(lambda: every_study.run(since)) for _ in range(args.rounds)]
-        state = AgentState.open(workdir / "state.db")
-        ledger = PullLedger(state)
-        rounds = QueryRounds(scu)
-
-        def poll() -> None:
-            found = rounds.run(since)
-            ledger.record_round("bench", found, time.time(), 7 * 86_400)
-
-        first = _timed(poll)
-        unchanged = [_timed(poll) for _ in range(args.rounds)]
-        asked = rounds.last_queries
-        state.close()
-    lines += [
-        "| what | wall s (median) | agent CPU s (median) | each round (wall s) |",
-        "|---|---:|---:|---|",
-        _find_row("full query round: every study's series asked (C-FIND only)", full),
-        _find_row("first poll: full round, every series new (query + ledger)", [first]),
-        _find_row("later poll, nothing changed (query + ledger)", unchanged),
-    ]
+        lines += [
+            "| requestor | what | wall s (median) | agent CPU s (median) | each round (wall s) |",
+            "|---|---|---:|---:|---|",
+        ]
+        asked = None
+        for engine in REQUESTOR_ENGINES:
+            rows, asked = _find_rounds(args, pacs, workdir / f"state-{engine}.db", engine)
+            lines += rows
     if asked is not None:
         lines.append(
             f"a later poll asked {asked.studies} studies and the series of "
@@ -307,11 +309,43 @@ def _find_part(args: argparse.Namespace, workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def _find_row(what: str, runs: list[tuple[float, float]]) -> str:
+def _find_rounds(
+    args: argparse.Namespace, pacs: Orthanc, state_path: Path, engine: RequestorEngine
+) -> tuple[list[str], RoundQueries | None]:
+    scu = Scu(
+        SourceAddress(pacs.ae_title, "127.0.0.1", pacs.dicom_port),
+        calling_ae_title=AGENT_AE,
+        timeout=60,
+        engine=engine,
+    )
+    since = dt.datetime.now(tz=dt.UTC).date() - dt.timedelta(days=3)
+    every_study = QueryRounds(scu, full_every=1)
+    full = [_timed(lambda: every_study.run(since)) for _ in range(args.rounds)]
+    state = AgentState.open(state_path)
+    ledger = PullLedger(state)
+    rounds = QueryRounds(scu)
+
+    def poll() -> None:
+        found = rounds.run(since)
+        ledger.record_round("bench", found, time.time(), 7 * 86_400)
+
+    first = _timed(poll)
+    unchanged = [_timed(poll) for _ in range(args.rounds)]
+    state.close()
+    rows = [
+        _find_row(engine, "full query round: every study's series asked (C-FIND only)", full),
+        _find_row(engine, "first poll: full round, every series new (query + ledger)", [first]),
+        _find_row(engine, "later poll, nothing changed (query + ledger)", unchanged),
+    ]
+    return rows, rounds.last_queries
+
+
+def _find_row(engine: str, what: str, runs: list[tuple[float, float]]) -> str:
     walls = [wall for wall, _ in runs]
     cpus = [cpu for _, cpu in runs]
     each = ", ".join(f"{wall:.2f}" for wall in walls)
-    return f"| {what} | {statistics.median(walls):.2f} | {statistics.median(cpus):.2f} | {each} |"
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return f"| {engine} | {what} | {wall:.2f} | {cpu:.2f} | {each} |"
 
 
 def _timed(work: object) -> tuple[float, float]:

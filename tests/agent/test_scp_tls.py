@@ -20,7 +20,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from agent.dicom.scp import DicomListener
-from agent.dicom.scu import Scu, SourceAddress, SourceError
+from agent.dicom.scu import RequestorEngine, Scu, SourceAddress, SourceError
 from agent.dicom.status import Status
 from agent.dicom.tls import (
     MODERN_TLS12_CIPHERS,
@@ -316,14 +316,18 @@ def storescu_tls(
 
 
 def test_the_scu_echoes_over_mutual_tls_and_is_refused_with_a_foreign_certificate(
-    tmp_path: Path, tls_listener: DicomListener, ca: CertificateAuthority
+    tmp_path: Path,
+    tls_listener: DicomListener,
+    ca: CertificateAuthority,
+    requestor_engine: RequestorEngine,
 ) -> None:
     source = SourceAddress("CONNECTOR", "127.0.0.1", tls_listener.port)
     own = ca.issue("puller").tls_files(ca.cert)
     foreign = CertificateAuthority(tmp_path, "stranger").issue("puller").tls_files(ca.cert)
 
-    Scu(source, calling_ae_title="PULLER", timeout=10, tls=own).echo()
+    engine = requestor_engine
+    Scu(source, calling_ae_title="PULLER", timeout=10, tls=own, engine=engine).echo()
     with pytest.raises(SourceError):
-        Scu(source, calling_ae_title="PULLER", timeout=10, tls=foreign).echo()
+        Scu(source, calling_ae_title="PULLER", timeout=10, tls=foreign, engine=engine).echo()
     with pytest.raises(SourceError):
-        Scu(source, calling_ae_title="PULLER", timeout=10).echo()
+        Scu(source, calling_ae_title="PULLER", timeout=10, engine=engine).echo()
