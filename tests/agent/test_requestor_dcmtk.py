@@ -5,7 +5,10 @@ listener. Every requestor engine; real processes on 127.0.0.1 with TCP_NODELAY=1
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -53,10 +56,13 @@ class Dcmqrscp:
             "AETable END\n"
         )
         self._process = subprocess.Popen(
-            [require_executable("dcmqrscp"), "-c", str(config), "--single-process", str(self.port)],
+            # Its default mode forks a child per association (--single-process serves one
+            # association and exits); its own session, so stopping ends the children too.
+            [require_executable("dcmqrscp"), "-c", str(config), str(self.port)],
             env=tool_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.address = SourceAddress("QRSCP", "127.0.0.1", self.port)
 
@@ -71,7 +77,8 @@ class Dcmqrscp:
         raise RuntimeError(f"dcmqrscp did not answer C-ECHO within {_START_SECONDS:g} s")
 
     def stop(self) -> None:
-        self._process.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGTERM)
         self._process.wait(timeout=10)
 
 
