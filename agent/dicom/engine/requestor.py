@@ -5,9 +5,10 @@ The requestor's side of the upper-layer state machine (PS3.8 9.2), as far as a q
 SCU needs it, with no thread or queue of its own: the thread that sends a request reads its
 responses off the socket.
 
-- Set-up: TCP (or TLS) connect, A-ASSOCIATE-RQ built and A-ASSOCIATE-AC read by pynetdicom's PDU
-  classes, presentation contexts and SCP/SCU roles settled by its `negotiate_as_requestor`. An
-  A-ASSOCIATE-RJ becomes `AssociationRejected` with its result, source and reason.
+- Set-up (`agent.dicom.engine.association_request`): TCP (or TLS) connect, A-ASSOCIATE-RQ
+  built and A-ASSOCIATE-AC read by pynetdicom's PDU classes, presentation contexts and SCP/SCU
+  roles settled by its `negotiate_as_requestor`. An A-ASSOCIATE-RJ becomes
+  `AssociationRejected` with its result, source and reason.
 - Requests (C-ECHO, C-FIND, C-MOVE, C-GET, C-CANCEL) one at a time: the command set from
   pynetdicom's DIMSE message classes, the identifier from its dataset codec, sent as P-DATA-TF
   fragmented to the peer's maximum PDU length. Responses are read as they come, the usual
@@ -37,16 +38,19 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from pydicom.dataset import Dataset
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
+from agent.dicom.engine.association_request import (
+    PDU_MARGIN,
+    AssociationAborted,
+    AssociationClosed,
+    AssociationRejected,
+    ConnectFailed,
+    PeerTimeout,
+    ProtocolViolation,
+    RequestedContext,
+    RequestorError,
+    associate,
+)
 from agent.dicom.engine.commands import (
     StoreRequest,
     decode_command,
@@ -98,78 +102,15 @@ __all__ = [
     "StoreCallback",
 ]
 
-_A_ASSOCIATE_AC, _A_ASSOCIATE_RJ, _A_RELEASE_RP = 0x02, 0x03, 0x06
-_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+_A_RELEASE_RP = 0x06
 _SERVICE_USER, _SERVICE_PROVIDER = 0x00, 0x02
 _NOT_SPECIFIED, _UNEXPECTED_PDU, _INVALID_PARAMETER = 0x00, 0x02, 0x06
 # A command set is a few hundred bytes; an identifier of a response a few KiB.
 _MAXIMUM_COMMAND = 64 << 10
 _MAXIMUM_IDENTIFIER = 16 << 20
-# What the peer may send in one PDU beyond the maximum we announce (none should; a margin for
-# an A-ASSOCIATE-AC of many contexts).
-_PDU_MARGIN = 64 << 10
-_REJECT_RESULTS = {0x01: "permanent", 0x02: "transient"}
-_REJECT_REASONS = {
-    (0x01, 0x01): "no reason given",
-    (0x01, 0x02): "application context name not supported",
-    (0x01, 0x03): "calling AE title not recognised",
-    (0x01, 0x07): "called AE title not recognised",
-    (0x02, 0x01): "no reason given",
-    (0x02, 0x02): "protocol version not supported",
-    (0x03, 0x01): "temporary congestion",
-    (0x03, 0x02): "local limit exceeded",
-}
-_REJECT_SOURCES = {0x01: "service user", 0x02: "service provider (ACSE)", 0x03: "presentation"}
-
 StoreCallback = Callable[[StoreRequest, str, bytearray, int, float], tuple[int, str | None]]
 """Makes one C-STORE of a C-GET durable: (request, transfer syntax UID, the Part-10 bytes, where
 its data set starts, when it arrived) → (status, error comment)."""
-
-
-class RequestorError(Exception):
-    """The association failed; the message names what happened, never a DICOM value."""
-
-
-class ConnectFailed(RequestorError):
-    """No TCP connection, or no TLS handshake, within the timeout."""
-
-
-class AssociationRejected(RequestorError):
-    """The peer answered the A-ASSOCIATE-RQ with A-ASSOCIATE-RJ."""
-
-    def __init__(self, result: int, source: int, reason: int) -> None:
-        self.result, self.source, self.reason = result, source, reason
-        super().__init__(
-            f"association rejected ({_REJECT_RESULTS.get(result, f'result {result}')}, by the "
-            f"{_REJECT_SOURCES.get(source, f'source {source}')}: "
-            f"{_REJECT_REASONS.get((source, reason), f'reason {reason}')})"
-        )
-
-
-class AssociationAborted(RequestorError):
-    """The peer aborted the association or closed the connection."""
-
-
-class AssociationClosed(RequestorError):
-    """A request on an association that is no longer established (aborted, released)."""
-
-
-class PeerTimeout(RequestorError):
-    """The peer did not answer within the timeout (the association was aborted)."""
-
-
-class ProtocolViolation(RequestorError):
-    """The peer broke the upper-layer protocol (the association was aborted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestedContext:
-    """A presentation context to propose; `scp_role` proposes the SCP role for it (the C-STOREs
-    of a C-GET come back on such contexts)."""
-
-    abstract_syntax: str
-    transfer_syntaxes: tuple[str, ...]
-    scp_role: bool = False
 
 
 @dataclass(slots=True)
@@ -208,7 +149,7 @@ class Requestor:
         """Use `open`."""
         self._sock = sock
         self._timeout = timeout
-        self._maximum_received = maximum_pdu + _PDU_MARGIN
+        self._maximum_received = maximum_pdu + PDU_MARGIN
         self._peer_maximum_pdu = peer_maximum_pdu
         self._accepted = accepted  # context ID → (abstract syntax, transfer syntax)
         self._store = store
@@ -239,53 +180,16 @@ class Requestor:
     ) -> Requestor:
         """Connect and associate; raise `ConnectFailed`, `AssociationRejected` or another
         `RequestorError` when no association results. `store` serves a C-GET's C-STOREs."""
-        if not 1 <= len(contexts) <= 128:
-            raise ValueError(f"1 to 128 presentation contexts, got {len(contexts)}")
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise ConnectFailed(_connect_problem(exc)) from None
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls is not None:
-                try:
-                    sock = tls.wrap_socket(sock, server_hostname=host)
-                except (OSError, ValueError) as exc:
-                    raise ConnectFailed(f"TLS handshake failed: {_tls_problem(exc)}") from None
-            requested = _presentation_contexts(contexts)
-            roles = [_role(context.abstract_syntax) for context in contexts if context.scp_role]
-            sock.sendall(
-                _request_pdu(calling_ae_title, called_ae_title, requested, roles, maximum_pdu)
-            )
-            reader = Reader(sock)
-            pdu_type, length = reader.header()
-            if length > maximum_pdu + _PDU_MARGIN:
-                raise ProtocolViolation(f"an answer of {length} bytes to the association request")
-            body = reader.read(length)
-            if pdu_type == _A_ASSOCIATE_RJ and len(body) >= 4:
-                raise AssociationRejected(body[1], body[2], body[3])
-            if pdu_type == A_ABORT:
-                raise AssociationAborted("the peer aborted the association request")
-            if pdu_type != _A_ASSOCIATE_AC:
-                raise ProtocolViolation(f"PDU type 0x{pdu_type:02X} in answer to the request")
-            accepted, peer_maximum = _accepted_contexts(
-                bytes((pdu_type, 0)) + length.to_bytes(4, "big") + body, requested
-            )
-        except BaseException as exc:
-            if isinstance(exc, ProtocolViolation):
-                with contextlib.suppress(OSError):
-                    sock.sendall(abort_pdu(_SERVICE_USER, _NOT_SPECIFIED))
-            with contextlib.suppress(OSError):
-                sock.close()
-            if isinstance(exc, TimeoutError):
-                raise PeerTimeout("no answer to the association request in time") from None
-            if isinstance(exc, PeerClosed | ConnectionError):
-                raise AssociationAborted(
-                    "the peer closed the connection instead of answering the association request"
-                ) from None
-            if isinstance(exc, OSError) and not isinstance(exc, RequestorError):
-                raise ConnectFailed(_connect_problem(exc)) from None
-            raise
+        sock, reader, accepted, peer_maximum = associate(
+            host,
+            port,
+            calling_ae_title=calling_ae_title,
+            called_ae_title=called_ae_title,
+            contexts=contexts,
+            timeout=timeout,
+            maximum_pdu=maximum_pdu,
+            tls=tls,
+        )
         return cls(
             sock,
             reader,
@@ -681,102 +585,3 @@ class Requestor:
         self._established = False
         with contextlib.suppress(OSError):
             self._sock.close()
-
-
-def _presentation_contexts(contexts: Sequence[RequestedContext]) -> list[PresentationContext]:
-    requested = []
-    for number, wanted in enumerate(contexts):
-        context = PresentationContext()
-        context.context_id = 2 * number + 1
-        context.abstract_syntax = wanted.abstract_syntax
-        context.transfer_syntax = list(wanted.transfer_syntaxes)
-        requested.append(context)
-    return requested
-
-
-def _role(sop_class_uid: str) -> SCP_SCU_RoleSelectionNegotiation:
-    role = SCP_SCU_RoleSelectionNegotiation()
-    role.sop_class_uid = sop_class_uid
-    role.scu_role = False
-    role.scp_role = True
-    return role
-
-
-def _request_pdu(
-    calling: str,
-    called: str,
-    contexts: list[PresentationContext],
-    roles: list[SCP_SCU_RoleSelectionNegotiation],
-    maximum_pdu: int,
-) -> bytes:
-    maximum_length = MaximumLengthNotification()
-    maximum_length.maximum_length_received = maximum_pdu
-    implementation_uid = ImplementationClassUIDNotification()
-    implementation_uid.implementation_class_uid = IMPLEMENTATION_UID
-    implementation_version = ImplementationVersionNameNotification()
-    implementation_version.implementation_version_name = IMPLEMENTATION_VERSION
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = _APPLICATION_CONTEXT
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    primitive.presentation_context_definition_list = contexts
-    primitive.user_information = [
-        maximum_length,
-        implementation_uid,
-        implementation_version,
-        *roles,
-    ]
-    request = A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
-    return bytes(request.encode())
-
-
-def _accepted_contexts(
-    pdu: bytes, requested: list[PresentationContext]
-) -> tuple[dict[int, tuple[str, str]], int]:
-    """The accepted contexts of an A-ASSOCIATE-AC (ID → abstract, transfer syntax) and the
-    peer's maximum PDU length (0: none)."""
-    try:
-        accept = A_ASSOCIATE_AC()
-        accept.decode(pdu)
-        primitive = accept.to_primitive()
-        roles = {
-            item.sop_class_uid: (item.scu_role, item.scp_role)
-            for item in primitive.user_information
-            if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
-        }
-        results = negotiate_as_requestor(
-            requested, list(primitive.presentation_context_definition_results_list), roles
-        )
-        accepted = {
-            int(context.context_id or 0): (
-                str(context.abstract_syntax),
-                str(context.transfer_syntax[0]),
-            )
-            for context in results
-            if context.result == 0x00 and context.transfer_syntax
-        }
-        peer_maximum = int(primitive.maximum_length_received or 0)
-    except Exception:  # pynetdicom raises many kinds on items it cannot read
-        raise ProtocolViolation("an A-ASSOCIATE-AC that does not decode") from None
-    if not accepted:
-        raise ProtocolViolation("the peer accepted none of the presentation contexts")
-    return accepted, peer_maximum
-
-
-def _connect_problem(exc: OSError) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no connection in time"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    return exc.strerror or type(exc).__name__
-
-
-def _tls_problem(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate refused: {exc.verify_message}"
-    if isinstance(exc, TimeoutError):
-        return "no handshake in time"
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc)
-    return type(exc).__name__
