@@ -11,10 +11,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
 
 import pytest
-from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -24,7 +25,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from agent.dicom.engine.commands import StoreRequest
 from agent.dicom.engine.pdu import decode_request, negotiate
+from agent.dicom.engine.requestor import RequestedContext, Requestor
 from agent.dicom.listeners import make_listener
 from agent.dicom.scu import RequestorEngine, Scu, SourceAddress, SourceError, SpoolSink
 from agent.spool import Spool
@@ -352,3 +355,60 @@ def test_a_query_round_against_a_pynetdicom_scp_dated_by_the_window(qr: QrScp) -
     assert [match.series_instance_uid for match in found] == [f"{SERIES}.{n}" for n in (1, 2, 3)]
     assert all(match.instance_count == 1 for match in found)
     assert isinstance(studies, list)
+
+
+def test_c_get_data_sets_fragmented_over_many_pdus_arrive_whole() -> None:
+    # The requestor announces 16 KiB: each ~130 KB instance comes in nine or more PDUs.
+    instances = make_series(
+        3,
+        patient_id="QR02",
+        study_uid=STUDY,
+        series_uid=SERIES,
+        series_description="large",
+        study_description="large",
+        rows=256,
+        cols=256,
+        transfer_syntax=ExplicitVRLittleEndian,
+    )
+    scp = QrScp(instances)
+    received: dict[str, bytes] = {}
+
+    def store(
+        request: StoreRequest, syntax: str, part10: bytearray, offset: int, _at: float
+    ) -> tuple[int, str | None]:
+        received[request.sop_instance_uid] = bytes(part10)
+        assert syntax == ExplicitVRLittleEndian
+        assert part10[128:132] == b"DICM"
+        assert offset > 132
+        return 0x0000, None
+
+    contexts = [
+        RequestedContext(str(StudyRootQueryRetrieveInformationModelGet), (ImplicitVRLittleEndian,)),
+        RequestedContext(str(MRImageStorage), (ExplicitVRLittleEndian,), scp_role=True),
+    ]
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = STUDY
+    identifier.SeriesInstanceUID = SERIES
+    try:
+        requestor = Requestor.open(
+            "127.0.0.1",
+            scp.address.port,
+            calling_ae_title=AGENT_AE,
+            called_ae_title="QRSCP",
+            contexts=contexts,
+            timeout=10,
+            maximum_pdu=16384,
+            store=store,
+        )
+        responses = list(requestor.get(identifier, str(StudyRootQueryRetrieveInformationModelGet)))
+        requestor.release()
+    finally:
+        scp.stop()
+
+    final = responses[-1][0]
+    assert (final.status, final.completed, final.failed) == (0x0000, 3, 0)
+    assert sorted(received) == sorted(ds.SOPInstanceUID for ds in instances)
+    for ds in instances:
+        read = dcmread(BytesIO(received[ds.SOPInstanceUID]))
+        assert read.PixelData == ds.PixelData
