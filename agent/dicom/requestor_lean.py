@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
 
 from pydicom.dataset import Dataset
 from pynetdicom import DEFAULT_TRANSFER_SYNTAXES, StoragePresentationContexts
@@ -34,12 +33,11 @@ from agent.dicom.engine.requestor import (
     RequestorError,
     StoreCallback,
 )
-from agent.dicom.source import RetrieveCounts, SourceAddress, SourceError
+from agent.dicom.source import Purpose, RetrieveCounts, SourceAddress, SourceError
 from agent.dicom.tls import TlsFiles, client_context
 
 __all__ = ["LeanLink", "open_link"]
 
-Purpose = Literal["C-ECHO", "C-FIND", "C-MOVE", "C-GET"]
 _FIND = str(StudyRootQueryRetrieveInformationModelFind)
 _MOVE = str(StudyRootQueryRetrieveInformationModelMove)
 _GET = str(StudyRootQueryRetrieveInformationModelGet)

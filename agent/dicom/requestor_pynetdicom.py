@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
@@ -33,12 +32,11 @@ from agent.dicom.pynetdicom_adapter import (
     set_dul_loop_delay,
     unbind_logging_handlers,
 )
-from agent.dicom.source import RetrieveCounts, SourceAddress, SourceError
+from agent.dicom.source import Purpose, RetrieveCounts, SourceAddress, SourceError
 from agent.dicom.tls import TlsFiles, client_context
 
-__all__ = ["Purpose", "PynetdicomLink", "open_link"]
+__all__ = ["PynetdicomLink", "open_link"]
 
-Purpose = Literal["C-ECHO", "C-FIND", "C-MOVE", "C-GET"]
 
 # A C-MOVE association only carries status messages while the images arrive elsewhere: its
 # DUL thread may sleep longer when idle (pynetdicom's 1 ms default costs ~10% of a core).

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
-import structlog
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -52,6 +51,7 @@ from agent.dicom.intake import status_dataset, store_part10, store_received
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY
 from agent.dicom.source import (
     REQUESTOR_ENGINES,
+    Purpose,
     RequestorEngine,
     SourceAddress,
     SourceError,
@@ -75,8 +75,6 @@ __all__ = [
     "SpoolSink",
     "StudyMatch",
 ]
-
-_log = structlog.get_logger(__name__)
 
 # Larger receive PDUs mean fewer PDU decodes per instance received over C-GET.
 _MAXIMUM_PDU_SIZE = 1 << 20
@@ -278,9 +276,7 @@ class Scu:
             link.abort()
 
     @contextmanager
-    def _association(
-        self, purpose: requestor_lean.Purpose, sink: SpoolSink | None = None
-    ) -> Iterator[SourceLink]:
+    def _association(self, purpose: Purpose, sink: SpoolSink | None = None) -> Iterator[SourceLink]:
         with self._open_lock:
             if self._aborted:
                 raise SourceError(f"no {purpose} with {self.source}: the agent is stopping")

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 __all__ = [
     "REQUESTOR_ENGINES",
+    "Purpose",
     "RequestorEngine",
     "RetrieveCounts",
     "SourceAddress",
@@ -25,6 +26,8 @@ __all__ = [
 
 RequestorEngine = Literal["lean", "pynetdicom"]
 REQUESTOR_ENGINES: tuple[RequestorEngine, ...] = ("lean", "pynetdicom")
+Purpose = Literal["C-ECHO", "C-FIND", "C-MOVE", "C-GET"]
+"""What an association is opened for; it decides the presentation contexts proposed."""
 
 
 class SourceError(Exception):
