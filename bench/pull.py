@@ -1,7 +1,7 @@
 """Pull benchmark: retrieval from a PACS (Orthanc) and the cost of a C-FIND round.
 
-    .venv/bin/python bench/pull.py [--series 8] [--instances 100] [--rounds 3]
-                                   [--concurrency 1,4] [--find-series 1000]
+    TCP_NODELAY=1 .venv/bin/python bench/pull.py [--series 8] [--instances 100] [--rounds 3]
+                   [--concurrency 1,4] [--find-series 1000] [--intake-processes N] [--get]
 
 Retrieval: Orthanc holds `--series` series of `--instances` synthetic ~130 KB MR images. Round
 after round, each receiver gets all of them with C-MOVE from the same Orthanc, `concurrency`
@@ -11,7 +11,9 @@ requestor, with one intake process and with `--intake-processes` sharing the por
 runs them (`IntakeWorkers`); the same with the pynetdicom requestor (one intake process); and
 the old path whole, pynetdicom's intake and requestor; against dcmtk `movescu` processes moving
 into `storescp --fork` (which writes files without fsync). Every run starts from an empty
-receiver and checks it got every instance. The agent's CPU counts the workers' too.
+receiver and checks it got every instance. The agent's CPU counts the workers' too. With
+`--get`, the same by C-GET (the images come back on the asking association): dcmtk `getscu`
+(no fsync either) against the agent with each requestor.
 
 C-FIND round: another Orthanc holds `--find-series` one-instance series (10 per study, dated
 today); the agent's query round (study level, then series level per study, one association) is
@@ -41,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -75,6 +78,7 @@ from tests.support.orthanc import Orthanc  # noqa: E402
 
 AGENT_AE = "CONNECTOR"
 STORESCP_AE = "STORESCP"
+GETSCU_AE = "GETSCU"
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,9 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
     ]
     if args.intake_processes > 1:
         receivers.append(f"agent-lean-{args.intake_processes}-lean")
+    if args.get:
+        # C-GET: the images come back on the asking association, no listener involved.
+        receivers += ["getscu", "agent-get-1-lean", "agent-get-1-pynetdicom"]
     with _orthanc(workdir / "orthanc") as pacs:
         started = time.monotonic()
         series = _fill(pacs, args.series, args.instances, rows=256)
@@ -142,10 +149,13 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                                 concurrency,
                                 total,
                                 int(processes),
-                                "lean" if engine == "lean" else "pynetdicom",
+                                "pynetdicom" if engine == "pynetdicom" else "lean",
                                 "lean" if requestor == "lean" else "pynetdicom",
+                                method="get" if engine == "get" else "move",
                             )
                         )
+                    elif receiver == "getscu":
+                        result = _getscu_retrieval(pacs, series, run_dir, concurrency, total)
                     else:
                         result = _dcmtk_retrieval(pacs, series, run_dir, concurrency, total)
                     results.append(result)
@@ -197,6 +207,40 @@ def _dcmtk_retrieval(
     return Retrieval("movescu+storescp", concurrency, seconds, total, None)
 
 
+def _getscu_retrieval(
+    pacs: Orthanc, series: list[tuple[str, str]], run_dir: Path, concurrency: int, total: int
+) -> Retrieval:
+    received = run_dir / "received"
+    received.mkdir()
+    pacs.register_modality("bench-getscu", GETSCU_AE, "127.0.0.1", free_port())
+    chunks = [series[index::concurrency] for index in range(concurrency)]
+    started = time.perf_counter()
+    getters = [
+        subprocess.Popen(
+            ["/bin/sh", "-c", " && ".join(_getscu(pacs, chunk, received)) or "true"],
+            env=tool_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for chunk in chunks
+    ]
+    codes = [getter.wait() for getter in getters]
+    seconds = time.perf_counter() - started
+    got = sum(1 for _ in received.iterdir())
+    if any(codes) or got != total:
+        raise RuntimeError(f"getscu exited {codes}; it got {got} of {total} instances")
+    return Retrieval("getscu", concurrency, seconds, total, None)
+
+
+def _getscu(pacs: Orthanc, chunk: list[tuple[str, str]], received: Path) -> list[str]:
+    return [
+        f"getscu -S -aet {GETSCU_AE} -aec {pacs.ae_title} -od {received} "
+        f"-k QueryRetrieveLevel=SERIES -k StudyInstanceUID={study} "
+        f"-k SeriesInstanceUID={uid} 127.0.0.1 {pacs.dicom_port}"
+        for study, uid in chunk
+    ]
+
+
 def _movescu(pacs: Orthanc, chunk: list[tuple[str, str]]) -> list[str]:
     return [
         f"movescu -S -aet {STORESCP_AE} -aec {pacs.ae_title} -aem {STORESCP_AE} "
@@ -214,6 +258,8 @@ async def _agent_retrieval(
     processes: int,
     engine: IntakeEngine,
     requestor: RequestorEngine,
+    *,
+    method: Literal["move", "get"] = "move",
 ) -> Retrieval:
     lock = DataDirLock(run_dir)
     lock.acquire(timeout=5)
@@ -234,7 +280,7 @@ async def _agent_retrieval(
     await workers.start()
     pacs.register_modality("bench-agent", AGENT_AE, "127.0.0.1", port)
     try:
-        snapshot = _snapshot(pacs, concurrency)
+        snapshot = _snapshot(pacs, concurrency, method)
         (source,) = snapshot.config.pull.sources
         poller = SourcePoller(
             source,
@@ -260,8 +306,9 @@ async def _agent_retrieval(
     state.close()
     if not report.ok or got != total:
         raise RuntimeError(f"the agent got {got} of {total} instances ({report.error})")
+    how = f"{engine} intake ({processes} proc)" if method == "move" else "C-GET"
     return Retrieval(
-        f"agent, {engine} intake ({processes} proc), {requestor} requestor",
+        f"agent, {how}, {requestor} requestor",
         concurrency,
         seconds,
         total,
@@ -376,15 +423,16 @@ def _retrieval_report(results: list[Retrieval], args: argparse.Namespace) -> str
     lines.append("")
     agents = sorted({receiver for receiver, _ in grouped if receiver.startswith("agent")})
     for concurrency in args.concurrency:
-        baseline = grouped.get(("movescu+storescp", concurrency))
         for name in agents:
+            reference = "getscu" if "C-GET" in name else "movescu+storescp"
+            baseline = grouped.get((reference, concurrency))
             agent = grouped.get((name, concurrency))
             if agent and baseline:
                 agent_time = statistics.median(run.seconds for run in agent)
                 baseline_time = statistics.median(run.seconds for run in baseline)
                 lines.append(
                     f"{name}, {concurrency} series at a time: {agent_time / baseline_time:.2f}x "
-                    "the time of movescu+storescp"
+                    f"the time of {reference}"
                 )
     return "\n".join(lines)
 
@@ -419,14 +467,19 @@ def _fill(
     return made
 
 
-def _snapshot(pacs: Orthanc, concurrency: int) -> SiteSnapshot:
+def _snapshot(pacs: Orthanc, concurrency: int, method: Literal["move", "get"]) -> SiteSnapshot:
     config = validate_site_config(
         {
             "mode": "pull",
             "dicom": {"ae_title": AGENT_AE},
             "pull": {
                 "sources": [
-                    {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}
+                    {
+                        "ae_title": pacs.ae_title,
+                        "host": "127.0.0.1",
+                        "port": pacs.dicom_port,
+                        "retrieve": method,
+                    }
                 ],
                 "max_concurrent_retrievals": concurrency,
             },
@@ -519,6 +572,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=len(os.sched_getaffinity(0)),
         help="the agent's intake processes in the second agent run (the agent's default: "
         "one per core); the first always runs one",
+    )
+    parser.add_argument(
+        "--get",
+        action="store_true",
+        help="also retrieve by C-GET: dcmtk getscu against the agent with each requestor",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where temp data goes")
     args = parser.parse_args(argv)
