@@ -13,6 +13,7 @@ from control_plane.alerts import Alerter
 from control_plane.clock import Clock
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
+from control_plane.replica_bus import ReplicaBus
 from control_plane.settings import ControlPlaneSettings
 
 
@@ -31,3 +32,5 @@ class Resources:
     clock: Clock
     alerter: Alerter | None = field(default=None)
     """Webhook alerts on site status changes (None when built without one, in tests)."""
+    replica_bus: ReplicaBus | None = field(default=None)
+    """What other replicas changed (a no-op on SQLite; None when built without one)."""

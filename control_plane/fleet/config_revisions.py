@@ -20,6 +20,7 @@ from control_plane import audit
 from control_plane.dicom_dictionary import keyword_vr
 from control_plane.errors import BusyError, InvalidConfigError
 from control_plane.fleet.config_diff import config_diff
+from control_plane.fleet.notices import FleetNotice, announce
 from control_plane.models import Agent, ConfigRevision, Site
 from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
 from control_plane.security import Principal
@@ -119,6 +120,8 @@ async def store_config(
             changes={"revision": number, "diff": diff},
         )
         try:
+            # In the same transaction: other replicas hear of the revision once it commits.
+            await announce(session, FleetNotice.config_revision(site_id, number))
             await session.commit()
         except IntegrityError:
             # Another writer took this number; read the new latest and try again.

@@ -14,7 +14,7 @@ from control_plane.deps import (
     SupportDep,
 )
 from control_plane.fleet import config_revisions, sites
-from control_plane.link import ConfigOffer
+from control_plane.fleet.config_push import push_site_config
 from control_plane.schemas import (
     ConfigRevisionNumber,
     ConfigRevisionPublic,
@@ -64,14 +64,10 @@ async def put_site_config(
     site: str, request: Request, principal: SiteChangerDep, session: SessionDep, hub: HubDep
 ) -> ConfigRevisionNumber:
     """Store a new config revision (same number when nothing changed) and push it at once to
-    the site's connected agents."""
+    the site's connected agents, on this replica and the others."""
     site_row = await sites.site_by_name(session, site)
-    site_id, site_name, timezone = site_row.id, site_row.name, site_row.timezone
-    salt = site_row.deid_salt
     config = config_revisions.parse_config(await request.body())
-    await config_revisions.check_deployments(session, site_row, config)
-    revision = await config_revisions.store_config(session, site_row, config, principal)
-    await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config, salt))
+    revision = await push_site_config(session, hub, site_row, config, principal)
     return ConfigRevisionNumber(revision=revision)
 
 
