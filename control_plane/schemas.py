@@ -142,6 +142,10 @@ class SiteCreate(BaseModel):
 
     name: Name
     timezone: TimezoneName
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description='Labels fleet views filter by and rollouts select with, e.g. {"region": "eu"}.',
+    )
 
 
 class SitePublic(BaseModel):
@@ -149,6 +153,7 @@ class SitePublic(BaseModel):
 
     name: str
     timezone: str
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class ConfigRevisionNumber(BaseModel):
@@ -182,6 +187,10 @@ class ConfigRevisionPublic(BaseModel):
     created_at: datetime
     created_by: str
     diff: list[ConfigChange]
+    rollout_id: uuid.UUID | None = None
+    """The rollout that wrote this revision (None: written by hand)."""
+    rollout_action: str | None = None
+    """`apply` (the rollout's config) or `rollback` (the revision before it, written back)."""
 
 
 class ConfigProblems(BaseModel):

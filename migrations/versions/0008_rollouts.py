@@ -24,9 +24,7 @@ _LABEL_LENGTH = 255
 
 def upgrade() -> None:
     with op.batch_alter_table("sites") as batch:
-        batch.add_column(
-            sa.Column("labels", _JSON, nullable=False, server_default=sa.text("'{}'"))
-        )
+        batch.add_column(sa.Column("labels", _JSON, nullable=False, server_default=sa.text("'{}'")))
     op.create_table(
         "rollouts",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -64,9 +62,7 @@ def upgrade() -> None:
             ["rollout_id"], ["rollouts.id"], name=op.f("fk_rollout_stages_rollout_id_rollouts")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rollout_stages")),
-        sa.UniqueConstraint(
-            "rollout_id", "stage", name=op.f("uq_rollout_stages_rollout_id_stage")
-        ),
+        sa.UniqueConstraint("rollout_id", "stage", name=op.f("uq_rollout_stages_rollout_id_stage")),
     )
     op.create_table(
         "rollout_sites",

@@ -1,6 +1,8 @@
 """Sites and their config revisions: support creates sites, a site's admin configures it."""
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
 
 from control_plane.access import site_filter
 from control_plane.deps import (
@@ -14,7 +16,9 @@ from control_plane.deps import (
     SupportDep,
 )
 from control_plane.fleet import config_revisions, sites
-from control_plane.link import ConfigOffer
+from control_plane.fleet.config_push import push_site_config
+from control_plane.fleet.labels import parse_selector
+from control_plane.fleet.rollout_schemas import LabelValue, SiteLabels
 from control_plane.schemas import (
     ConfigRevisionNumber,
     ConfigRevisionPublic,
@@ -50,9 +54,41 @@ async def create_site(
 
 
 @router.get("/sites")
-async def list_sites(principal: ReaderDep, session: ReadSessionDep) -> ItemList[SitePublic]:
-    """All sites (a site-bound token sees its own only)."""
-    return ItemList(items=await sites.list_sites(session, site_filter(principal)))
+async def list_sites(
+    principal: ReaderDep,
+    session: ReadSessionDep,
+    label: Annotated[
+        list[str] | None,
+        Query(description="KEY=VALUE; repeat to require several (e.g. label=region=eu)."),
+    ] = None,
+) -> ItemList[SitePublic]:
+    """All sites carrying every `label` given (a site-bound token sees its own only)."""
+    selector = parse_selector(label or [])
+    return ItemList(items=await sites.list_sites(session, site_filter(principal), selector))
+
+
+@router.put("/sites/{site}/labels")
+async def put_site_labels(
+    site: str, body: SiteLabels, principal: SupportDep, session: SessionDep
+) -> SitePublic:
+    """Replace the site's labels (support only: labels decide which rollouts reach a site)."""
+    return await sites.set_labels(session, site, body.labels, principal)
+
+
+@router.put("/sites/{site}/labels/{key}")
+async def put_site_label(
+    site: str, key: str, body: LabelValue, principal: SupportDep, session: SessionDep
+) -> SitePublic:
+    """Set one label of the site."""
+    return await sites.set_label(session, site, key, body.value, principal)
+
+
+@router.delete("/sites/{site}/labels/{key}")
+async def delete_site_label(
+    site: str, key: str, principal: SupportDep, session: SessionDep
+) -> SitePublic:
+    """Remove one label of the site (nothing to do when it carries none of that key)."""
+    return await sites.remove_label(session, site, key, principal)
 
 
 @router.put(
@@ -66,12 +102,8 @@ async def put_site_config(
     """Store a new config revision (same number when nothing changed) and push it at once to
     the site's connected agents."""
     site_row = await sites.site_by_name(session, site)
-    site_id, site_name, timezone = site_row.id, site_row.name, site_row.timezone
-    salt = site_row.deid_salt
     config = config_revisions.parse_config(await request.body())
-    await config_revisions.check_deployments(session, site_row, config)
-    revision = await config_revisions.store_config(session, site_row, config, principal)
-    await hub.push_config(site_id, ConfigOffer.of(revision, site_name, timezone, config, salt))
+    revision = await push_site_config(session, hub, site_row, config, principal)
     return ConfigRevisionNumber(revision=revision)
 
 
