@@ -125,6 +125,7 @@ def create_app(
             lease=dt.timedelta(seconds=settings.rollout_lease_s),
             tick_interval_s=settings.rollout_tick_interval_s,
             heartbeat_interval=dt.timedelta(seconds=settings.heartbeat_interval_s),
+            reconnect_grace=dt.timedelta(seconds=settings.rollout_reconnect_grace_s),
         )
         app.state.resources = Resources(
             settings=settings,

@@ -108,6 +108,12 @@ class ControlPlaneSettings(BaseSettings):
         description="How often the rollout driver looks at the rollouts it drives (keep it"
         " well under rollout_lease_s).",
     )
+    rollout_reconnect_grace_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="After a restart or a takeover, how long the driver lets agents reconnect"
+        " before a disconnect fails a rollout (agents back off up to 60 s by default).",
+    )
     tune_garbage_collector: bool = Field(
         default=True,
         description="Freeze what exists at start-up and collect the young generation less"

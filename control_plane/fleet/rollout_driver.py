@@ -11,9 +11,11 @@ a revision and recording it) is recognised by the revision's `rollout_id` and ta
 
 What the driver reads of agents is what their links recorded in the database (by whichever
 replica holds each link): the applied revision, a rejected one with its reason, connection and
-health. A disconnect counts only when it lasts longer than "missing" does (3 heartbeats),
-counted from when this driver took the rollout over, so a restart or a takeover, which
-reconnects every agent, does not fail a rollout. Must not import FastAPI.
+health. A disconnect counts only when it lasts longer than "missing" does (3 heartbeats), and a
+restart or a takeover, which reconnects every agent, does not fail a rollout: a driver that
+takes a rollout over gives its agents `reconnect_grace` first. A stage soaks and completes only
+while every agent is connected.
+Must not import FastAPI.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class RolloutDriver:
         lease: dt.timedelta,
         tick_interval_s: float,
         heartbeat_interval: dt.timedelta,
+        reconnect_grace: dt.timedelta = dt.timedelta(seconds=90),
     ) -> None:
         self.driver_id = new_driver_id()
         self.lease = lease
@@ -122,6 +125,7 @@ class RolloutDriver:
         self._clock = clock
         self._tick_interval_s = tick_interval_s
         self._heartbeat_interval = heartbeat_interval
+        self._reconnect_grace = reconnect_grace
         self._wake = asyncio.Event()
         # When this driver took each rollout it holds: disconnects are counted from then.
         self._held_since: dict[uuid.UUID, dt.datetime] = {}
@@ -383,7 +387,7 @@ class RolloutDriver:
         ]
         context = HealthContext(now=now, heartbeat_interval=self._heartbeat_interval)
         grace = missing_after(self._heartbeat_interval)
-        watched_since = max(stage.started_at, self._held_since.get(rollout.id, now))
+        held_since = self._held_since.get(rollout.id, now)
         apply_timeout = dt.timedelta(seconds=rollout.apply_timeout_s)
         all_applied = True
         for record in records:
@@ -417,12 +421,18 @@ class RolloutDriver:
                         len(records),
                     )
             else:
+                # Gone since the disconnect (or the last word of an agent whose replica died),
+                # or since the stage started; a driver that took over later (a restart, which
+                # closed every link) gives the fleet time to reconnect first.
                 gone = max(
                     moment
-                    for moment in (record.disconnected_at, record.last_seen_at, watched_since)
+                    for moment in (record.disconnected_at, record.last_seen_at, stage.started_at)
                     if moment is not None
                 )
-                if now - gone > grace:
+                deadline = gone + grace
+                if held_since > gone:
+                    deadline = max(deadline, held_since + self._reconnect_grace)
+                if now > deadline:
                     return (
                         Failure(
                             "disconnected",
@@ -434,6 +444,8 @@ class RolloutDriver:
                         False,
                         len(records),
                     )
+                # A stage soaks, and completes, only with every agent connected.
+                all_applied = False
             if record.config_revision is None or record.config_revision < revision:
                 all_applied = False
                 if now - stage.started_at > apply_timeout:
