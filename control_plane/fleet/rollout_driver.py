@@ -408,8 +408,14 @@ class RolloutDriver:
                     len(records),
                 )
             if is_connected(record, context):
+                # Health is judged from the soak on: while an agent applies a revision, its
+                # listener may restart, and a report from that moment is no verdict on it.
                 judged = verdict(record, context)
-                if judged.status is AgentStatus.unhealthy:
+                soaking = stage.soak_started_at is not None and (
+                    record.health_reported_at is not None
+                    and record.health_reported_at >= stage.soak_started_at
+                )
+                if soaking and judged.status is AgentStatus.unhealthy:
                     return (
                         Failure(
                             "unhealthy",
