@@ -11,11 +11,12 @@ from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.config import AETitle, SiteConfig
 from common.ingest import GroupId, ProjectLabel, StorableLabel
 from common.routing import RoutingReason
+from control_plane.fleet.labels import label_problems
 from control_plane.fleet_schemas import AgentHealth, NoHealth
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -146,6 +147,14 @@ class SiteCreate(BaseModel):
         default_factory=dict,
         description='Labels fleet views filter by and rollouts select with, e.g. {"region": "eu"}.',
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        problems = label_problems(labels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return labels
 
 
 class SitePublic(BaseModel):

@@ -28,7 +28,7 @@ from control_plane.fleet.rollout_schemas import (
     RolloutPublic,
     RolloutSummary,
 )
-from control_plane.schemas import InvalidConfigAnswer, ItemList
+from control_plane.schemas import ItemList
 
 router = APIRouter(tags=["rollouts"])
 
@@ -38,8 +38,18 @@ router = APIRouter(tags=["rollouts"])
     status_code=status.HTTP_201_CREATED,
     responses={
         422: {
-            "model": InvalidConfigAnswer,
-            "description": "No site selected, or the config would be invalid on a site.",
+            "description": "An invalid request, no site selected, or a config that would be"
+            " invalid on a site (`detail.problems` name the site and key).",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            {"$ref": "#/components/schemas/HTTPValidationError"},
+                            {"$ref": "#/components/schemas/InvalidConfigAnswer"},
+                        ]
+                    }
+                }
+            },
         },
         409: {"description": "A target site is in a rollout that has not ended."},
     },
