@@ -70,6 +70,9 @@ from control_plane.models import (
 logger = structlog.get_logger(__name__)
 
 _AGENTS = Agent.__table__
+# While a stage waits for its agents to apply, the driver looks again this soon rather than
+# a whole tick later: applying takes a round trip, and every stage waits for it.
+APPLYING_POLL_S = 0.1
 APPLY = "apply"
 ROLLBACK = "rollback"
 
@@ -127,6 +130,7 @@ class RolloutDriver:
         self._heartbeat_interval = heartbeat_interval
         self._reconnect_grace = reconnect_grace
         self._wake = asyncio.Event()
+        self._due_in = tick_interval_s
         # When this driver took each rollout it holds: disconnects are counted from then.
         self._held_since: dict[uuid.UUID, dt.datetime] = {}
 
@@ -138,9 +142,10 @@ class RolloutDriver:
         """Tick until cancelled; a database error is logged and the next tick tries again."""
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._tick_interval_s):
+                async with asyncio.timeout(self._due_in):
                     await self._wake.wait()
             self._wake.clear()
+            self._due_in = self._tick_interval_s
             try:
                 await self.tick()
             except (SQLAlchemyError, OSError) as exc:
@@ -173,6 +178,10 @@ class RolloutDriver:
             except LeaseLostError:
                 logger.warning("rollout taken over by another replica", rollout=str(rollout_id))
                 self._held_since.pop(rollout_id, None)
+
+    def _due(self, seconds: float) -> None:
+        """Tick again within `seconds` (but never later than the next regular tick)."""
+        self._due_in = max(0.0, min(self._due_in, seconds))
 
     async def _acquire(self, now: dt.datetime) -> list[uuid.UUID]:
         needs_driving = (Rollout.state == RolloutState.running.value) | Rollout.rollback_pending
@@ -267,8 +276,11 @@ class RolloutDriver:
                 if failure is not None:
                     return failure
         failure, applied, watched = await self._check(session, rollout, stage, members)
-        if failure is not None or not applied:
+        if failure is not None:
             return failure
+        if not applied:
+            self._due(APPLYING_POLL_S)
+            return None
         now = self._clock()
         if stage.soak_started_at is None:
             await self._renew(session, rollout.id)
@@ -277,6 +289,7 @@ class RolloutDriver:
         # A stage without agents has nothing to soak: nothing could fail during it.
         soak = dt.timedelta(seconds=rollout.soak_s if watched else 0)
         if now - stage.soak_started_at < soak:
+            self._due((stage.soak_started_at + soak - now).total_seconds())
             return None
         await self._renew(session, rollout.id)
         # Only a rollout still running moves on: a pause or abort through the API meanwhile
