@@ -100,3 +100,22 @@ async def test_a_label_of_an_unknown_site_is_a_404(control_plane: ControlPlane) 
     )
 
     assert response.status_code == 404
+
+
+async def test_fleet_health_counts_only_the_sites_carrying_the_labels(
+    control_plane: ControlPlane,
+) -> None:
+    await _site(control_plane, "paris", region="eu")
+    await _site(control_plane, "berlin", region="eu")
+    await _site(control_plane, "boston", region="us")
+
+    everything = (await control_plane.admin.get("/api/v1/fleet/health")).json()
+    europe = (
+        await control_plane.admin.get("/api/v1/fleet/health", params={"label": "region=eu"})
+    ).json()
+    refused = await control_plane.admin.get("/api/v1/fleet/health", params={"label": "eu"})
+
+    assert sum(everything["sites"].values()) == 3
+    assert sum(europe["sites"].values()) == 2
+    assert sorted(entry["site"] for entry in europe["attention"]) == ["berlin", "paris"]
+    assert refused.status_code == 422
