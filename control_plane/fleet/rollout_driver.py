@@ -133,6 +133,7 @@ class RolloutDriver:
         self._due_in = tick_interval_s
         # When this driver took each rollout it holds: disconnects are counted from then.
         self._held_since: dict[uuid.UUID, dt.datetime] = {}
+        self._renewed_at: dict[uuid.UUID, dt.datetime] = {}
 
     def wake(self) -> None:
         """Drive at once rather than at the next tick (a rollout was created or resumed)."""
@@ -168,9 +169,11 @@ class RolloutDriver:
 
     async def tick(self) -> None:
         """Take or renew the leases of the rollouts that need driving, and drive those held."""
-        held = await self._acquire(self._clock())
+        now = self._clock()
+        held = await self._acquire(now)
         for gone in set(self._held_since) - set(held):
             del self._held_since[gone]
+        self._renewed_at = dict.fromkeys(held, now)
         for rollout_id in held:
             self._held_since.setdefault(rollout_id, self._clock())
             try:
@@ -213,8 +216,17 @@ class RolloutDriver:
         return held
 
     async def _renew(self, session: AsyncSession, rollout_id: uuid.UUID) -> None:
-        """Renew the lease before a step that writes; `LeaseLostError` when it is not ours."""
+        """Make sure the lease holds before a step that writes; `LeaseLostError` when it is not
+        ours. Renewed at most every third of the lease: one renewed less than that ago still
+        holds for two thirds of it, and nobody else can take it meanwhile.
+
+        Either way `session`'s transaction ends here, so the push sessions that follow can have
+        the connection (on SQLite the writer engine has one)."""
         now = self._clock()
+        renewed = self._renewed_at.get(rollout_id)
+        if renewed is not None and now - renewed < self.lease / 3:
+            await session.commit()
+            return
         result = await session.execute(
             update(Rollout)
             .where(Rollout.id == rollout_id, Rollout.driver_id == self.driver_id)
@@ -223,7 +235,9 @@ class RolloutDriver:
         )
         await session.commit()
         if result.rowcount != 1:  # type: ignore[attr-defined]
+            self._renewed_at.pop(rollout_id, None)
             raise LeaseLostError(rollout_id)
+        self._renewed_at[rollout_id] = now
 
     async def _drive(self, rollout_id: uuid.UUID) -> None:
         async with self._sessionmaker() as session:
