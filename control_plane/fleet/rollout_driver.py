@@ -170,7 +170,7 @@ class RolloutDriver:
     async def tick(self) -> None:
         """Take or renew the leases of the rollouts that need driving, and drive those held."""
         now = self._clock()
-        held = await self._acquire(now)
+        held = await self.acquire(now)
         for gone in set(self._held_since) - set(held):
             del self._held_since[gone]
         self._renewed_at = dict.fromkeys(held, now)
@@ -186,7 +186,9 @@ class RolloutDriver:
         """Tick again within `seconds` (but never later than the next regular tick)."""
         self._due_in = max(0.0, min(self._due_in, seconds))
 
-    async def _acquire(self, now: dt.datetime) -> list[uuid.UUID]:
+    async def acquire(self, now: dt.datetime) -> list[uuid.UUID]:
+        """Take the leases of rollouts that need driving and are free or expired, renew this
+        driver's own; the ids of the rollouts it holds now."""
         needs_driving = (Rollout.state == RolloutState.running.value) | Rollout.rollback_pending
         async with self._sessionmaker() as session:
             # One statement takes free and expired leases and renews our own; on PostgreSQL a
