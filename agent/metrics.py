@@ -3,7 +3,8 @@
 `GET /metrics`: the health snapshot as metrics (spool, uploads, retries, deferrals, oldest
 un-uploaded instance, longest reap over the window, disk, each PULL source's last C-ECHO and
 C-FIND outcome, refused associations). `GET /healthz`: 200 while the agent runs with its DICOM
-listener up, else 503 (a Kubernetes liveness/readiness probe on the agent's own health).
+listener up, else 503 (readiness); `GET /livez`: 200 while the process serves at all
+(liveness: an agent waiting for a valid config is not ready, but restarting it would not help).
 
 Every value is read from the snapshot at scrape time, on the server's thread (the snapshot
 reads the state database, which is safe from any thread). Label values are PULL source
@@ -143,7 +144,10 @@ def _pull_sources(health: HealthSnapshot) -> Iterator[GaugeMetricFamily]:
 
 
 class AgentMetricsServer:
-    """`/metrics` and `/healthz` on a port of their own, in a daemon thread; `close()` stops it."""
+    """`/metrics`, `/healthz` and `/livez` on a port of their own, in a daemon thread.
+
+    `close()` stops it.
+    """
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], HealthSnapshot]) -> None:
         registry = CollectorRegistry(auto_describe=False)
@@ -159,6 +163,10 @@ class AgentMetricsServer:
                     self._answer(status, CONTENT_TYPE_LATEST, body)
                 elif self.path == "/healthz":
                     self._answer(*_probe(snapshot))
+                elif self.path == "/livez":
+                    # Liveness only: an agent waiting for a valid config (listener down,
+                    # /healthz 503) is doing its job; restarting it would not help.
+                    self._answer(200, "application/json", b'{"status":"alive"}')
                 else:
                     self._answer(404, "text/plain", b"not found\n")
 

@@ -93,6 +93,7 @@ async def test_the_agent_serves_its_health_as_metrics_without_phi(
                 assert time.monotonic() < deadline, text
                 await asyncio.sleep(0.05)
             probe = await client.get("/healthz")
+            alive = await client.get("/livez")
             missing = await client.get("/nothing")
     finally:
         await agent.stop()
@@ -105,6 +106,7 @@ async def test_the_agent_serves_its_health_as_metrics_without_phi(
     assert value[("dicom_connector_agent_uploads_failing_seconds", ())] == 0
     assert value[("dicom_connector_agent_longest_reap_seconds", ())] > 0
     assert (probe.status_code, probe.json()) == (200, {"status": "ok"})
+    assert (alive.status_code, alive.json()) == (200, {"status": "alive"})
     assert missing.status_code == 404
     # Stopped with the agent.
     with pytest.raises(httpx2.TransportError):

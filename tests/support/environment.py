@@ -25,6 +25,28 @@ def require_executable(name: str) -> str:
     return path
 
 
+PROJECT_TOOLS = Path(__file__).resolve().parents[2] / ".tools"
+"""Tools that are no Debian package, fetched by the Makefile (`make helm`: .tools/helm/helm)."""
+
+
+def require_project_tool(name: str) -> str:
+    """The project's pinned `name` under .tools/ (its make target fetches it), else the one on
+    PATH; skip (outside CI) / fail (in CI) when neither is there."""
+    pinned = PROJECT_TOOLS / name / name
+    if pinned.is_file() and os.access(pinned, os.X_OK):
+        return str(pinned)
+    path = shutil.which(name)
+    if path is None:
+        message = (
+            f"{name} is not installed: `make {name}` fetches the pinned one into {pinned}"
+            " (it is no Debian package)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def require_file(path: Path, package: str) -> Path:
     """Return `path`, or skip (outside CI) / fail (in CI) when the file is missing."""
     if not path.exists():
