@@ -1,10 +1,12 @@
 """The dashboard's rollout pages against a real control plane (uvicorn, SQLite): the list, a
-rollout's page with the buttons its state allows, pausing and aborting through them, and the
-same refusals as the API for a read-only token."""
+rollout's page with the buttons its state allows, pausing and aborting through them, the same
+refusals as the API for a read-only token; and in a real headless Chromium against an
+all-in-one with its real agent, a page that follows a rollout to its end by itself."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,10 +19,15 @@ import pytest
 
 from control_plane.main import create_app
 from control_plane.settings import ControlPlaneSettings
+from tests.support.all_in_one import ADMIN_TOKEN as ADMIN_TOKEN_ALL_IN_ONE
+from tests.support.all_in_one import running_all_in_one
+from tests.support.environment import require_executable
 from tests.support.served import served
 
 ADMIN_TOKEN = "admin-token-for-dashboard-rollouts-0123456789"
 HTMX = {"HX-Request": "true"}
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
 
 
 @pytest.fixture
@@ -131,3 +138,55 @@ def test_a_read_only_token_sees_rollouts_but_its_buttons_change_nothing(base_url
 
     assert page.status_code == 200
     assert "only support tokens may call this route" in refused.text
+
+
+def test_a_rollout_page_follows_a_real_agent_to_completion_in_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = require_executable("chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S", "1")
+    monkeypatch.setenv("DICOM_CONNECTOR_FLEET_FLUSH_INTERVAL_S", "0.1")
+    monkeypatch.setenv("DICOM_CONNECTOR_ROLLOUT_TICK_INTERVAL_S", "0.2")
+    with running_all_in_one(tmp_path / "data", {"timing": {"acquisition_delay": "1s"}}) as server:
+        server.wait_until(
+            lambda: server.client.get("/api/v1/sites/default/agents").json()["items"][0][
+                "connected"
+            ],
+            what="the agent connected",
+        )
+        created = server.client.post(
+            "/api/v1/rollouts",
+            json={"sites": "all", "config": {"timing": {"sleep_time": "2m"}}, "soak": "4s"},
+        )
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        base = f"http://127.0.0.1:{server.http_port}"
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            try:
+                page.goto(f"{base}/ui/login?next=/ui/rollouts/{rollout_id}")
+                page.fill("#token", ADMIN_TOKEN_ALL_IN_ONE)
+                page.click("#login")
+                page.wait_for_url(f"{base}/ui/rollouts/{rollout_id}")
+                assert page.inner_text("#rollout-state") == "running"
+                page.screenshot(path=ARTIFACTS / "rollout-running.png", full_page=True)
+                page.click("button:has-text('Pause')")
+                page.wait_for_function(
+                    "document.querySelector('#rollout-state').textContent === 'paused'"
+                )
+                page.click("button:has-text('Resume')")
+                # No reload: the page's part refreshes itself until the rollout has ended.
+                page.wait_for_function(
+                    "document.querySelector('#rollout-state').textContent === 'completed'",
+                    timeout=60_000,
+                )
+                assert "✓" in page.inner_text("#rollout-sites")
+                page.screenshot(path=ARTIFACTS / "rollout-completed.png", full_page=True)
+                page.goto(f"{base}/ui/rollouts")
+                assert "completed" in page.inner_text("#rollouts")
+            finally:
+                browser.close()
+    assert (ARTIFACTS / "rollout-completed.png").stat().st_size > 1000
