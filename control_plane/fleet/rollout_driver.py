@@ -321,7 +321,9 @@ class RolloutDriver:
             .execution_options(synchronize_session=False)
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
-            await session.rollback()
+            # Paused or aborted meanwhile. Committed, not rolled back: a rollback would expire
+            # the loaded rows, which cannot reload lazily under asyncio.
+            await session.commit()
             return None
         stage.completed_at = now
         if last:
@@ -539,7 +541,7 @@ class RolloutDriver:
             .execution_options(synchronize_session=False)
         )
         if stopped.rowcount != 1:  # type: ignore[attr-defined]
-            await session.rollback()
+            await session.commit()  # paused or aborted meanwhile: nothing to stop
             return
         audit.record(
             session,
