@@ -227,7 +227,8 @@ class RolloutDriver:
         now = self._clock()
         renewed = self._renewed_at.get(rollout_id)
         if renewed is not None and now - renewed < self.lease / 3:
-            await session.commit()
+            if session.in_transaction():
+                await session.commit()
             return
         result = await session.execute(
             update(Rollout)
@@ -271,7 +272,9 @@ class RolloutDriver:
                     await self._fail(session, rollout, failure)
                     return
                 if stage.completed_at is None:
-                    return
+                    break
+            # What the pushes recorded in the rows, if nothing has committed it yet.
+            await session.commit()
 
     async def _step(
         self,
@@ -287,7 +290,7 @@ class RolloutDriver:
             await session.commit()
             logger.info("rollout stage started", rollout=str(rollout.id), stage=stage.stage + 1)
         for row in members:
-            if row.status in ("pending", "pushing"):
+            if row.status == "pending":
                 failure = await self._push(session, rollout, row)
                 if failure is not None:
                     return failure
@@ -342,34 +345,35 @@ class RolloutDriver:
     async def _push(
         self, session: AsyncSession, rollout: Rollout, row: RolloutSite
     ) -> Failure | None:
-        """Store and offer the rollout's config for one site (or take up a push cut short).
+        """Store and offer the rollout's config for one site, or take up a push cut short.
 
-        The pushes use sessions of their own, each closed before `session` writes again: on
-        SQLite the writer engine has one connection.
+        The row is written with the next commit of `session` (a lease renewal, the stage's next
+        step), not once per site: a crash before that leaves a stored revision its row does not
+        name yet, which the next driver recognises by the revision's `rollout_id`; the revision
+        it replaced is the one before it (a site's revisions are numbered without gaps). The
+        push uses a session of its own while `session` holds no transaction: on SQLite the
+        writer engine has one connection.
         """
         await self._renew(session, rollout.id)
+        failure = None
         async with self._sessionmaker() as push_session:
             site = await push_session.get(Site, row.site_id)
             assert site is not None, "sites are never deleted"
             site_name = site.name
             latest = await latest_revision(push_session, row.site_id)
-            mark = None if latest is None else (latest.rollout_id, latest.rollout_action)
+            if latest is not None and (latest.rollout_id, latest.rollout_action) == (
+                rollout.id,
+                APPLY,
+            ):
+                row.previous_revision, row.revision = latest.revision - 1, latest.revision
+                row.status = "pushed"
+                return None
             current = SiteConfig() if latest is None else SiteConfig.model_validate(latest.config)
             previous = 0 if latest is None else latest.revision
-        if latest is not None and mark == (rollout.id, APPLY):
-            row.revision, row.status = latest.revision, "pushed"
-            await session.commit()
-            return None
-        # Recorded before the revision is stored, so a rollback always knows what to restore.
-        row.previous_revision, row.status = previous, "pushing"
-        await session.commit()
-        try:
-            config = validate_document(
-                new_config(current, rollout.config, ConfigMode(rollout.config_mode))
-            )
-            async with self._sessionmaker() as push_session:
-                site = await push_session.get(Site, row.site_id)
-                assert site is not None, "sites are never deleted"
+            try:
+                config = validate_document(
+                    new_config(current, rollout.config, ConfigMode(rollout.config_mode))
+                )
                 revision = await push_site_config(
                     push_session,
                     self._hub,
@@ -378,18 +382,22 @@ class RolloutDriver:
                     principal_of(rollout),
                     origin=RevisionOrigin(rollout.id, APPLY),
                 )
-        except InvalidConfigError as exc:
-            row.status, row.detail = "pending", "; ".join(exc.problems)[:2000]
-            await session.commit()
-            return Failure(
-                "invalid_config",
-                site_name,
-                "the site's config changed since the rollout was created and the rollout"
-                f" would make it invalid: {'; '.join(exc.problems)}",
-            )
-        row.revision = revision
-        row.status = "unchanged" if revision == previous else "pushed"
-        await session.commit()
+            except InvalidConfigError as exc:
+                row.detail = "; ".join(exc.problems)[:2000]
+                failure = Failure(
+                    "invalid_config",
+                    site_name,
+                    "the site's config changed since the rollout was created and the rollout"
+                    f" would make it invalid: {'; '.join(exc.problems)}",
+                )
+        if failure is not None:
+            return failure
+        if revision == previous:
+            row.previous_revision, row.revision, row.status = previous, revision, "unchanged"
+        else:
+            # Someone may have stored a revision between the read above and this one: what
+            # this revision replaced is the one just before it.
+            row.previous_revision, row.revision, row.status = revision - 1, revision, "pushed"
         return None
 
     async def _check(
@@ -566,11 +574,17 @@ class RolloutDriver:
     async def _roll_back(self, session: AsyncSession, rollout: Rollout) -> None:
         """Give every site the rollout changed its previous revision back, as a new revision
         marked as this rollout's rollback; a site changed by someone else since is left alone."""
+        # Pending rows of started stages too: a crash may have stored a revision before its
+        # row said so.
         rows = list(
             await session.scalars(
                 select(RolloutSite).where(
                     RolloutSite.rollout_id == rollout.id,
-                    RolloutSite.status.in_(("pushed", "pushing")),
+                    (RolloutSite.status == "pushed")
+                    | (
+                        (RolloutSite.status == "pending")
+                        & (RolloutSite.stage <= rollout.current_stage)
+                    ),
                 )
             )
         )
@@ -591,19 +605,14 @@ class RolloutDriver:
     ) -> None:
         async with self._sessionmaker() as push_session:
             latest = await latest_revision(push_session, row.site_id)
-            mark = None if latest is None else (latest.rollout_id, latest.rollout_action)
-            previous = await push_session.scalar(
-                select(ConfigRevision.config).where(
-                    ConfigRevision.site_id == row.site_id,
-                    ConfigRevision.revision == row.previous_revision,
-                )
-            )
-        if row.status == "pushing":
-            if latest is None or mark != (rollout.id, APPLY):
-                row.status = "pending"  # cut short before its revision was stored
-                await session.commit()
+        mark = None if latest is None else (latest.rollout_id, latest.rollout_action)
+        if row.status == "pending":
+            # A crash may have stored this rollout's revision (or even its rollback) before
+            # the row said so; otherwise the site was never pushed.
+            if latest is None or mark not in ((rollout.id, APPLY), (rollout.id, ROLLBACK)):
                 return
-            row.revision = latest.revision
+            applied = latest.revision - (0 if mark == (rollout.id, APPLY) else 1)
+            row.previous_revision, row.revision = applied - 1, applied
         assert latest is not None, "a pushed site has a revision"
         if mark == (rollout.id, ROLLBACK):
             row.rollback_revision, row.status = latest.revision, "rolled_back"
@@ -614,8 +623,14 @@ class RolloutDriver:
                 f" rollout's revision {row.revision}; left as it is"
             )
         else:
-            config = SiteConfig() if previous is None else SiteConfig.model_validate(previous)
             async with self._sessionmaker() as push_session:
+                previous = await push_session.scalar(
+                    select(ConfigRevision.config).where(
+                        ConfigRevision.site_id == row.site_id,
+                        ConfigRevision.revision == row.previous_revision,
+                    )
+                )
+                config = SiteConfig() if previous is None else SiteConfig.model_validate(previous)
                 site = await push_session.get(Site, row.site_id)
                 assert site is not None, "sites are never deleted"
                 row.rollback_revision = await push_site_config(

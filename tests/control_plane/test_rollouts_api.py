@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from control_plane.models import Agent
+from control_plane.models import Agent, RolloutSite
 from control_plane.settings import ControlPlaneSettings
 from tests.control_plane.harness import ADMIN_TOKEN, ControlPlane, started_control_plane
 
@@ -327,3 +327,55 @@ async def _silent_agent_seen_again(cp: ControlPlane) -> None:
     async with cp.session() as session:
         await session.execute(update(Agent).values(connected=True, last_seen_at=now))
         await session.commit()
+
+
+async def _forget_the_push(cp: ControlPlane, rollout_id: str) -> None:
+    """Put the rollout's site rows back as a driver that crashed right after storing the
+    revisions (before its rows said so) leaves them."""
+    async with cp.session() as session:
+        await session.execute(
+            update(RolloutSite)
+            .where(RolloutSite.rollout_id == uuid.UUID(rollout_id))
+            .values(status="pending", previous_revision=None, revision=None)
+        )
+        await session.commit()
+
+
+async def test_a_revision_stored_before_its_row_was_written_is_taken_up_not_pushed_again(
+    control_plane: ControlPlane,
+) -> None:
+    await _silent_agent(control_plane, "site-a")
+    created = await _rollout(
+        control_plane, sites=["site-a"], config={"timing": {"sleep_time": "7m"}}, soak="1h"
+    )
+    await _until_site(control_plane, created["id"], "pushed")
+    await control_plane.admin.post(f"/api/v1/rollouts/{created['id']}/pause")
+    await _forget_the_push(control_plane, created["id"])
+
+    await control_plane.admin.post(f"/api/v1/rollouts/{created['id']}/resume")
+    answer = await _until_site(control_plane, created["id"], "pushed")
+
+    assert (answer["sites"][0]["previous_revision"], answer["sites"][0]["revision"]) == (0, 1)
+    assert len(await _revisions(control_plane, "site-a")) == 1
+
+
+async def test_a_rollback_finds_a_revision_its_row_does_not_name(
+    control_plane: ControlPlane,
+) -> None:
+    await control_plane.admin.put("/api/v1/sites/site-a/config", json={"dicom": {"port": 1104}})
+    await _silent_agent(control_plane, "site-a")
+    created = await _rollout(
+        control_plane, sites=["site-a"], config={"timing": {"sleep_time": "7m"}}, soak="1h"
+    )
+    await _until_site(control_plane, created["id"], "pushed")
+    await control_plane.admin.post(f"/api/v1/rollouts/{created['id']}/pause")
+    await _forget_the_push(control_plane, created["id"])
+
+    await control_plane.admin.post(f"/api/v1/rollouts/{created['id']}/abort")
+    done = await _until(control_plane, created["id"], "aborted")
+
+    site = done["sites"][0]
+    assert (site["status"], site["previous_revision"], site["revision"]) == ("rolled_back", 1, 2)
+    first, _, rolled_back = await _revisions(control_plane, "site-a")
+    assert rolled_back["rollout_action"] == "rollback"
+    assert rolled_back["config"] == first["config"]
