@@ -6,8 +6,9 @@ holds its lease (`rollouts.driver_id` until `lease_expires_at`): every tick take
 leases of every rollout that needs driving in one conditional UPDATE (free, already ours, or
 expired), so two replicas never drive one rollout at once and a replica that died is replaced
 once its lease runs out. A stopping replica gives its leases back, so a restart resumes at once.
-Every step is written before the next one starts, and a step cut short (a crash between storing
-a revision and recording it) is recognised by the revision's `rollout_id` and taken up again.
+Stage moves and state changes are written before the next step; the rows recording each site's
+revisions are written with the driver's next commit, and a revision stored before its row said
+so (a crash in between) is recognised by its `rollout_id` and taken up, never pushed twice.
 
 What the driver reads of agents is what their links recorded in the database (by whichever
 replica holds each link): the applied revision, a rejected one with its reason, connection and
