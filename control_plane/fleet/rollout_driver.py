@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -290,11 +291,20 @@ class RolloutDriver:
             stage.started_at = self._clock()
             await session.commit()
             logger.info("rollout stage started", rollout=str(rollout.id), stage=stage.stage + 1)
-        for row in members:
-            if row.status == "pending":
-                failure = await self._push(session, rollout, row)
-                if failure is not None:
-                    return failure
+        pending = [row for row in members if row.status == "pending"]
+        began = time.perf_counter()
+        for row in pending:
+            failure = await self._push(session, rollout, row)
+            if failure is not None:
+                return failure
+        if pending:
+            logger.info(
+                "rollout stage pushed",
+                rollout=str(rollout.id),
+                stage=stage.stage + 1,
+                sites=len(pending),
+                seconds=round(time.perf_counter() - began, 3),
+            )
         failure, applied, watched = await self._check(session, rollout, stage, members)
         if failure is not None:
             return failure
