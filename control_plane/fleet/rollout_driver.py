@@ -75,6 +75,8 @@ _AGENTS = Agent.__table__
 # While a stage waits for its agents to apply, the driver looks again this soon rather than
 # a whole tick later: applying takes a round trip, and every stage waits for it.
 APPLYING_POLL_S = 0.1
+# Sites of a stage pushed at once: each push is several database round trips.
+PUSH_CONCURRENCY = 8
 APPLY = "apply"
 ROLLBACK = "rollback"
 
@@ -293,10 +295,22 @@ class RolloutDriver:
             logger.info("rollout stage started", rollout=str(rollout.id), stage=stage.stage + 1)
         pending = [row for row in members if row.status == "pending"]
         began = time.perf_counter()
-        for row in pending:
-            failure = await self._push(session, rollout, row)
-            if failure is not None:
-                return failure
+        for start in range(0, len(pending), PUSH_CONCURRENCY):
+            await self._renew(session, rollout.id)
+            # Every push runs to its end (a revision stored is recorded in its row), then the
+            # first error or failure counts.
+            outcomes = await asyncio.gather(
+                *(self._push(rollout, row) for row in pending[start : start + PUSH_CONCURRENCY]),
+                return_exceptions=True,
+            )
+            failures: list[Failure] = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome is not None:
+                    failures.append(outcome)
+            if failures:
+                return failures[0]
         if pending:
             logger.info(
                 "rollout stage pushed",
@@ -353,19 +367,17 @@ class RolloutDriver:
         logger.info("rollout stage completed", rollout=str(rollout.id), stage=stage.stage + 1)
         return None
 
-    async def _push(
-        self, session: AsyncSession, rollout: Rollout, row: RolloutSite
-    ) -> Failure | None:
+    async def _push(self, rollout: Rollout, row: RolloutSite) -> Failure | None:
         """Store and offer the rollout's config for one site, or take up a push cut short.
 
         The row is written with the next commit of `session` (a lease renewal, the stage's next
         step), not once per site: a crash before that leaves a stored revision its row does not
         name yet, which the next driver recognises by the revision's `rollout_id`; the revision
         it replaced is the one before it (a site's revisions are numbered without gaps). The
-        push uses a session of its own while `session` holds no transaction: on SQLite the
-        writer engine has one connection.
+        push uses a session of its own, while the driver's session holds no transaction: on
+        SQLite the writer engine has one connection. Several pushes run at once (on PostgreSQL
+        their round trips overlap; on SQLite they queue for the writer).
         """
-        await self._renew(session, rollout.id)
         failure = None
         async with self._sessionmaker() as push_session:
             site = await push_session.get(Site, row.site_id)
