@@ -409,6 +409,7 @@ class AgentRuntime:
             counters=self.counters,
             clock=self._clock,
             on_stored=self._on_stored,
+            requestor_engine=self.settings.requestor_engine,
         )
 
     async def apply_config(self, snapshot: SiteSnapshot) -> None:

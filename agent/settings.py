@@ -78,6 +78,12 @@ class AgentSettings(BaseSettings):
     intake_engine: Literal["lean", "pynetdicom"] = Field(
         default="lean", description="DICOM intake engine: lean (default) or pynetdicom"
     )
+    # The requestor of PULL (C-FIND, C-MOVE, C-GET): the lean engine's blocking loop on
+    # pynetdicom's codec (agent.dicom.requestor_lean) or pynetdicom's AE with its reader
+    # threads (agent.dicom.requestor_pynetdicom), kept for one release.
+    requestor_engine: Literal["lean", "pynetdicom"] = Field(
+        default="lean", description="DICOM requestor engine of PULL: lean (default) or pynetdicom"
+    )
     # None keeps the listener's tuned default (agent.dicom.scp, measured in docs/intake.md);
     # only the pynetdicom engine has a DUL thread to tune.
     dul_loop_delay: float | None = Field(default=None, ge=0, le=1)

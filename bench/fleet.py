@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -49,6 +50,9 @@ from pathlib import Path
 
 import _rollout
 import httpx2
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection, connect
 
 from common.messages import (
@@ -257,6 +261,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the report; the process exit status."""
     args = _parse_args(argv)
     _raise_open_file_limit(2 * args.agents + 1000)
+    if args.replicas > 1:
+        return await _main_replicas(args)
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     database_url = args.db if args.db != "sqlite" else f"sqlite:///{workdir / 'cp.db'}"
     extra_env = {}
@@ -651,7 +657,221 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rollout-tick", type=float, default=1.0, help="the rollout driver's tick (seconds)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2: one replica and then two on one PostgreSQL database (--db postgresql://…, a"
+        " scratch database is made on that server), agents split between them, side by side",
+    )
+    args = parser.parse_args(argv)
+    if args.replicas > 1 and args.db == "sqlite":
+        parser.error("--replicas 2 needs PostgreSQL: --db postgresql://HOST/DB")
+    if args.replicas > 1 and args.rollout:
+        parser.error("--rollout and --replicas 2 are separate measurements; give one")
+    return args
+
+
+# --- --replicas 2: one replica, then two, on one PostgreSQL database ---------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaPhase:
+    """What one phase of the replica comparison measured."""
+
+    replicas: int
+    storm_s: float
+    loaded: Latencies
+    pushes: list[Push]
+    last_by_replica: list[list[float]]
+    """Per push, per serving replica: seconds until the last of its agents had the revision."""
+
+
+async def _main_replicas(args: argparse.Namespace) -> int:
+    """The agents on one replica, then split over two replicas of one database; both
+    replicas run throughout, so the only difference between the phases is where the agents
+    and the API requests go."""
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-replicas-"))
+    replicas: list[ControlPlaneProcess] = []
+    try:
+        with _scratch_database(args.db) as database_url:
+            for name in ("a", "b"):
+                (workdir / name).mkdir()
+                # Each replica has an admin token of its own (tokens are not in the database).
+                replica = ControlPlaneProcess(workdir / name, database_url, args.heartbeat)
+                replicas.append(replica)
+                replica.start()
+            phases = await _measure_replicas(replicas, args)
+    finally:
+        for replica in replicas:
+            replica.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(_report_replicas(args, phases)))
+    return 0
+
+
+@contextlib.contextmanager
+def _scratch_database(url: str) -> Iterator[str]:
+    """A database of its own on the server of `url`, dropped afterwards (the run registers
+    its site and agents from scratch)."""
+    server = make_url(url).set(drivername="postgresql")
+    name = f"fleet_bench_{secrets.token_hex(4)}"
+
+    def run(statement: str) -> None:
+        with psycopg.connect(server.render_as_string(hide_password=False), autocommit=True) as db:
+            db.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+    run("CREATE DATABASE {}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        run("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+
+
+async def _measure_replicas(
+    replicas: list[ControlPlaneProcess], args: argparse.Namespace
+) -> list[ReplicaPhase]:
+    first = replicas[0]
+    headers = {"Authorization": f"Bearer {first.admin_token}"}
+    async with httpx2.AsyncClient(base_url=first.url, headers=headers, timeout=60) as admin:
+        _progress(f"registering {args.agents} agents")
+        registered = await _register(admin, args.agents, args.heartbeat)
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        phases = []
+        for count in (1, 2):
+            _progress(f"{count} replica(s): connecting")
+            phases.append(await _replica_phase(admin, replicas[:count], registered, args))
+    return phases
+
+
+async def _replica_phase(
+    admin: httpx2.AsyncClient,
+    serving: list[ControlPlaneProcess],
+    registered: list[SimulatedAgent],
+    args: argparse.Namespace,
+) -> ReplicaPhase:
+    """Connect every agent (round robin over `serving`, as a load balancer would), load the
+    API of `serving` evenly, push configs through the first replica, disconnect."""
+    agents = [SimulatedAgent(a.agent_id, a.token, a.heartbeat_s) for a in registered]
+    urls = [replica.url.replace("http://", "ws://") + "/api/v1/agent/link" for replica in serving]
+    ids = [agent.agent_id for agent in agents]
+    stop = asyncio.Event()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as tasks:
+        for index, agent in enumerate(agents):
+            tasks.create_task(_connect(agent, urls[index % len(urls)], stop, gate))
+        await asyncio.gather(*(agent.configured.wait() for agent in agents))
+        storm = time.perf_counter() - started
+        _progress(f"connected in {storm:.1f} s; one heartbeat interval")
+        await asyncio.sleep(args.heartbeat)
+        _progress("API load")
+        loaded = await _api_load_spread(serving, ids, args)
+        pushes, last_by_replica = [], []
+        for round_number in range(args.pushes):
+            _progress(f"config push {round_number + 1} of {args.pushes}")
+            began = time.perf_counter()
+            # Other numbers than the phase before, so every push is a new revision.
+            pushes.append(await _push(admin, agents, 100 * len(serving) + round_number))
+            revision = max(agents[0].received_at)
+            last_by_replica.append(
+                [
+                    max(agent.received_at[revision] for agent in agents[index :: len(serving)])
+                    - began
+                    for index in range(len(serving))
+                ]
+            )
+        stop.set()
+    return ReplicaPhase(len(serving), storm, loaded, pushes, last_by_replica)
+
+
+async def _api_load_spread(
+    serving: list[ControlPlaneProcess], agent_ids: list[str], args: argparse.Namespace
+) -> Latencies:
+    """The same total request rates as `_api_load`, split evenly over the replicas (one load
+    process each), latencies pooled."""
+    loop = asyncio.get_running_loop()
+    share = len(serving)
+    with ProcessPoolExecutor(max_workers=share, mp_context=get_context("spawn")) as pool:
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    pool,
+                    _api_load_process,
+                    replica.url,
+                    replica.admin_token,
+                    agent_ids,
+                    args.load_seconds,
+                    args.api_rate / share,
+                    args.view_rate / share,
+                )
+                for replica in serving
+            )
+        )
+    pooled = Latencies()
+    for part in parts:
+        pooled.errors += part.errors
+        for route, seconds in part.by_route.items():
+            pooled.by_route.setdefault(route, []).extend(seconds)
+    return pooled
+
+
+def _report_replicas(args: argparse.Namespace, phases: list[ReplicaPhase]) -> list[str]:
+    one, two = phases
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.1f}"
+
+    def worst(phase: ReplicaPhase) -> float:
+        return max(push.reach_s for push in phase.pushes)
+
+    def median(phase: ReplicaPhase) -> float:
+        return statistics.median(push.reach_s for push in phase.pushes)
+
+    def recorded(phase: ReplicaPhase) -> float:
+        return statistics.median(push.recorded_s for push in phase.pushes)
+
+    lines = [
+        *_machine(),
+        f"command: .venv/bin/python bench/fleet.py --replicas 2 --agents {args.agents}"
+        f" --heartbeat {args.heartbeat:g} --db postgresql --load-seconds {args.load_seconds:g}"
+        f" --api-rate {args.api_rate:g} --view-rate {args.view_rate:g} --pushes {args.pushes}",
+        "",
+        f"{args.agents} agents on one replica, then split evenly over two replicas of one"
+        " PostgreSQL database (both replicas run throughout); configs PUT through the first"
+        " replica, so with two, half the agents hear of each revision over LISTEN/NOTIFY.",
+        "",
+        "| | 1 replica | 2 replicas | 2 / 1 |",
+        "|---|---:|---:|---:|",
+        f"| connect storm (s) | {one.storm_s:.1f} | {two.storm_s:.1f} |"
+        f" {two.storm_s / one.storm_s:.2f} |",
+        f"| config push, last agent has it, median of {args.pushes} (s) | {median(one):.3f} |"
+        f" {median(two):.3f} | {median(two) / median(one):.2f} |",
+        f"| config push, last agent has it, worst of {args.pushes} (s) | {worst(one):.3f} |"
+        f" {worst(two):.3f} | {worst(two) / worst(one):.2f} |",
+        f"| config push, last agent on the PUT's replica has it, median (s) |"
+        f" {statistics.median(r[0] for r in one.last_by_replica):.3f} |"
+        f" {statistics.median(r[0] for r in two.last_by_replica):.3f} | |",
+        f"| config push, last agent on the other replica has it (NOTIFY), median (s) | n/a |"
+        f" {statistics.median(r[1] for r in two.last_by_replica):.3f} | |",
+        f"| config push, every result in the first replica's API, median (s) |"
+        f" {recorded(one):.3f} | {recorded(two):.3f} | {recorded(two) / recorded(one):.2f} |",
+    ]
+    for route in API_ROUTES:
+        if route in one.loaded.by_route and route in two.loaded.by_route:
+            a, b = one.loaded.percentile(route, 0.99), two.loaded.percentile(route, 0.99)
+            lines.append(f"| API p99, {route} (ms) | {ms(a)} | {ms(b)} | {b / a:.2f} |")
+    lines += [
+        "",
+        f"API load: one agent looked up {args.api_rate:g} times/s and the whole-site/fleet"
+        f" views {args.view_rate:g} times/s in all, for {args.load_seconds:g} s, split evenly"
+        " over the serving replicas; non-200 answers:"
+        f" {one.loaded.errors} (1 replica), {two.loaded.errors} (2 replicas)",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

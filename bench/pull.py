@@ -1,17 +1,19 @@
 """Pull benchmark: retrieval from a PACS (Orthanc) and the cost of a C-FIND round.
 
-    .venv/bin/python bench/pull.py [--series 8] [--instances 100] [--rounds 3]
-                                   [--concurrency 1,4] [--find-series 1000]
+    TCP_NODELAY=1 .venv/bin/python bench/pull.py [--series 8] [--instances 100] [--rounds 3]
+                   [--concurrency 1,4] [--find-series 1000] [--intake-processes N] [--get]
 
 Retrieval: Orthanc holds `--series` series of `--instances` synthetic ~130 KB MR images. Round
 after round, each receiver gets all of them with C-MOVE from the same Orthanc, `concurrency`
 series at a time: the agent (a `SourcePoller` whose series are due at once, retrieving into its
-real intake: a listener of the lean engine, durable spool, state database), once with one intake
-process and once with `--intake-processes` sharing the port as the agent runs them
-(`IntakeWorkers`), and once on the pynetdicom engine with one process, against
-dcmtk `movescu` processes moving into `storescp --fork` (which writes files without fsync). Every
-run starts from an empty receiver and checks it got every instance. The agent's CPU counts the
-workers' too.
+real intake: a listener of the lean engine, durable spool, state database) asking with the lean
+requestor, with one intake process and with `--intake-processes` sharing the port as the agent
+runs them (`IntakeWorkers`); the same with the pynetdicom requestor (one intake process); and
+the old path whole, pynetdicom's intake and requestor; against dcmtk `movescu` processes moving
+into `storescp --fork` (which writes files without fsync). Every run starts from an empty
+receiver and checks it got every instance. The agent's CPU counts the workers' too. With
+`--get`, the same by C-GET (the images come back on the asking association): dcmtk `getscu`
+(no fsync either) against the agent with each requestor.
 
 C-FIND round: another Orthanc holds `--find-series` one-instance series (10 per study, dated
 today); the agent's query round (study level, then series level per study, one association) is
@@ -41,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -52,12 +55,18 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from agent.data_dir_lock import DataDirLock  # noqa: E402
 from agent.dicom.listeners import IntakeEngine, make_listener  # noqa: E402
-from agent.dicom.scu import Scu, SourceAddress, SpoolSink  # noqa: E402
+from agent.dicom.scu import (  # noqa: E402
+    REQUESTOR_ENGINES,
+    RequestorEngine,
+    Scu,
+    SourceAddress,
+    SpoolSink,
+)
 from agent.health import PipelineCounters  # noqa: E402
 from agent.intake_workers import IntakeWorkers, IntakeWorkerSpec  # noqa: E402
 from agent.pull.ledger import PullLedger  # noqa: E402
 from agent.pull.poller import SourcePoller  # noqa: E402
-from agent.pull.query import FULL_ROUND_EVERY, QueryRounds  # noqa: E402
+from agent.pull.query import FULL_ROUND_EVERY, QueryRounds, RoundQueries  # noqa: E402
 from agent.site import SiteSnapshot  # noqa: E402
 from agent.spool import Spool  # noqa: E402
 from agent.state import AgentState  # noqa: E402
@@ -69,6 +78,7 @@ from tests.support.orthanc import Orthanc  # noqa: E402
 
 AGENT_AE = "CONNECTOR"
 STORESCP_AE = "STORESCP"
+GETSCU_AE = "GETSCU"
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
     total = args.series * args.instances
     results: list[Retrieval] = []
-    receivers = ["movescu+storescp", "agent-lean-1", "agent-pynetdicom-1"]
+    # agent-<intake engine>-<intake processes>-<requestor engine>
+    receivers = [
+        "movescu+storescp",
+        "agent-lean-1-lean",
+        "agent-lean-1-pynetdicom",
+        "agent-pynetdicom-1-pynetdicom",
+    ]
     if args.intake_processes > 1:
-        receivers.append(f"agent-lean-{args.intake_processes}")
+        receivers.append(f"agent-lean-{args.intake_processes}-lean")
+    if args.get:
+        # C-GET: the images come back on the asking association, no listener involved.
+        receivers += ["getscu", "agent-get-1-lean", "agent-get-1-pynetdicom"]
     with _orthanc(workdir / "orthanc") as pacs:
         started = time.monotonic()
         series = _fill(pacs, args.series, args.instances, rows=256)
@@ -122,7 +141,7 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                     run_dir = workdir / f"r{round_number}-{receiver}-{concurrency}"
                     run_dir.mkdir(parents=True)
                     if receiver.startswith("agent"):
-                        _, engine, processes = receiver.split("-")
+                        _, engine, processes, requestor = receiver.split("-")
                         result = asyncio.run(
                             _agent_retrieval(
                                 pacs,
@@ -130,15 +149,19 @@ def _retrieval_part(args: argparse.Namespace, workdir: Path) -> list[Retrieval]:
                                 concurrency,
                                 total,
                                 int(processes),
-                                "lean" if engine == "lean" else "pynetdicom",
+                                "pynetdicom" if engine == "pynetdicom" else "lean",
+                                "lean" if requestor == "lean" else "pynetdicom",
+                                method="get" if engine == "get" else "move",
                             )
                         )
+                    elif receiver == "getscu":
+                        result = _getscu_retrieval(pacs, series, run_dir, concurrency, total)
                     else:
                         result = _dcmtk_retrieval(pacs, series, run_dir, concurrency, total)
                     results.append(result)
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(
-                        f"  round {round_number} {receiver:>18} x{concurrency}: "
+                        f"  round {round_number} {receiver:>29} x{concurrency}: "
                         f"{result.per_second:.0f} inst/s",
                         flush=True,
                     )
@@ -184,6 +207,40 @@ def _dcmtk_retrieval(
     return Retrieval("movescu+storescp", concurrency, seconds, total, None)
 
 
+def _getscu_retrieval(
+    pacs: Orthanc, series: list[tuple[str, str]], run_dir: Path, concurrency: int, total: int
+) -> Retrieval:
+    received = run_dir / "received"
+    received.mkdir()
+    pacs.register_modality("bench-getscu", GETSCU_AE, "127.0.0.1", free_port())
+    chunks = [series[index::concurrency] for index in range(concurrency)]
+    started = time.perf_counter()
+    getters = [
+        subprocess.Popen(
+            ["/bin/sh", "-c", " && ".join(_getscu(pacs, chunk, received)) or "true"],
+            env=tool_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for chunk in chunks
+    ]
+    codes = [getter.wait() for getter in getters]
+    seconds = time.perf_counter() - started
+    got = sum(1 for _ in received.iterdir())
+    if any(codes) or got != total:
+        raise RuntimeError(f"getscu exited {codes}; it got {got} of {total} instances")
+    return Retrieval("getscu", concurrency, seconds, total, None)
+
+
+def _getscu(pacs: Orthanc, chunk: list[tuple[str, str]], received: Path) -> list[str]:
+    return [
+        f"getscu -S -aet {GETSCU_AE} -aec {pacs.ae_title} -od {received} "
+        f"-k QueryRetrieveLevel=SERIES -k StudyInstanceUID={study} "
+        f"-k SeriesInstanceUID={uid} 127.0.0.1 {pacs.dicom_port}"
+        for study, uid in chunk
+    ]
+
+
 def _movescu(pacs: Orthanc, chunk: list[tuple[str, str]]) -> list[str]:
     return [
         f"movescu -S -aet {STORESCP_AE} -aec {pacs.ae_title} -aem {STORESCP_AE} "
@@ -200,6 +257,9 @@ async def _agent_retrieval(
     total: int,
     processes: int,
     engine: IntakeEngine,
+    requestor: RequestorEngine,
+    *,
+    method: Literal["move", "get"] = "move",
 ) -> Retrieval:
     lock = DataDirLock(run_dir)
     lock.acquire(timeout=5)
@@ -220,7 +280,7 @@ async def _agent_retrieval(
     await workers.start()
     pacs.register_modality("bench-agent", AGENT_AE, "127.0.0.1", port)
     try:
-        snapshot = _snapshot(pacs, concurrency)
+        snapshot = _snapshot(pacs, concurrency, method)
         (source,) = snapshot.config.pull.sources
         poller = SourcePoller(
             source,
@@ -230,6 +290,7 @@ async def _agent_retrieval(
             sink=SpoolSink(spool),
             slots=asyncio.Semaphore(concurrency),
             counters=PipelineCounters(),
+            requestor_engine=requestor,
         )
         worker_cpu = process_cpu_seconds(workers.pids)
         cpu, started = time.process_time(), time.perf_counter()
@@ -245,7 +306,14 @@ async def _agent_retrieval(
     state.close()
     if not report.ok or got != total:
         raise RuntimeError(f"the agent got {got} of {total} instances ({report.error})")
-    return Retrieval(f"agent {engine} ({processes} proc)", concurrency, seconds, total, cpu)
+    how = f"{engine} intake ({processes} proc)" if method == "move" else "C-GET"
+    return Retrieval(
+        f"agent, {how}, {requestor} requestor",
+        concurrency,
+        seconds,
+        total,
+        cpu,
+    )
 
 
 def _worker_spec(run_dir: Path, port: int, engine: IntakeEngine) -> IntakeWorkerSpec:
@@ -272,33 +340,14 @@ def _find_part(args: argparse.Namespace, workdir: Path) -> str:
             f"C-FIND round: {studies * 10} series in {studies} studies, stored in "
             f"{time.monotonic() - started:.0f} s",
         ]
-        scu = Scu(
-            SourceAddress(pacs.ae_title, "127.0.0.1", pacs.dicom_port),
-            calling_ae_title=AGENT_AE,
-            timeout=60,
-        )
-        since = dt.datetime.now(tz=dt.UTC).date() - dt.timedelta(days=3)
-        every_study = QueryRounds(scu, full_every=1)
-        full = [_timed(lambda: every_study.run(since)) for _ in range(args.rounds)]
-        state = AgentState.open(workdir / "state.db")
-        ledger = PullLedger(state)
-        rounds = QueryRounds(scu)
-
-        def poll() -> None:
-            found = rounds.run(since)
-            ledger.record_round("bench", found, time.time(), 7 * 86_400)
-
-        first = _timed(poll)
-        unchanged = [_timed(poll) for _ in range(args.rounds)]
-        asked = rounds.last_queries
-        state.close()
-    lines += [
-        "| what | wall s (median) | agent CPU s (median) | each round (wall s) |",
-        "|---|---:|---:|---|",
-        _find_row("full query round: every study's series asked (C-FIND only)", full),
-        _find_row("first poll: full round, every series new (query + ledger)", [first]),
-        _find_row("later poll, nothing changed (query + ledger)", unchanged),
-    ]
+        lines += [
+            "| requestor | what | wall s (median) | agent CPU s (median) | each round (wall s) |",
+            "|---|---|---:|---:|---|",
+        ]
+        asked = None
+        for engine in REQUESTOR_ENGINES:
+            rows, asked = _find_rounds(args, pacs, workdir / f"state-{engine}.db", engine)
+            lines += rows
     if asked is not None:
         lines.append(
             f"a later poll asked {asked.studies} studies and the series of "
@@ -307,11 +356,43 @@ def _find_part(args: argparse.Namespace, workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def _find_row(what: str, runs: list[tuple[float, float]]) -> str:
+def _find_rounds(
+    args: argparse.Namespace, pacs: Orthanc, state_path: Path, engine: RequestorEngine
+) -> tuple[list[str], RoundQueries | None]:
+    scu = Scu(
+        SourceAddress(pacs.ae_title, "127.0.0.1", pacs.dicom_port),
+        calling_ae_title=AGENT_AE,
+        timeout=60,
+        engine=engine,
+    )
+    since = dt.datetime.now(tz=dt.UTC).date() - dt.timedelta(days=3)
+    every_study = QueryRounds(scu, full_every=1)
+    full = [_timed(lambda: every_study.run(since)) for _ in range(args.rounds)]
+    state = AgentState.open(state_path)
+    ledger = PullLedger(state)
+    rounds = QueryRounds(scu)
+
+    def poll() -> None:
+        found = rounds.run(since)
+        ledger.record_round("bench", found, time.time(), 7 * 86_400)
+
+    first = _timed(poll)
+    unchanged = [_timed(poll) for _ in range(args.rounds)]
+    state.close()
+    rows = [
+        _find_row(engine, "full query round: every study's series asked (C-FIND only)", full),
+        _find_row(engine, "first poll: full round, every series new (query + ledger)", [first]),
+        _find_row(engine, "later poll, nothing changed (query + ledger)", unchanged),
+    ]
+    return rows, rounds.last_queries
+
+
+def _find_row(engine: str, what: str, runs: list[tuple[float, float]]) -> str:
     walls = [wall for wall, _ in runs]
     cpus = [cpu for _, cpu in runs]
     each = ", ".join(f"{wall:.2f}" for wall in walls)
-    return f"| {what} | {statistics.median(walls):.2f} | {statistics.median(cpus):.2f} | {each} |"
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return f"| {engine} | {what} | {wall:.2f} | {cpu:.2f} | {each} |"
 
 
 def _timed(work: object) -> tuple[float, float]:
@@ -342,15 +423,16 @@ def _retrieval_report(results: list[Retrieval], args: argparse.Namespace) -> str
     lines.append("")
     agents = sorted({receiver for receiver, _ in grouped if receiver.startswith("agent")})
     for concurrency in args.concurrency:
-        baseline = grouped.get(("movescu+storescp", concurrency))
         for name in agents:
+            reference = "getscu" if "C-GET" in name else "movescu+storescp"
+            baseline = grouped.get((reference, concurrency))
             agent = grouped.get((name, concurrency))
             if agent and baseline:
                 agent_time = statistics.median(run.seconds for run in agent)
                 baseline_time = statistics.median(run.seconds for run in baseline)
                 lines.append(
                     f"{name}, {concurrency} series at a time: {agent_time / baseline_time:.2f}x "
-                    "the time of movescu+storescp"
+                    f"the time of {reference}"
                 )
     return "\n".join(lines)
 
@@ -385,14 +467,19 @@ def _fill(
     return made
 
 
-def _snapshot(pacs: Orthanc, concurrency: int) -> SiteSnapshot:
+def _snapshot(pacs: Orthanc, concurrency: int, method: Literal["move", "get"]) -> SiteSnapshot:
     config = validate_site_config(
         {
             "mode": "pull",
             "dicom": {"ae_title": AGENT_AE},
             "pull": {
                 "sources": [
-                    {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}
+                    {
+                        "ae_title": pacs.ae_title,
+                        "host": "127.0.0.1",
+                        "port": pacs.dicom_port,
+                        "retrieve": method,
+                    }
                 ],
                 "max_concurrent_retrievals": concurrency,
             },
@@ -485,6 +572,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=len(os.sched_getaffinity(0)),
         help="the agent's intake processes in the second agent run (the agent's default: "
         "one per core); the first always runs one",
+    )
+    parser.add_argument(
+        "--get",
+        action="store_true",
+        help="also retrieve by C-GET: dcmtk getscu against the agent with each requestor",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where temp data goes")
     args = parser.parse_args(argv)

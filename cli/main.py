@@ -6,8 +6,9 @@ Each command imports its side lazily, so `dicom-connector agent` never loads Fas
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +19,11 @@ from cli.admin_routing import route_check
 from cli.admin_series import series_app
 from cli.admin_sessions import sessions_app
 from cli.admin_support import diagnostics, echo, query
+
+if TYPE_CHECKING:
+    from control_plane.settings import ControlPlaneSettings
+
+BLOB_ENV = ("DICOM_CONNECTOR_BLOB_DIR", "DICOM_CONNECTOR_BLOB_URL")
 
 app = typer.Typer(
     name="dicom-connector",
@@ -86,10 +92,30 @@ def control_plane(
     db: Annotated[str, typer.Option("--db", help="sqlite:///PATH or postgresql://…")],
     http_port: Annotated[int, typer.Option("--http-port", help="HTTP API port.")] = 8080,
     blob_dir: Annotated[
-        Path, typer.Option("--blob-dir", help="Directory for stored files.")
-    ] = Path("blobs"),
+        Path | None,
+        typer.Option(
+            "--blob-dir", help="Directory for stored files (default ./blobs).", show_default=False
+        ),
+    ] = None,
+    blob_url: Annotated[
+        str | None,
+        typer.Option(
+            "--blob-url",
+            help="S3-compatible storage for stored files, s3://BUCKET/PREFIX; endpoint, region"
+            " and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,"
+            " AWS_SECRET_ACCESS_KEY (see docs/operations.md).",
+        ),
+    ] = None,
     admin_token: AdminTokenOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "0.0.0.0",  # noqa: S104
+    no_migrate: Annotated[
+        bool,
+        typer.Option(
+            "--no-migrate",
+            help="Do not migrate the database at start-up; refuse to start when its schema is"
+            " not the one this version needs.",
+        ),
+    ] = False,
 ) -> None:
     """Run the control plane: fleet API and the built-in hierarchy store."""
     import uvicorn
@@ -97,15 +123,21 @@ def control_plane(
     from cli.tokens import resolve_admin_token
     from common.logging import configure_logging
     from control_plane.main import create_app
-    from control_plane.settings import ControlPlaneSettings
 
+    if blob_dir is not None and blob_url is not None:
+        typer.echo(
+            "control-plane: --blob-dir and --blob-url name two blob stores; give one of them"
+            " (a local directory or s3://BUCKET/PREFIX)",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         token = resolve_admin_token(admin_token, None)
     except ValueError as exc:
         typer.echo(f"control-plane: {exc}", err=True)
         raise typer.Exit(2) from None
-    settings = ControlPlaneSettings(database_url=db, blob_dir=blob_dir, admin_token=token)
     configure_logging()
+    settings = _control_plane_settings(db, blob_dir, blob_url, token, no_migrate)
     # log_config=None keeps uvicorn's loggers on our handler and its PHI filter; the access
     # log is off because request URLs carry hierarchy labels in their query strings.
     uvicorn.run(
@@ -115,6 +147,57 @@ def control_plane(
         log_config=None,
         access_log=False,
     )
+
+
+def _control_plane_settings(
+    db: str, blob_dir: Path | None, blob_url: str | None, token: str, no_migrate: bool
+) -> ControlPlaneSettings:
+    """Settings for `control-plane`, with the database schema made ready (migrated under a
+    lock unless `no_migrate`); exits with a clear message when either cannot be done."""
+    import asyncio
+
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from control_plane.db import ensure_database_directory
+    from control_plane.hierarchy.blobs import BlobStore, BlobStoreConfigError
+    from control_plane.migrate import SchemaNotCurrentError, prepare_schema
+    from control_plane.settings import ControlPlaneSettings
+
+    # Flags first, then DICOM_CONNECTOR_BLOB_DIR / _BLOB_URL, then ./blobs.
+    blobs: dict[str, Any] = {"blob_dir": blob_dir} if blob_dir is not None else {}
+    blobs |= {"blob_url": blob_url} if blob_url is not None else {}
+    if not blobs and not any(os.environ.get(name) for name in BLOB_ENV):
+        blobs = {"blob_dir": Path("blobs")}
+    try:
+        settings = ControlPlaneSettings(database_url=db, admin_token=token, **blobs)
+    except ValidationError as exc:
+        problems = "; ".join(str(error["msg"]) for error in exc.errors())
+        typer.echo(f"control-plane: {problems}", err=True)
+        raise typer.Exit(2) from None
+    # Before the server starts, so a refusal is one clear line, not a traceback from the
+    # server's start-up; the app then only checks that the schema is current (and the blob
+    # store again).
+    try:
+        ensure_database_directory(settings.database_url)
+        prepare_schema(settings.database_url, migrate=settings.migrate_on_start and not no_migrate)
+    except SchemaNotCurrentError as exc:
+        typer.echo(f"control-plane: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except SQLAlchemyError as exc:
+        typer.echo(
+            f"control-plane: the database cannot be used ({type(exc).__name__}); check --db,"
+            " that the server is running and that this user may connect",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    if settings.blob_url is not None:
+        try:
+            asyncio.run(BlobStore.s3(settings.blob_url).prepare())
+        except BlobStoreConfigError as exc:
+            typer.echo(f"control-plane: {exc}", err=True)
+            raise typer.Exit(2) from None
+    return settings.model_copy(update={"migrate_on_start": False})
 
 
 @app.command("agent")

@@ -11,12 +11,13 @@ Its background task (`run`, owned by the app's lifespan) does four things:
   message;
 - reconciles every `fleet_reconcile_interval_s`: one query for the token digests of all
   connected agents, one for the current revision of their sites. It closes links whose
-  token changed and offers revisions the links have not seen — which is how changes made
-  through another replica reach this one's agents (within seconds, without LISTEN/NOTIFY),
-  and how a token rotated while its agent was mid-handshake is still caught;
+  token changed and offers revisions the links have not seen — the safety net for changes
+  made through another replica (which on PostgreSQL arrive at once through the replica bus,
+  `apply_notice`), and how a token rotated while its agent was mid-handshake is still caught;
 - prunes the health history to `health_history_per_agent` reports per agent every minute;
 - resyncs the `FleetView` (what the fleet routes answer from) with the database every
-  `fleet_reconcile_interval_s`, for what other replicas changed.
+  `fleet_reconcile_interval_s`, for what other replicas changed, and soon after another
+  replica says (on the replica bus) that it wrote connects, disconnects or config results.
 
 Must not import FastAPI.
 """
@@ -45,6 +46,7 @@ from control_plane.fleet.config_revisions import (
     latest_configs,
     latest_revision_numbers,
 )
+from control_plane.fleet.notices import FleetNotice, NoticeKind
 from control_plane.fleet.recorder import LinkRecorder
 from control_plane.fleet.view import FleetView
 from control_plane.link import AgentLink, ConfigOffer, LinkClosedError, LinkContext, LinkTransport
@@ -55,6 +57,7 @@ logger = structlog.get_logger(__name__)
 PRUNE_INTERVAL_S = 60.0
 # A burst of connects is written together rather than one transaction each.
 URGENT_FLUSH_DELAY_S = 0.05
+TOLD_RESYNC_MIN_INTERVAL_S = 0.25
 TOKEN_CHANGED_REASON = "token revoked or rotated"  # noqa: S105 - a close reason, not a secret
 
 
@@ -80,9 +83,16 @@ class Hub:
             read_sessionmaker, clock, dt.timedelta(seconds=settings.heartbeat_interval_s)
         )
         """Every agent's latest state and health, which the fleet routes answer from."""
+        self.replica_id = uuid.uuid4()
+        """This process among the replicas (in notices, so it can skip its own)."""
         self.recorder = LinkRecorder(
-            sessionmaker, settings.health_history_per_agent, on_state=self.view.record_state
+            sessionmaker,
+            settings.health_history_per_agent,
+            on_state=self.view.record_state,
+            notice=FleetNotice.states_written(self.replica_id),
         )
+        self._view_stale = asyncio.Event()
+        self._view_lock = asyncio.Lock()
         self._context = LinkContext(
             clock=clock,
             recorder=self.recorder,
@@ -164,8 +174,9 @@ class Hub:
             )
             tasks.create_task(self._every(PRUNE_INTERVAL_S, self.recorder.prune_history))
             tasks.create_task(
-                self._every(self._settings.fleet_reconcile_interval_s, self.view.resync)
+                self._every(self._settings.fleet_reconcile_interval_s, self.resync_view)
             )
+            tasks.create_task(self._resync_when_told())
 
     async def close(self) -> None:
         """Close every link (agents reconnect with backoff) and write what is pending."""
@@ -179,6 +190,54 @@ class Hub:
             await self.recorder.flush()
         except (SQLAlchemyError, OSError) as exc:
             logger.error("could not record agent links at shutdown", error=type(exc).__name__)
+
+    async def apply_notice(self, notice: FleetNotice) -> None:
+        """Act on a change heard on the replica bus (made through any replica, this one too):
+        offer a site's new revision to its links here, close a link whose token changed."""
+        if notice.kind is NoticeKind.config and notice.site is not None and notice.revision:
+            await self._revision_stored(notice.site, notice.revision)
+        elif notice.kind is NoticeKind.token and notice.agent is not None:
+            await self._token_changed(notice.agent)
+        elif notice.kind is NoticeKind.states and notice.origin != self.replica_id:
+            # Many flushes of other replicas may come in a burst: one resync covers them.
+            self._view_stale.set()
+
+    async def catch_up(self) -> None:
+        """Everything a full reconcile does, for when notices may have been missed."""
+        await self.reconcile()
+        await self.resync_view()
+
+    async def resync_view(self) -> None:
+        """Bring the fleet view up to date with the database (one resync at a time)."""
+        async with self._view_lock:
+            await self.view.resync()
+
+    async def _revision_stored(self, site_id: uuid.UUID, revision: int) -> None:
+        self.view.set_revision(site_id, revision)
+        behind = [link for link in self._by_site.get(site_id, ()) if link.site_revision < revision]
+        if not behind:
+            return
+        async with self._read_sessionmaker() as session:
+            configs = await latest_configs(session, [site_id])
+        current = configs.get(site_id, DEFAULT_CONFIG)
+        agent = behind[0].agent
+        await self.push_config(
+            site_id,
+            ConfigOffer.of(
+                current.revision, agent.site, agent.timezone, current.config, agent.deid_salt
+            ),
+        )
+
+    async def _token_changed(self, agent_id: uuid.UUID) -> None:
+        await self.view.reload_agents([agent_id])
+        link = self._links.get(agent_id)
+        if link is None:
+            return
+        async with self._read_sessionmaker() as session:
+            digests = await token_digests(session, [agent_id])
+        # A link that already authenticated with the new token stays.
+        if digests.get(agent_id) != link.agent.token_digest:
+            await link.close(CLOSE_UNAUTHORIZED, TOKEN_CHANGED_REASON)
 
     async def reconcile(self) -> None:
         """Close links whose token changed; offer links the revisions they have not seen."""
@@ -270,6 +329,17 @@ class Hub:
                     error=type(exc).__name__,
                     count=self.recorder.pending,
                 )
+
+    async def _resync_when_told(self) -> None:
+        while True:
+            await self._view_stale.wait()
+            self._view_stale.clear()
+            try:
+                await self.resync_view()
+            except (SQLAlchemyError, OSError) as exc:
+                logger.error("fleet view resync failed; retrying", error=type(exc).__name__)
+            # At most a few resyncs a second, however busy the other replicas' links are.
+            await asyncio.sleep(TOLD_RESYNC_MIN_INTERVAL_S)
 
     async def _every(
         self, interval_s: float, work: Callable[[], Coroutine[Any, Any, None]]

@@ -2,8 +2,9 @@
 
 Nothing is built at import time. The lifespan migrates the database (unless told not to),
 opens the engine and the blob store, runs the hub's background work (link state flushes,
-reconciling, history pruning) and the rollout driver, and on shutdown gives back its rollout
-leases, closes the agent links, writes what they left pending and disposes of the engine.
+reconciling, history pruning), the replica bus (other replicas' changes, on PostgreSQL)
+and the rollout driver, and on shutdown gives back its rollout leases, closes the agent
+links, writes what they left pending and disposes of the engine.
 Must not import `agent` or pynetdicom.
 """
 
@@ -42,6 +43,8 @@ from control_plane.fleet.rollout_driver import RolloutDriver
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
 from control_plane.metrics import HttpMetrics
+from control_plane.migrate import SchemaNotCurrentError
+from control_plane.replica_bus import ReplicaBus
 from control_plane.resources import Resources
 from control_plane.security import token_digest
 from control_plane.settings import ControlPlaneSettings
@@ -57,10 +60,6 @@ SERVICE_NAME = "dicom-connector-control-plane"
 BATCH_FRAMING_BYTES = 1024 * 1024
 
 
-class SchemaNotCurrentError(RuntimeError):
-    """The database schema is not the one this code expects and migrating was switched off."""
-
-
 def _package_version() -> str:
     try:
         return version("dicom-connector")
@@ -70,16 +69,9 @@ def _package_version() -> str:
 
 async def _check_schema(settings: ControlPlaneSettings) -> None:
     await asyncio.to_thread(ensure_database_directory, settings.database_url)
-    if settings.migrate_on_start:
-        await asyncio.to_thread(migrate.upgrade, settings.database_url)
-        return
-    current = await asyncio.to_thread(migrate.current_revision, settings.database_url)
-    head = migrate.head_revision()
-    if current != head:
-        raise SchemaNotCurrentError(
-            f"the database schema is at revision {current or 'none'} but this control plane"
-            f" needs {head}; run the migrations (start once with migrate_on_start enabled)"
-        )
+    await asyncio.to_thread(
+        migrate.prepare_schema, settings.database_url, migrate=settings.migrate_on_start
+    )
 
 
 def create_app(
@@ -102,7 +94,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _check_schema(settings)
-        blobs = BlobStore(settings.blob_dir)
+        blobs = _blob_store(settings)
         await blobs.prepare()
         engine = create_engine(settings.database_url)
         read_engine = create_read_engine(settings.database_url)
@@ -127,6 +119,7 @@ def create_app(
             heartbeat_interval=dt.timedelta(seconds=settings.heartbeat_interval_s),
             reconnect_grace=dt.timedelta(seconds=settings.rollout_reconnect_grace_s),
         )
+        bus = ReplicaBus(settings.database_url, hub.apply_notice, hub.catch_up)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
@@ -138,11 +131,15 @@ def create_app(
             clock=clock,
             alerter=alerter,
             rollouts=rollouts,
+            replica_bus=bus,
         )
         # The fleet routes answer from the hub's view: it is filled before the first request.
         await hub.view.resync()
         hub_work = asyncio.create_task(hub.run(), name="hub")
         hub_work.add_done_callback(_report_crash)
+        bus_work = asyncio.create_task(bus.run(), name="replica-bus")
+        bus_work.add_done_callback(_report_crash)
+        await _listening(bus)
         alerts_work = asyncio.create_task(alerter.run(), name="alerts")
         alerts_work.add_done_callback(_report_crash)
         # Rollouts left running by an earlier run (or a replica that died) are taken up here.
@@ -156,8 +153,9 @@ def create_app(
         finally:
             rollouts_work.cancel()
             alerts_work.cancel()
+            bus_work.cancel()
             hub_work.cancel()
-            await asyncio.wait([hub_work, alerts_work, rollouts_work])
+            await asyncio.wait([hub_work, bus_work, alerts_work, rollouts_work])
             await rollouts.release()
             await hub.close()
             if read_engine is not None:
@@ -219,6 +217,31 @@ def _tune_garbage_collector() -> None:
     if gc.get_freeze_count() == 0:
         gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
+
+
+def _blob_store(settings: ControlPlaneSettings) -> BlobStore:
+    if settings.blob_url is not None:
+        return BlobStore.s3(settings.blob_url)
+    assert settings.blob_dir is not None  # the settings hold exactly one of the two
+    return BlobStore.local(settings.blob_dir)
+
+
+# Ready means hearing other replicas' changes; a database that will not take the bus's
+# connection is not worth refusing to start for (the reconcile still carries changes).
+BUS_READY_TIMEOUT_S = 10.0
+
+
+async def _listening(bus: ReplicaBus) -> None:
+    if not bus.enabled:
+        return
+    try:
+        async with asyncio.timeout(BUS_READY_TIMEOUT_S):
+            await bus.listening.wait()
+    except TimeoutError:
+        logger.warning(
+            "the replica bus is not listening yet; changes made through other replicas reach"
+            " this one's agents at the next reconcile until it is"
+        )
 
 
 def _report_crash(task: "asyncio.Task[None]") -> None:

@@ -5,7 +5,8 @@
 - links and health: connected agents, agents per status and each site's status, per site;
 - the operational figures per site and scanner: totals since the figures began
   (`series_figures`), and the latency p50/p95 of the last 24 h;
-- alerts delivered and given up on.
+- alerts delivered and given up on;
+- on PostgreSQL, whether the replica bus listens and how often it (re)connected.
 
 Label values are site names, calling AE titles (scanner node identities), route templates,
 statuses and routing reasons: nothing read from a DICOM data set. A test feeds PHI canaries
@@ -33,6 +34,7 @@ from control_plane.figures import figures_of
 from control_plane.fleet.health_rules import AgentStatus
 from control_plane.fleet.view import SiteStatus
 from control_plane.models import SeriesFigure, Site
+from control_plane.replica_bus import ReplicaBus
 
 PREFIX = "dicom_connector"
 LATENCY_WINDOW = dt.timedelta(days=1)
@@ -90,6 +92,8 @@ class Scrape:
     latency: dict[str, tuple[float | None, float | None]]  # site → p50, p95 (last 24 h)
     alerts_delivered: int
     alerts_failed: int
+    replica_bus: tuple[bool, int] | None = None
+    """Whether the replica bus listens and how often it connected; None on SQLite."""
 
 
 async def read_scrape(
@@ -97,6 +101,7 @@ async def read_scrape(
     statuses: list[SiteStatus],
     now: dt.datetime,
     alerter: Alerter | None,
+    replica_bus: ReplicaBus | None = None,
 ) -> Scrape:
     """Read what a scrape shows: sums of the figures, recent latencies, alert counts."""
     figures = SeriesFigure
@@ -144,6 +149,11 @@ async def read_scrape(
         latency=latency,
         alerts_delivered=sum(sender.delivered for sender in senders),
         alerts_failed=sum(sender.failed for sender in senders),
+        replica_bus=(
+            (replica_bus.listening.is_set(), replica_bus.connections)
+            if replica_bus is not None and replica_bus.enabled
+            else None
+        ),
     )
 
 
@@ -162,6 +172,26 @@ class _ScrapeCollector(Collector):
         )
         failed.add_metric([], self._scrape.alerts_failed)
         yield failed
+        if self._scrape.replica_bus is not None:
+            yield from _bus_families(*self._scrape.replica_bus)
+
+
+def _bus_families(
+    listening: bool, connections: int
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    gauge = GaugeMetricFamily(
+        f"{PREFIX}_replica_bus_listening",
+        "1 while this replica hears other replicas' changes at once (LISTEN/NOTIFY); 0 while"
+        " it relies on the periodic reconcile alone.",
+    )
+    gauge.add_metric([], int(listening))
+    yield gauge
+    connects = CounterMetricFamily(
+        f"{PREFIX}_replica_bus_connects",
+        "Times the replica bus connected (more than one: it lost its connection and resynced).",
+    )
+    connects.add_metric([], connections)
+    yield connects
 
 
 def _fleet_families(statuses: Iterable[SiteStatus]) -> Iterator[GaugeMetricFamily]:

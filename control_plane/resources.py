@@ -14,6 +14,7 @@ from control_plane.clock import Clock
 from control_plane.fleet.rollout_driver import RolloutDriver
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
+from control_plane.replica_bus import ReplicaBus
 from control_plane.settings import ControlPlaneSettings
 
 
@@ -34,3 +35,5 @@ class Resources:
     """Webhook alerts on site status changes (None when built without one, in tests)."""
     rollouts: RolloutDriver | None = field(default=None)
     """The driver of this process's rollouts (None when built without one, in tests)."""
+    replica_bus: ReplicaBus | None = field(default=None)
+    """What other replicas changed (a no-op on SQLite; None when built without one)."""

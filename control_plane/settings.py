@@ -5,12 +5,14 @@ Nothing here runs at import time: callers build `ControlPlaneSettings(...)` and 
 """
 
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.database_url import async_database_url
+from control_plane.hierarchy.blobs import check_blob_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
 
@@ -76,7 +78,14 @@ class ControlPlaneSettings(BaseSettings):
     )
 
     database_url: str = Field(repr=False)
-    blob_dir: Path
+    blob_dir: Path | None = Field(
+        default=None, description="Blobs in this local directory (the embedded default)."
+    )
+    blob_url: str | None = Field(
+        default=None,
+        description="Blobs in an S3-compatible bucket, s3://BUCKET[/PREFIX]; endpoint, region"
+        " and credentials from the standard AWS_* environment variables.",
+    )
     admin_token: SecretStr
     migrate_on_start: bool = True
     heartbeat_interval_s: float = Field(
@@ -149,6 +158,21 @@ class ControlPlaneSettings(BaseSettings):
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
         return async_database_url(value)
+
+    @field_validator("blob_url")
+    @classmethod
+    def _s3_blob_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_blob_url(value)
+
+    @model_validator(mode="after")
+    def _one_blob_store(self) -> Self:
+        if (self.blob_dir is None) == (self.blob_url is None):
+            raise ValueError(
+                "give the blob store as exactly one of blob_dir (--blob-dir, a local"
+                " directory) and blob_url (--blob-url, s3://BUCKET/PREFIX)"
+                + (", not both" if self.blob_dir is not None else "")
+            )
+        return self
 
     @field_validator("admin_token")
     @classmethod

@@ -7,10 +7,8 @@ the one its settings name.
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool, text
 
+from control_plane.migrate import MIGRATION_LOCK_KEY
 from control_plane.models import Base
-
-# Any fixed number works: it only has to be the same for every replica of the control plane.
-_MIGRATION_LOCK_KEY = 0x0D1C0C0A
 
 config = context.config
 _given_url = config.attributes.get("database_url")
@@ -43,19 +41,29 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    """Apply the migrations over a connection to the database."""
+    """Apply the migrations over a connection to the database: the one
+    `control_plane.migrate.prepare_schema` holds its lock on, else a new one."""
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        _migrate(given)
+        return
     engine = create_engine(database_url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        _configure(connection)
-        with context.begin_transaction():
-            if connection.dialect.name == "postgresql":
-                # Replicas starting together would otherwise race through the same
-                # migration; the lock is released when this transaction ends.
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
-                )
-            context.run_migrations()
+        _migrate(connection)
     engine.dispose()
+
+
+def _migrate(connection: Connection) -> None:
+    _configure(connection)
+    with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together would otherwise race through the same migration;
+            # the lock is released when this transaction ends (a session that already holds
+            # it, as prepare_schema's does, takes it again at once).
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+        context.run_migrations()
 
 
 if context.is_offline_mode():

@@ -1,23 +1,25 @@
 """The query/retrieve SCU of pull mode: C-ECHO, C-FIND, C-MOVE and C-GET against one source.
 
-Blocking: each `Scu` call opens an association on the calling thread (pynetdicom runs its own
-reader thread beside it), so asyncio code calls in through `asyncio.to_thread`. Every step has
-a timeout (TCP connect, association negotiation, each DIMSE answer, an idle network), and
-`Scu.abort` ends the open associations from any thread, so stopping never waits for a PACS.
+Blocking: each `Scu` call opens an association and reads its answers on the calling thread, so
+asyncio code calls in through `asyncio.to_thread`. Two requestor engines do the talking (agent
+setting `requestor_engine`): `lean` (the default, `agent.dicom.requestor_lean`: one blocking loop
+on pynetdicom's codec, no thread of its own) and `pynetdicom` (`agent.dicom.requestor_pynetdicom`:
+pynetdicom's AE with its reader threads), kept for one release. Every step has a timeout (TCP
+connect, association negotiation, each DIMSE answer, an idle network), and `Scu.abort` ends the
+open associations from any thread, so stopping never waits for a PACS.
 
 The queries ask only for what tracking needs (UIDs, instance counts, the study date as the
 window): no patient attribute is requested. A C-MOVE sends the images to our own AE title, where
-the `DicomListener` spools them like any PUSH; a C-GET receives them on this association and
-spools them here, the same way (`SpoolSink`).
+the listener spools them like any PUSH; a C-GET receives them on this association and spools
+them here, through the same C-STORE handler (`SpoolSink`).
 
-Part of the one package that imports pynetdicom. Errors and log lines carry the source's AE
-title, host and port, statuses and counts, never a DICOM value.
+Errors and log lines carry the source's AE title, host and port, statuses and counts, never a
+DICOM value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
-import structlog
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -41,39 +42,30 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import (
-    AE,
-    StoragePresentationContexts,
-    build_role,
-    evt,
-)
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event, InterventionEvent
-from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
+from pynetdicom.events import Event
 
-from agent.dicom.intake import status_dataset, store_received
-from agent.dicom.pynetdicom_adapter import (
-    disable_nagle,
-    park_reactor,
-    quiet_identifier_logging,
-    set_dul_loop_delay,
-    unbind_logging_handlers,
-)
+from agent.dicom import requestor_lean, requestor_pynetdicom
+from agent.dicom.engine.commands import StoreRequest
+from agent.dicom.intake import status_dataset, store_part10, store_received
 from agent.dicom.scp import DEFAULT_DUL_LOOP_DELAY
+from agent.dicom.source import (
+    REQUESTOR_ENGINES,
+    Purpose,
+    RequestorEngine,
+    SourceAddress,
+    SourceError,
+    SourceLink,
+)
 from agent.dicom.store_handler import StoreHandler
-from agent.dicom.tls import TlsFiles, client_context
+from agent.dicom.tls import TlsFiles
 from agent.spool import Spool
 
 __all__ = [
+    "REQUESTOR_ENGINES",
     "UIDS_PER_REQUEST",
     "QuerySession",
+    "RequestorEngine",
     "RetrieveOutcome",
     "RetrieveSession",
     "Scu",
@@ -84,17 +76,12 @@ __all__ = [
     "StudyMatch",
 ]
 
-_log = structlog.get_logger(__name__)
-
 # Larger receive PDUs mean fewer PDU decodes per instance received over C-GET.
 _MAXIMUM_PDU_SIZE = 1 << 20
 # A UID list in one IMAGE-level retrieve; keeps the identifier well under any peer's limits.
 UIDS_PER_REQUEST = 200
 _PENDING = frozenset({0xFF00, 0xFF01})
 _SUCCESS = 0x0000
-# A C-MOVE association only carries status messages while the images arrive elsewhere: its
-# DUL thread may sleep longer when idle (pynetdicom's 1 ms default costs ~10% of a core).
-_MOVE_DUL_LOOP_DELAY = 0.005
 # What a C-GET asks the source to send in: uncompressed, plus the compressed syntaxes PACS
 # usually hold, so the source need not transcode (or refuse) what it stored compressed.
 _GET_TRANSFER_SYNTAXES = (
@@ -121,25 +108,6 @@ _STATUS_HINTS = {
     0xC000: "unable to process",
     0xFE00: "cancelled",
 }
-
-
-class SourceError(Exception):
-    """Talking to a pull source failed (no association, no answer in time, a failure status).
-
-    The message names the source and what went wrong, never a DICOM value: it goes to health.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class SourceAddress:
-    """Where a pull source listens."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +158,7 @@ class RetrieveOutcome:
 
 class SpoolSink:
     """Spools the instances a C-GET brings in, through the listener's own C-STORE handler
-    (`StoreHandler`): same checks, statuses and log lines.
+    (`StoreHandler`): same checks, statuses and log lines, whichever requestor engine.
 
     `on_stored(series_instance_uid)` is called on the association thread after each instance
     that became durable (not for duplicates).
@@ -201,7 +169,8 @@ class SpoolSink:
         self._handler = StoreHandler(on_stored)
 
     def handle_store(self, event: Event) -> Dataset:
-        """The EVT_C_STORE handler: make the instance durable, return the status to send."""
+        """The EVT_C_STORE handler of the pynetdicom requestor: make the instance durable,
+        return the status to send."""
         received_at = time.time()
         request = cast(C_STORE, event.request)
         status, comment = self._handler.handle(
@@ -213,6 +182,31 @@ class SpoolSink:
         )
         return status_dataset(status, comment)
 
+    def store_part10(
+        self,
+        request: StoreRequest,
+        transfer_syntax_uid: str,
+        part10: bytearray,
+        dataset_offset: int,
+        received_at: float,
+    ) -> tuple[int, str | None]:
+        """The store callback of the lean requestor: make the instance whose Part-10 bytes
+        arrived durable; (status, error comment) to answer with."""
+        status, comment = self._handler.handle(
+            None,
+            lambda: store_part10(
+                part10,
+                dataset_offset,
+                self._spool,
+                transfer_syntax_uid=transfer_syntax_uid,
+                sop_class_uid=request.sop_class_uid,
+                sop_instance_uid=request.sop_instance_uid,
+                received_at=received_at,
+            ),
+            request.sop_class_uid,
+        )
+        return int(status), comment
+
 
 class Scu:
     """Query/retrieve user of one source; thread-safe, one association per session."""
@@ -223,163 +217,112 @@ class Scu:
         *,
         calling_ae_title: str,
         timeout: float,
+        engine: RequestorEngine = "lean",
         dul_loop_delay: float = DEFAULT_DUL_LOOP_DELAY,
         tls: TlsFiles | None = None,
     ) -> None:
         """`timeout` bounds the TCP connect, the association negotiation, each DIMSE answer
-        and idle network time, in seconds. `tls`: associate over TLS, presenting that
-        certificate and checking the source's against its CA; the files are read for each
-        association, so a renewed certificate is used by the next one."""
+        and idle network time, in seconds. `engine` is the requestor engine
+        (`dul_loop_delay` tunes the pynetdicom one's reader thread). `tls`: associate over
+        TLS, presenting that certificate and checking the source's against its CA; the files
+        are read for each association, so a renewed certificate is used by the next one."""
         if timeout <= 0:
             raise ValueError(f"timeout must be more than 0 seconds, got {timeout}")
+        if engine not in REQUESTOR_ENGINES:
+            raise ValueError(
+                f"requestor engine must be one of {', '.join(REQUESTOR_ENGINES)}, got {engine!r}"
+            )
         self.source = source
+        self.engine = engine
         self._calling_ae_title = calling_ae_title
         self._timeout = timeout
         self._dul_loop_delay = dul_loop_delay
         self._tls = tls
-        self._open: set[Association] = set()
+        self._open: set[SourceLink] = set()
         self._open_lock = threading.Lock()
         self._aborted = False
-        # pynetdicom logs whole identifiers at DEBUG/INFO; stay quiet unless someone chose.
-        library_logger = logging.getLogger("pynetdicom")
-        if library_logger.level == logging.NOTSET:
-            library_logger.setLevel(logging.WARNING)
-        # Its C-FIND/C-MOVE/C-GET code also formats every request and response identifier
-        # for that log whether or not a line is written (about a fifth of a query round's
-        # CPU, measured), and an identifier is patient data: the agent never wants them.
-        quiet_identifier_logging()
 
     def echo(self) -> None:
         """C-ECHO the source; raise `SourceError` unless it answers Success."""
-        with self._association([(Verification, None)], "C-ECHO") as assoc:
-            park_reactor(assoc)
-            with _association_still_open(assoc, self.source, "C-ECHO"):
-                status = assoc.send_c_echo()
-            code = _status_code(status)
-            if code is None:
-                raise SourceError(f"{self.source} did not answer the C-ECHO {self._within}")
+        with self._association("C-ECHO") as link:
+            code = link.echo()
             if code != _SUCCESS:
                 raise SourceError(f"{self.source} answered the C-ECHO with {_describe(code)}")
 
     @contextmanager
     def query(self) -> Iterator[QuerySession]:
         """An association for C-FINDs (Study Root)."""
-        model = StudyRootQueryRetrieveInformationModelFind
-        with self._association([(model, None)], "C-FIND") as assoc:
-            yield QuerySession(self, assoc)
+        with self._association("C-FIND") as link:
+            yield QuerySession(self, link)
 
     @contextmanager
     def retrieve_by_move(self, destination_ae_title: str) -> Iterator[RetrieveSession]:
         """An association for C-MOVEs that send the images to `destination_ae_title`."""
-        model = StudyRootQueryRetrieveInformationModelMove
-        with self._association(
-            [(model, None)], "C-MOVE", dul_loop_delay=_MOVE_DUL_LOOP_DELAY
-        ) as assoc:
-            yield RetrieveSession(self, assoc, destination_ae_title)
+        with self._association("C-MOVE") as link:
+            yield RetrieveSession(self, link, destination_ae_title)
 
     @contextmanager
     def retrieve_by_get(self, sink: SpoolSink) -> Iterator[RetrieveSession]:
         """An association for C-GETs; the images arrive on it and go to `sink`."""
-        contexts: list[tuple[str, Sequence[str] | None]] = [
-            (StudyRootQueryRetrieveInformationModelGet, None)
-        ]
-        storage = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-        contexts += [(uid, _GET_TRANSFER_SYNTAXES) for uid in storage]
-        roles = [build_role(uid, scp_role=True) for uid in storage]
-        handlers: list[tuple[InterventionEvent, Callable[[Event], Dataset]]] = [
-            (evt.EVT_C_STORE, sink.handle_store)
-        ]
-        with self._association(contexts, "C-GET", roles=roles, handlers=handlers) as assoc:
-            yield RetrieveSession(self, assoc, None)
+        with self._association("C-GET", sink) as link:
+            yield RetrieveSession(self, link, None)
 
     def abort(self) -> None:
         """Abort every open association and refuse new ones (from any thread). For shutdown."""
         with self._open_lock:
             self._aborted = True
             open_now = list(self._open)
-        for assoc in open_now:
-            assoc.abort()
-
-    @property
-    def _within(self) -> str:
-        return f"within {self._timeout:g} s"
+        for link in open_now:
+            link.abort()
 
     @contextmanager
-    def _association(
-        self,
-        contexts: Sequence[tuple[str, Sequence[str] | None]],
-        purpose: str,
-        *,
-        roles: Sequence[SCP_SCU_RoleSelectionNegotiation] = (),
-        handlers: Sequence[tuple[InterventionEvent, Callable[[Event], Dataset]]] = (),
-        dul_loop_delay: float | None = None,
-    ) -> Iterator[Association]:
-        ae = AE(ae_title=self._calling_ae_title)
-        ae.acse_timeout = self._timeout
-        ae.dimse_timeout = self._timeout
-        ae.network_timeout = self._timeout
-        ae.connection_timeout = self._timeout
-        ae.maximum_pdu_size = _MAXIMUM_PDU_SIZE
-        for abstract_syntax, syntaxes in contexts:
-            if syntaxes is None:
-                ae.add_requested_context(abstract_syntax)
-            else:
-                ae.add_requested_context(abstract_syntax, list(syntaxes))
+    def _association(self, purpose: Purpose, sink: SpoolSink | None = None) -> Iterator[SourceLink]:
         with self._open_lock:
             if self._aborted:
                 raise SourceError(f"no {purpose} with {self.source}: the agent is stopping")
-        try:
-            tls_args = None
-            if self._tls is not None:
-                tls_args = (client_context(self._tls), self.source.host)
-            assoc = ae.associate(
-                self.source.host,
-                self.source.port,
-                ae_title=self.source.ae_title,
-                ext_neg=list(roles) or None,
-                evt_handlers=list(handlers) or None,
-                tls_args=tls_args,
+        link: SourceLink
+        if self.engine == "lean":
+            link = requestor_lean.open_link(
+                self.source,
+                purpose,
+                calling_ae_title=self._calling_ae_title,
+                timeout=self._timeout,
+                maximum_pdu=_MAXIMUM_PDU_SIZE,
+                get_transfer_syntaxes=_GET_TRANSFER_SYNTAXES,
+                tls=self._tls,
+                store=None if sink is None else sink.store_part10,
             )
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise SourceError(
-                f"cannot open an association with {self.source} for {purpose}: {exc}"
-            ) from exc
-        if not assoc.is_established:
-            raise SourceError(self._not_established(assoc, purpose))
-        set_dul_loop_delay(
-            assoc, self._dul_loop_delay if dul_loop_delay is None else dul_loop_delay
-        )
-        disable_nagle(assoc)
-        unbind_logging_handlers(assoc)
+        else:
+            link = requestor_pynetdicom.open_link(
+                self.source,
+                purpose,
+                calling_ae_title=self._calling_ae_title,
+                timeout=self._timeout,
+                maximum_pdu=_MAXIMUM_PDU_SIZE,
+                dul_loop_delay=self._dul_loop_delay,
+                get_transfer_syntaxes=_GET_TRANSFER_SYNTAXES,
+                tls=self._tls,
+                store=None if sink is None else sink.handle_store,
+            )
         with self._open_lock:
-            self._open.add(assoc)
+            self._open.add(link)
+            aborted = self._aborted
+        if aborted:  # abort() ran while this one was being opened
+            link.abort()
         try:
-            yield assoc
+            yield link
         finally:
             with self._open_lock:
-                self._open.discard(assoc)
-            if assoc.is_established:
-                assoc.release()
-
-    def _not_established(self, assoc: Association, purpose: str) -> str:
-        if assoc.is_rejected:
-            return (
-                f"{self.source} rejected the association for {purpose}: check that it accepts "
-                f"the AE title {self._calling_ae_title} (and that its AE title is "
-                f"{self.source.ae_title})"
-            )
-        return (
-            f"no association with {self.source} for {purpose} {self._within}: the source is "
-            "down, unreachable, or refused the connection"
-        )
+                self._open.discard(link)
+            link.release()
 
 
 class QuerySession:
     """C-FINDs on one open association (see `Scu.query`)."""
 
-    def __init__(self, scu: Scu, assoc: Association) -> None:
+    def __init__(self, scu: Scu, link: SourceLink) -> None:
         self._scu = scu
-        self._assoc = assoc
+        self._link = link
 
     def studies(self, since: dt.date) -> list[StudyMatch]:
         """The studies dated `since` or later, with their series and instance counts."""
@@ -429,33 +372,24 @@ class QuerySession:
 
     def _find(self, query: Dataset, level: str) -> Iterator[Dataset]:
         source = self._scu.source
-        model = StudyRootQueryRetrieveInformationModelFind
-        park_reactor(self._assoc)
-        with _association_still_open(self._assoc, source, f"{level}-level C-FIND"):
-            for status, found in self._assoc.send_c_find(query, model):
-                code = _status_code(status)
-                if code is None:
-                    raise SourceError(
-                        f"{source} did not answer a {level}-level C-FIND {self._scu._within} "
-                        "(or the association was aborted)"
-                    )
-                if code in _PENDING:
-                    if found is not None:
-                        yield found
-                elif code == _SUCCESS:
-                    return
-                else:
-                    raise SourceError(
-                        f"{source} answered a {level}-level C-FIND with {_describe(code)}"
-                    )
+        for code, found in self._link.find(query, f"{level}-level C-FIND"):
+            if code in _PENDING:
+                if found is not None:
+                    yield found
+            elif code == _SUCCESS:
+                return
+            else:
+                raise SourceError(
+                    f"{source} answered a {level}-level C-FIND with {_describe(code)}"
+                )
 
 
 class RetrieveSession:
     """C-MOVEs (to a destination AE title) or C-GETs on one open association."""
 
-    def __init__(self, scu: Scu, assoc: Association, destination: str | None) -> None:
+    def __init__(self, scu: Scu, link: SourceLink, destination: str | None) -> None:
         self._scu = scu
-        self._assoc = assoc
+        self._link = link
         self._destination = destination
 
     def series(self, study_instance_uid: str, series_instance_uid: str) -> RetrieveOutcome:
@@ -496,54 +430,21 @@ class RetrieveSession:
 
     def _retrieve(self, identifier: Dataset, level: str) -> RetrieveOutcome:
         source = self._scu.source
-        park_reactor(self._assoc)
-        with _association_still_open(self._assoc, source, f"{level}-level retrieval"):
-            if self._destination is None:
-                operation = "C-GET"
-                responses = self._assoc.send_c_get(
-                    identifier, StudyRootQueryRetrieveInformationModelGet
-                )
-            else:
-                operation = "C-MOVE"
-                responses = self._assoc.send_c_move(
-                    identifier, self._destination, StudyRootQueryRetrieveInformationModelMove
-                )
-            for status, _ in responses:
-                code = _status_code(status)
-                if code is None:
-                    raise SourceError(
-                        f"{source} did not answer a {level}-level {operation} {self._scu._within} "
-                        "(or the association was aborted)"
-                    )
-                if code in _PENDING:
-                    continue
-                problem = None
-                if code != _SUCCESS:
-                    problem = (
-                        f"{source} answered a {level}-level {operation} with {_describe(code)}"
-                    )
-                return RetrieveOutcome(
-                    completed=_count(status.get("NumberOfCompletedSuboperations")) or 0,
-                    failed=_count(status.get("NumberOfFailedSuboperations")) or 0,
-                    warning=_count(status.get("NumberOfWarningSuboperations")) or 0,
-                    problem=problem,
-                )
-            raise SourceError(f"{source} ended a {level}-level {operation} without a final status")
-
-
-@contextmanager
-def _association_still_open(assoc: Association, source: object, request: str) -> Iterator[None]:
-    """Turn pynetdicom's RuntimeError for a request on an association that is no longer
-    established into a `SourceError`: the peer aborted between two requests, or `Scu.abort`
-    (shutdown) did from another thread; neither is a bug of ours."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if assoc.is_established:
-            raise
-        raise SourceError(
-            f"the association with {source} ended before the {request} could be sent"
-        ) from exc
+        operation = "C-GET" if self._destination is None else "C-MOVE"
+        what = f"{level}-level {operation}"
+        for code, counts in self._link.retrieve(identifier, self._destination, what):
+            if code in _PENDING:
+                continue
+            problem = None
+            if code != _SUCCESS:
+                problem = f"{source} answered a {what} with {_describe(code)}"
+            return RetrieveOutcome(
+                completed=counts.completed or 0,
+                failed=counts.failed or 0,
+                warning=counts.warning or 0,
+                problem=problem,
+            )
+        raise SourceError(f"{source} ended a {what} without a final status")
 
 
 def _identifier(level: str, **keys: object) -> Dataset:
@@ -552,12 +453,6 @@ def _identifier(level: str, **keys: object) -> Dataset:
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
     return ds
-
-
-def _status_code(status: Dataset) -> int | None:
-    """The status of a response, None when there was none (timeout, abort)."""
-    value = status.get("Status") if status is not None else None
-    return None if value is None else int(value)
 
 
 def _uid(found: Dataset, keyword: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.dicom.scu import Scu, SourceAddress, SourceError, SpoolSink
+from agent.dicom.scu import RequestorEngine, Scu, SourceAddress, SourceError, SpoolSink
 from agent.dicom.tls import TlsFiles
 from agent.health import PipelineCounters, PullSourceHealth
 from agent.pull.ledger import PullLedger, RoundChanges, TrackedSeries
@@ -100,9 +100,11 @@ class SourcePoller:
         counters: PipelineCounters,
         clock: Callable[[], float] = time.time,
         round_lock: asyncio.Lock | None = None,
+        requestor_engine: RequestorEngine = "lean",
     ) -> None:
         """`round_lock` is held for each round; pass the same lock to a poller that replaces
-        this one, so two rounds of one source never overlap."""
+        this one, so two rounds of one source never overlap. `requestor_engine` talks to the
+        source (agent setting `requestor_engine`)."""
         self.key = source_key(source)
         self._state = state
         self._ledger = ledger
@@ -114,6 +116,7 @@ class SourcePoller:
         self._source = source
         self._snapshot = snapshot
         self._slots = slots
+        self._requestor_engine = requestor_engine
         # Every SCU this poller made: a config change may replace one while a round still
         # uses it, and stop() must abort that one too.
         self._scus: list[Scu] = []
@@ -314,6 +317,7 @@ class SourcePoller:
             SourceAddress(source.ae_title, source.host, source.port),
             calling_ae_title=own_ae_title,
             timeout=source.timeout.total_seconds(),
+            engine=self._requestor_engine,
             tls=TlsFiles.of(snapshot.config.dicom.tls),
         )
         self._scus.append(scu)

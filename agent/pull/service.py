@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.dicom.scu import SpoolSink
+from agent.dicom.scu import RequestorEngine, SpoolSink
 from agent.health import PipelineCounters, PullSourceHealth
 from agent.pull.ledger import PullLedger, bind_ledger
 from agent.pull.poller import SourcePoller, source_key
@@ -43,9 +43,11 @@ class PullService:
         counters: PipelineCounters,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[str], None] | None = None,
+        requestor_engine: RequestorEngine = "lean",
     ) -> None:
         """`on_stored(series_instance_uid)` is called on a DICOM thread for each instance a
-        C-GET spooled (the listener calls its own for C-MOVE)."""
+        C-GET spooled (the listener calls its own for C-MOVE); `requestor_engine` talks to
+        the sources."""
         self._state = state
         self._ledger = PullLedger(state)
         self._sink = SpoolSink(spool, on_stored)
@@ -53,6 +55,7 @@ class PullService:
         self._data_dir = data_dir
         self._counters = counters
         self._clock = clock
+        self._requestor_engine = requestor_engine
         self._pollers: dict[str, SourcePoller] = {}
         self._round_locks: dict[str, asyncio.Lock] = {}
         self._slots_size = snapshot.config.pull.max_concurrent_retrievals
@@ -148,6 +151,7 @@ class PullService:
                 counters=self._counters,
                 clock=self._clock,
                 round_lock=self._round_locks.setdefault(key, asyncio.Lock()),
+                requestor_engine=self._requestor_engine,
             )
             self._pollers[key] = poller
             group.create_task(poller.run(), name=f"pull {key}")

@@ -26,6 +26,7 @@ from control_plane import audit
 from control_plane.dicom_dictionary import keyword_vr
 from control_plane.errors import BusyError, InvalidConfigError
 from control_plane.fleet.config_diff import config_diff
+from control_plane.fleet.notices import FleetNotice, announce
 from control_plane.models import Agent, ConfigRevision, Site
 from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
 from control_plane.security import Principal
@@ -167,6 +168,8 @@ async def store_config(
             changes=changes,
         )
         try:
+            # In the same transaction: other replicas hear of the revision once it commits.
+            await announce(session, FleetNotice.config_revision(site_id, number))
             await session.commit()
         except IntegrityError:
             # Another writer took this number; read the new latest and try again.

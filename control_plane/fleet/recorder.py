@@ -9,7 +9,8 @@ message. Every state is also handed at once to a listener (the hub's in-memory `
 so that the API need not wait for the flush. A flush that fails keeps its data for the next
 one (the newest state of an agent wins; the history buffer is capped), and says so in the
 log; a batch the database refuses for good (a constraint violation) is dropped, so that it
-cannot block every later flush.
+cannot block every later flush. A flush that holds a state readers should see soon (a
+connect, a disconnect, a config result) also tells the other replicas, in its transaction.
 
 Must not import FastAPI.
 """
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.messages import SeriesFigures
 from control_plane.fleet.health_rules import Verdict
+from control_plane.fleet.notices import FleetNotice, announce
 from control_plane.models import Agent, AgentHealthReport, SeriesFigure
 
 logger = structlog.get_logger(__name__)
@@ -91,7 +93,10 @@ class LinkRecorder:
         sessionmaker: async_sessionmaker[AsyncSession],
         history_per_agent: int,
         on_state: Callable[[uuid.UUID, LinkState], None] | None = None,
+        notice: FleetNotice | None = None,
     ) -> None:
+        """`notice` is announced with each flush that holds an urgent state, so that other
+        replicas' readers catch up at once (`control_plane.fleet.notices`)."""
         self._sessionmaker = sessionmaker
         self._on_state = on_state
         self._history_per_agent = history_per_agent
@@ -102,6 +107,8 @@ class LinkRecorder:
         self._figures: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_REPORTS)
         self._dropped_reports = 0
         self._lock = asyncio.Lock()
+        self._notice = notice
+        self._notice_due = False
         self.urgent = asyncio.Event()
         """Set when something was recorded that readers should see soon (a connect, a
         disconnect, a config result); the flush loop wakes early for it."""
@@ -118,6 +125,7 @@ class LinkRecorder:
         if self._on_state is not None:
             self._on_state(agent_id, state)
         if urgent:
+            self._notice_due = True
             self.urgent.set()
 
     def record_report(
@@ -176,11 +184,14 @@ class LinkRecorder:
             self._reports.clear()
             figures = list(self._figures)
             self._figures.clear()
+            notice = self._notice if self._notice_due else None
+            self._notice_due = False
             if not states and not reports and not figures:
                 return
             try:
-                await self._write(states, reports, figures)
+                await self._write(states, reports, figures, notice)
             except (OperationalError, InterfaceError, OSError):
+                self._notice_due = self._notice_due or notice is not None
                 self._restore(states, reports)
                 self._figures.extendleft(reversed(figures))
                 raise
@@ -223,6 +234,7 @@ class LinkRecorder:
         states: dict[uuid.UUID, LinkState],
         reports: list[dict[str, Any]],
         figures: list[dict[str, Any]] | None = None,
+        notice: FleetNotice | None = None,
     ) -> None:
         # Core statements on the tables: the ORM's bulk paths do per-row bookkeeping that a
         # flush of a thousand agents pays for on the event loop.
@@ -239,6 +251,8 @@ class LinkRecorder:
                 await session.execute(insert(_REPORTS), reports)
             if figures:
                 await session.execute(insert(_FIGURES), figures)
+            if notice is not None:
+                await announce(session, notice)
             await session.commit()
 
     def _restore(self, states: dict[uuid.UUID, LinkState], reports: list[dict[str, Any]]) -> None:

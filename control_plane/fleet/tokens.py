@@ -2,7 +2,9 @@
 record of a command sent to an agent.
 
 Either way the old token stops working for HTTP at once (the stored digest changes). Closing
-the agent's live link is the hub's job, done by the route right after. Must not import FastAPI.
+the agent's live link is the hub's job, done by the route right after for a link to this
+process, and by the other replicas' hubs when they hear the notice sent with the change
+(`control_plane.fleet.notices`). Must not import FastAPI.
 """
 
 import uuid
@@ -11,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane import audit
 from control_plane.fleet.agents import agent_row
+from control_plane.fleet.notices import FleetNotice, announce
 from control_plane.fleet_schemas import AgentToken
 from control_plane.models import Agent, Site
 from control_plane.security import Principal, new_token, token_digest
@@ -22,6 +25,7 @@ async def rotate_token(session: AsyncSession, agent_id: uuid.UUID, actor: Princi
     token = new_token()
     agent.token_sha256 = token_digest(token)
     await _record(session, agent, actor, audit.AuditAction.agent_token_rotate)
+    await announce(session, FleetNotice.token_changed(agent_id))
     await session.commit()
     return AgentToken(id=agent_id, token=token)
 
@@ -31,6 +35,7 @@ async def revoke_token(session: AsyncSession, agent_id: uuid.UUID, actor: Princi
     agent = await agent_row(session, agent_id)
     agent.token_sha256 = None
     await _record(session, agent, actor, audit.AuditAction.agent_token_revoke)
+    await announce(session, FleetNotice.token_changed(agent_id))
     await session.commit()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agent.dicom.listeners import ENGINES, IntakeEngine, Listener, make_listener
+from agent.dicom.source import REQUESTOR_ENGINES, RequestorEngine
 from agent.spool import Spool
 from agent.state import AgentState
 
@@ -37,6 +38,13 @@ def spool(tmp_path: Path, state: AgentState) -> Iterator[Spool]:
 def intake_engine(request: pytest.FixtureRequest) -> IntakeEngine:
     """Each intake engine in turn: the SCP acceptance tests run against both."""
     engine: IntakeEngine = request.param
+    return engine
+
+
+@pytest.fixture(params=REQUESTOR_ENGINES)
+def requestor_engine(request: pytest.FixtureRequest) -> RequestorEngine:
+    """Each requestor engine of PULL in turn: the PULL acceptance tests run against both."""
+    engine: RequestorEngine = request.param
     return engine
 
 

@@ -1,7 +1,8 @@
 """Pull rounds against a real Orthanc: what is retrieved, when, how often, and what is not.
 
 Each test runs Orthanc (Debian's) as the PACS and the agent's real intake (state database,
-spool, a listener of each intake engine as the C-MOVE destination), and drives
+spool, a listener of each intake engine as the C-MOVE destination, each requestor engine
+asking), and drives
 `SourcePoller.poll_once` round by round with a clock it moves by hand, so stability and grace
 periods need no sleeping. Orthanc's C-MOVE and C-GET requests are counted from its log.
 """
@@ -19,7 +20,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from agent.dicom.listeners import IntakeEngine, make_listener
-from agent.dicom.scu import SpoolSink
+from agent.dicom.scu import RequestorEngine, SpoolSink
 from agent.health import PipelineCounters
 from agent.pull.ledger import PullLedger, SeriesState
 from agent.pull.poller import SourcePoller
@@ -102,7 +103,14 @@ def snapshot_for(pacs: Orthanc, **overrides: Any) -> SiteSnapshot:
 class Intake:
     """The agent's receiving side for one test: state, spool, listener, and a poller factory."""
 
-    def __init__(self, tmp_path: Path, pacs: Orthanc, clock: Clock, engine: IntakeEngine) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        pacs: Orthanc,
+        clock: Clock,
+        engine: IntakeEngine,
+        requestor_engine: RequestorEngine,
+    ) -> None:
         self.state = AgentState.open(tmp_path / "state.db")
         self.spool = CountingSpool(tmp_path / "spool", self.state)
         self.listener = make_listener(
@@ -112,6 +120,7 @@ class Intake:
         self.clock = clock
         self.ledger = PullLedger(self.state)
         self.counters = PipelineCounters()
+        self.requestor_engine = requestor_engine
 
     def start(self) -> None:
         port = self.listener.start()
@@ -133,6 +142,7 @@ class Intake:
             slots=asyncio.Semaphore(snapshot.config.pull.max_concurrent_retrievals),
             counters=self.counters,
             clock=self.clock,
+            requestor_engine=self.requestor_engine,
         )
 
     def known(self, series: list[Dataset]) -> set[str]:
@@ -152,9 +162,13 @@ def clock() -> Clock:
 
 @pytest.fixture
 def intake(
-    tmp_path: Path, pacs: Orthanc, clock: Clock, intake_engine: IntakeEngine
+    tmp_path: Path,
+    pacs: Orthanc,
+    clock: Clock,
+    intake_engine: IntakeEngine,
+    requestor_engine: RequestorEngine,
 ) -> Iterator[Intake]:
-    opened = Intake(tmp_path / "agent", pacs, clock, intake_engine)
+    opened = Intake(tmp_path / "agent", pacs, clock, intake_engine, requestor_engine)
     opened.start()
     yield opened
     opened.close()

@@ -59,3 +59,17 @@ def test_a_dul_loop_delay_with_the_lean_engine_is_refused_not_ignored(tmp_path: 
             data_dir=tmp_path,
             dul_loop_delay=0.001,
         )
+
+
+def test_the_lean_requestor_is_the_default_and_pynetdicom_can_be_chosen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    common = {"control_plane_url": "http://cp", "token_file": tmp_path, "data_dir": tmp_path}
+    assert AgentSettings(**common).requestor_engine == "lean"  # type: ignore[arg-type]
+
+    monkeypatch.setenv("DICOM_CONNECTOR_AGENT_REQUESTOR_ENGINE", "pynetdicom")
+    assert AgentSettings(**common).requestor_engine == "pynetdicom"  # type: ignore[arg-type]
+
+    monkeypatch.setenv("DICOM_CONNECTOR_AGENT_REQUESTOR_ENGINE", "dcmtk")
+    with pytest.raises(ValidationError, match="requestor_engine"):
+        AgentSettings(**common)  # type: ignore[arg-type]

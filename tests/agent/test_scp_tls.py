@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from agent.dicom.scp import DicomListener
-from agent.dicom.scu import Scu, SourceAddress, SourceError
+from agent.dicom.scu import RequestorEngine, Scu, SourceAddress, SourceError
 from agent.dicom.status import Status
 from agent.dicom.tls import (
     MODERN_TLS12_CIPHERS,
@@ -78,12 +79,20 @@ def client_with(client: Issued, trusted_ca: Path) -> ssl.SSLContext:
     return client_context(TlsFiles(client.cert, client.key, trusted_ca))
 
 
-def failed_handshakes(listener: DicomListener) -> int:
-    return sum(
-        count
-        for (reason, _), count in listener.rejections.counts().items()
-        if reason == RejectionReason.tls_handshake_failed
-    )
+def failed_handshakes(listener: DicomListener, *, awaiting: int = 0) -> int:
+    """The listener's failed TLS handshakes; with `awaiting`, first wait (up to 10 s) until at
+    least that many are counted: the client can see its handshake fail and exit before the
+    listener's thread has recorded it."""
+    deadline = time.monotonic() + 10
+    while True:
+        count = sum(
+            count
+            for (reason, _), count in listener.rejections.counts().items()
+            if reason == RejectionReason.tls_handshake_failed
+        )
+        if count >= awaiting or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)
 
 
 def test_a_client_with_a_certificate_from_the_site_ca_stores(
@@ -109,7 +118,7 @@ def test_a_client_certificate_from_another_ca_is_refused(
     assoc = associate(tls_listener.port, client_with(stranger, ca.cert))
 
     assert not assoc.is_established
-    assert failed_handshakes(tls_listener) == 1
+    assert failed_handshakes(tls_listener, awaiting=1) == 1
 
 
 def test_an_expired_client_certificate_is_refused(
@@ -120,7 +129,7 @@ def test_an_expired_client_certificate_is_refused(
     assoc = associate(tls_listener.port, client_with(expired, ca.cert))
 
     assert not assoc.is_established
-    assert failed_handshakes(tls_listener) == 1
+    assert failed_handshakes(tls_listener, awaiting=1) == 1
 
 
 def test_a_client_without_a_certificate_is_refused_when_one_is_required(
@@ -133,7 +142,7 @@ def test_a_client_without_a_certificate_is_refused_when_one_is_required(
     assoc = associate(tls_listener.port, anonymous)
 
     assert not assoc.is_established
-    assert failed_handshakes(tls_listener) == 1
+    assert failed_handshakes(tls_listener, awaiting=1) == 1
 
 
 def test_a_client_without_a_certificate_stores_when_none_is_required(
@@ -155,7 +164,7 @@ def test_plain_tcp_is_refused_and_the_listener_keeps_serving_tls(
     tls_listener: DicomListener, ca: CertificateAuthority
 ) -> None:
     assert not associate(tls_listener.port, None).is_established
-    assert failed_handshakes(tls_listener) == 1
+    assert failed_handshakes(tls_listener, awaiting=1) == 1
 
     assoc = associate(tls_listener.port, client_with(ca.issue("scanner"), ca.cert))
     assert assoc.is_established
@@ -175,7 +184,7 @@ def test_tls_older_than_1_2_is_refused(
         pytest.fail("this OpenSSL cannot even offer TLS 1.1 ciphers")
 
     assert not associate(tls_listener.port, old).is_established
-    assert failed_handshakes(tls_listener) == 1
+    assert failed_handshakes(tls_listener, awaiting=1) == 1
 
 
 def test_a_renewed_certificate_written_over_the_old_one_serves_the_next_association(
@@ -285,7 +294,7 @@ def test_storescu_with_a_certificate_from_another_ca_is_refused(
 
     assert result.returncode != 0
     assert state.stats().spooled_count == 0
-    assert failed_handshakes(tls_listener) == 1
+    assert failed_handshakes(tls_listener, awaiting=1) == 1
 
 
 def storescu_tls(
@@ -316,14 +325,18 @@ def storescu_tls(
 
 
 def test_the_scu_echoes_over_mutual_tls_and_is_refused_with_a_foreign_certificate(
-    tmp_path: Path, tls_listener: DicomListener, ca: CertificateAuthority
+    tmp_path: Path,
+    tls_listener: DicomListener,
+    ca: CertificateAuthority,
+    requestor_engine: RequestorEngine,
 ) -> None:
     source = SourceAddress("CONNECTOR", "127.0.0.1", tls_listener.port)
     own = ca.issue("puller").tls_files(ca.cert)
     foreign = CertificateAuthority(tmp_path, "stranger").issue("puller").tls_files(ca.cert)
 
-    Scu(source, calling_ae_title="PULLER", timeout=10, tls=own).echo()
+    engine = requestor_engine
+    Scu(source, calling_ae_title="PULLER", timeout=10, tls=own, engine=engine).echo()
     with pytest.raises(SourceError):
-        Scu(source, calling_ae_title="PULLER", timeout=10, tls=foreign).echo()
+        Scu(source, calling_ae_title="PULLER", timeout=10, tls=foreign, engine=engine).echo()
     with pytest.raises(SourceError):
-        Scu(source, calling_ae_title="PULLER", timeout=10).echo()
+        Scu(source, calling_ae_title="PULLER", timeout=10, engine=engine).echo()

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from control_plane.hierarchy.blobs import BlobStore
 from tests.control_plane.harness import ControlPlane, post_ingest
 from tests.control_plane.instances import new_uid, part10
 
@@ -118,8 +119,8 @@ async def test_file_whose_blob_vanished_is_an_explicit_500(
 ) -> None:
     item = (await control_plane.admin.get("/api/v1/acquisitions")).json()["items"][0]
     [file] = item["files"]
-    blob = control_plane.resources.blobs.path_of(file["sha256"])
-    blob.unlink()
+    assert control_plane.settings.blob_dir is not None
+    (control_plane.settings.blob_dir / BlobStore.key_of(file["sha256"])).unlink()
 
     response = await control_plane.admin.get(f"/api/v1/files/{file['id']}")
 

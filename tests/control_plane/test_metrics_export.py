@@ -70,3 +70,11 @@ def test_requests_are_labelled_by_route_template_never_by_path_values(base_url: 
     }
     # A site without agents is missing.
     assert statuses == {"ok": 0, "degraded": 0, "unhealthy": 0, "missing": 1}
+
+
+def test_a_single_process_on_sqlite_shows_no_replica_bus(base_url: str) -> None:
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    exposition = httpx2.get(f"{base_url}/metrics", headers=headers, timeout=30).text
+
+    assert "dicom_connector_alerts_delivered_total 0.0" in exposition  # the scrape ran
+    assert "replica_bus" not in exposition

@@ -9,11 +9,17 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, pool
+from sqlalchemy import create_engine, inspect, pool, text
 
 from control_plane.database_url import sync_database_url
 from control_plane.main import SchemaNotCurrentError, create_app
-from control_plane.migrate import alembic_config, current_revision, head_revision, upgrade
+from control_plane.migrate import (
+    SchemaAheadError,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 from control_plane.models import Base
 from control_plane.settings import ControlPlaneSettings
 from tests.control_plane.harness import ADMIN_TOKEN
@@ -106,3 +112,29 @@ async def test_start_accepts_a_migrated_database_when_migrate_on_start_is_off(
 
     async with app.router.lifespan_context(app):
         assert app.state.resources.settings.migrate_on_start is False
+
+
+async def test_start_refuses_a_database_migrated_by_a_newer_version(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    upgrade(empty_database_url)
+    await asyncio.to_thread(_stamp, empty_database_url, "0999_from_the_future")
+    settings = ControlPlaneSettings(
+        database_url=empty_database_url, blob_dir=tmp_path / "blobs", admin_token=ADMIN_TOKEN
+    )
+    app = create_app(settings)
+
+    with pytest.raises(SchemaAheadError, match=r"0999_from_the_future.*its newest is"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+def _stamp(database_url: str, revision: str) -> None:
+    engine = create_engine(sync_database_url(database_url))
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("UPDATE alembic_version SET version_num = :revision"), {"revision": revision}
+            )
+    finally:
+        engine.dispose()

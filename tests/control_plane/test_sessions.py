@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from control_plane.hierarchy.blobs import BlobStore
 from tests.control_plane.harness import ControlPlane, post_ingest
 from tests.control_plane.instances import new_uid, part10, sha256_hex
 
@@ -116,8 +117,9 @@ async def test_a_purged_session_is_gone_with_its_blobs_and_the_purge_is_recorded
     kept = await _ingest(control_plane, 1, subject="sub-keep", session="ses-1")
     [acquisition] = await _acquisitions(control_plane, subject="sub-oops")
     session_id = acquisition["session_id"]
-    blobs = control_plane.resources.blobs
-    paths = [blobs.path_of(file["sha256"]) for file in acquisition["files"]]
+    root = control_plane.settings.blob_dir
+    assert root is not None
+    paths = [root / BlobStore.key_of(file["sha256"]) for file in acquisition["files"]]
     assert all(path.is_file() for path in paths)
 
     purged = await control_plane.admin.delete(f"/api/v1/sessions/{session_id}")
@@ -129,6 +131,6 @@ async def test_a_purged_session_is_gone_with_its_blobs_and_the_purge_is_recorded
     assert await _acquisitions(control_plane, subject="sub-oops") == []
     assert (await control_plane.admin.get(f"/api/v1/sessions/{session_id}")).status_code == 404
     [other] = await _acquisitions(control_plane, subject="sub-keep")
-    assert blobs.path_of(sha256_hex(kept[0])).is_file()
+    assert (root / BlobStore.key_of(sha256_hex(kept[0]))).is_file()
     assert other["files"][0]["sha256"] == sha256_hex(kept[0])
     assert (await control_plane.admin.delete(f"/api/v1/sessions/{session_id}")).status_code == 404

@@ -94,3 +94,25 @@ def test_settings_are_read_from_prefixed_environment_variables(
 
 def test_admin_token_is_not_shown_in_the_settings_repr() -> None:
     assert GOOD_TOKEN not in repr(_settings())
+
+
+def test_an_s3_blob_url_stands_in_for_the_blob_dir() -> None:
+    settings = _settings(blob_dir=None, blob_url="s3://bucket/connector")
+
+    assert (settings.blob_dir, settings.blob_url) == (None, "s3://bucket/connector")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"blob_url": "s3://bucket/connector"}, "not both"),
+        ({"blob_dir": None}, "exactly one of blob_dir"),
+        ({"blob_dir": None, "blob_url": "https://bucket/x"}, "s3://BUCKET"),
+        ({"blob_dir": None, "blob_url": "s3:///no-bucket"}, "s3://BUCKET"),
+    ],
+)
+def test_the_blob_store_is_given_exactly_once_and_as_s3(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        _settings(**overrides)

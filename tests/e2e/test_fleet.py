@@ -8,11 +8,6 @@ settings (`DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S`) so "missing" arrives in second
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -24,6 +19,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
+from tests.support.cli_process import START_TIMEOUT_S, Process
 from tests.support.dicom_factory import make_instance
 from tests.support.environment import free_port
 from tests.support.postgres import reset_schema, temporary_database
@@ -32,7 +28,6 @@ from tests.support.scu import send_datasets
 ADMIN_TOKEN = "e2e-fleet-admin-token-0123456789"
 SITE = "default"
 FAST = {"timing": {"acquisition_delay": "0.5s"}}
-START_TIMEOUT_S = 60.0
 CONTROL_PLANE_ENV = {
     "DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S": "0.5",
     "DICOM_CONNECTOR_FLEET_FLUSH_INTERVAL_S": "0.1",
@@ -46,49 +41,6 @@ AGENT_ENV = {
     "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_CAP": "1",
     "DICOM_CONNECTOR_AGENT_LINK_UNAUTHORIZED_RETRY_INTERVAL": "0.5",
 }
-
-
-class Process:
-    """One `python -m cli ...` process whose output is collected; `stop()` always ends it."""
-
-    def __init__(self, args: list[str], env: dict[str, str], ready: Callable[[str], bool]):
-        self.output: list[str] = []
-        self._ready_line = threading.Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
-
-    def _pump(self, ready: Callable[[str], bool]) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-            if ready(line):
-                self._ready_line.set()
-
-    def wait_ready(self, probe: Callable[[], bool] | None = None) -> None:
-        """Wait for the ready line (or `probe()`); fail with the output if it never comes."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (self._ready_line.is_set() or (probe is not None and probe())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("process did not become ready:\n" + "".join(self.output))
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 30 s; idempotent."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 class Fleet:

@@ -3,7 +3,7 @@
 import uuid
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from control_plane.deps import BlobsDep, FileReaderDep, SessionDep
 from control_plane.hierarchy.catalog import get_file
@@ -14,19 +14,23 @@ DICOM_MEDIA_TYPE = "application/dicom"
 
 @router.get(
     "/files/{file_id}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "The Part-10 bytes."}},
 )
 async def download_file(
     file_id: uuid.UUID, _: FileReaderDep, session: SessionDep, blobs: BlobsDep
-) -> FileResponse:
+) -> StreamingResponse:
     """Stream the stored bytes (404 for an unknown id)."""
     file = await get_file(session, file_id)
     # End the read transaction now: on SQLite it holds the write lock, and the download may
     # stream for a long time.
     await session.close()
-    return FileResponse(
-        await blobs.existing_path(file.sha256),
+    blob = await blobs.open(file.sha256)
+    return StreamingResponse(
+        blob.chunks,
         media_type=DICOM_MEDIA_TYPE,
-        filename=f"{file.sop_instance_uid}.dcm",
+        headers={
+            "Content-Length": str(blob.size),
+            "Content-Disposition": f'attachment; filename="{file.sop_instance_uid}.dcm"',
+        },
     )

@@ -37,5 +37,7 @@ async def metrics(
             )
     http: HttpMetrics = request.app.state.http_metrics
     statuses = resources.hub.view.site_statuses(context)
-    scrape = await read_scrape(session, statuses, context.now, resources.alerter)
+    scrape = await read_scrape(
+        session, statuses, context.now, resources.alerter, resources.replica_bus
+    )
     return Response(exposition(http, scrape), media_type=CONTENT_TYPE_LATEST)

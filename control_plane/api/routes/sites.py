@@ -117,7 +117,7 @@ async def put_site_config(
     site: str, request: Request, principal: SiteChangerDep, session: SessionDep, hub: HubDep
 ) -> ConfigRevisionNumber:
     """Store a new config revision (same number when nothing changed) and push it at once to
-    the site's connected agents."""
+    the site's connected agents, on this replica and the others."""
     site_row = await sites.site_by_name(session, site)
     config = config_revisions.parse_config(await request.body())
     revision = await push_site_config(session, hub, site_row, config, principal)
