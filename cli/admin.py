@@ -395,9 +395,15 @@ def _dicom_security(reports: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 @admin_app.command("fleet")
-def fleet(ctx: typer.Context) -> None:
+def fleet(
+    ctx: typer.Context,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE; only sites carrying all.")
+    ] = None,
+) -> None:
     """The whole fleet: sites and agents per status, and the sites that need attention."""
-    answer = _call(ctx, "GET", "/api/v1/fleet/health")
+    params = [("label", term) for term in label or []]
+    answer = _call(ctx, "GET", "/api/v1/fleet/health", params=params)
     statuses = list(answer["sites"])
     _table(
         f"fleet: {answer['status']}",

@@ -42,6 +42,10 @@ def test_labels_are_set_listed_filtered_and_removed(base_url: str) -> None:
     assert "no labels" in _admin(base_url, "sites", "labels", "replace", "boston")
     refused = _admin(base_url, "sites", "labels", "set", "paris", "Bad=1", code=1)
     assert "label key" in refused
+    # Sites without agents need attention: the ones the selector keeps are listed.
+    fleet = _admin(base_url, "fleet", "--label", "region=eu")
+    assert "paris" in fleet
+    assert "boston" not in fleet
 
 
 def test_a_rollout_is_created_watched_to_its_end_listed_and_shown(
