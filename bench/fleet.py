@@ -15,6 +15,10 @@ Then it measures, and prints as Markdown:
   and until every agent's result is visible in the API.
 
 Targets (issue 3): a new config reaches all 1,000 agents within 5 s; API p99 under 100 ms.
+
+With `--rollout 1,10,100` it measures a rollout instead (`bench/_rollout.py`): N sites of one
+agent each, one rollout over all of them in those stages, the time of each stage beyond its
+soak, against the same change pushed by hand to every site.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -43,6 +48,7 @@ from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
 
+import _rollout
 import httpx2
 import psycopg
 from psycopg import sql
@@ -173,7 +179,13 @@ class Latencies:
 class ControlPlaneProcess:
     """`dicom-connector control-plane` on a free port, owned by the benchmark."""
 
-    def __init__(self, workdir: Path, database_url: str, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        heartbeat_s: float,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = _free_port()
         self.admin_token = secrets.token_urlsafe(24)
@@ -196,6 +208,7 @@ class ControlPlaneProcess:
             **os.environ,
             "DICOM_CONNECTOR_ADMIN_TOKEN": self.admin_token,
             "DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S": str(heartbeat_s),
+            **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -252,10 +265,16 @@ async def main(argv: Sequence[str] | None = None) -> int:
         return await _main_replicas(args)
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     database_url = args.db if args.db != "sqlite" else f"sqlite:///{workdir / 'cp.db'}"
-    control_plane = ControlPlaneProcess(workdir, database_url, args.heartbeat)
+    extra_env = {}
+    if args.rollout:
+        extra_env["DICOM_CONNECTOR_ROLLOUT_TICK_INTERVAL_S"] = str(args.rollout_tick)
+    control_plane = ControlPlaneProcess(workdir, database_url, args.heartbeat, extra_env)
     try:
         control_plane.start()
-        lines = await _measure(control_plane, args)
+        if args.rollout:
+            lines = await _measure_rollout(control_plane, args)
+        else:
+            lines = await _measure(control_plane, args)
     finally:
         control_plane.stop()
         if not args.keep:
@@ -315,6 +334,53 @@ async def _measure(control_plane: ControlPlaneProcess, args: argparse.Namespace)
         idle,
         loaded,
         pushes,
+    )
+
+
+async def _measure_rollout(
+    control_plane: ControlPlaneProcess, args: argparse.Namespace
+) -> list[str]:
+    """The rollout mode: see `bench/_rollout.py`."""
+    stages = [int(part) for part in args.rollout.split(",")]
+    headers = {"Authorization": f"Bearer {control_plane.admin_token}"}
+    async with httpx2.AsyncClient(base_url=control_plane.url, headers=headers, timeout=60) as admin:
+        _progress(f"registering {args.agents} sites of one agent each")
+        agents = await _rollout.register_sites(
+            admin,
+            args.agents,
+            lambda agent_id, token: SimulatedAgent(agent_id, token, args.heartbeat),
+        )
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        _progress("connecting")
+        stop = asyncio.Event()
+        link_url = control_plane.url.replace("http://", "ws://") + "/api/v1/agent/link"
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def every_agent_has(revision: int) -> None:
+            await asyncio.gather(*(agent.arrival(revision).wait() for agent in agents))
+
+        async with asyncio.TaskGroup() as tasks:
+            for agent in agents:
+                tasks.create_task(_connect(agent, link_url, stop, gate))
+            await asyncio.gather(*(agent.configured.wait() for agent in agents))
+            # Every link recorded as connected, so the rollout counts every agent.
+            await asyncio.sleep(2 * args.heartbeat)
+            _progress("baseline: the same change by hand to every site")
+            baseline = await _rollout.hand_push(admin, args.agents, every_agent_has)
+            _progress(f"rollout in stages {stages}")
+            run = await _rollout.run_rollout(admin, stages, args.rollout_soak, _progress)
+            stop.set()
+    lines = [
+        *_machine(),
+        f"command: .venv/bin/python bench/fleet.py --agents {args.agents}"
+        f" --heartbeat {args.heartbeat:g} --db {'sqlite' if args.db == 'sqlite' else 'postgresql'}"
+        f" --rollout {args.rollout} --rollout-soak {args.rollout_soak}"
+        f" --rollout-tick {args.rollout_tick:g}",
+        "",
+    ]
+    return lines + _rollout.report(
+        dataclasses.replace(run, baseline_s=baseline), args.agents, args.rollout_tick
     )
 
 
@@ -583,6 +649,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pushes", type=int, default=5, help="config push rounds")
     parser.add_argument("--keep", action="store_true", help="keep the workdir and its log")
     parser.add_argument(
+        "--rollout",
+        default=None,
+        help="measure a rollout in these stages (e.g. 1,10,100) over --agents sites instead",
+    )
+    parser.add_argument("--rollout-soak", default="1s", help="soak of each rollout stage")
+    parser.add_argument(
+        "--rollout-tick", type=float, default=1.0, help="the rollout driver's tick (seconds)"
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -593,6 +668,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.replicas > 1 and args.db == "sqlite":
         parser.error("--replicas 2 needs PostgreSQL: --db postgresql://HOST/DB")
+    if args.replicas > 1 and args.rollout:
+        parser.error("--rollout and --replicas 2 are separate measurements; give one")
     return args
 
 

@@ -179,10 +179,27 @@ def acquisitions(
 
 
 @sites_app.command("list")
-def sites_list(ctx: typer.Context) -> None:
-    """List sites."""
-    items = _call(ctx, "GET", "/api/v1/sites")["items"]
-    _table("sites", ["name", "timezone"], [(s["name"], s["timezone"]) for s in items])
+def sites_list(
+    ctx: typer.Context,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE; only sites carrying all.")
+    ] = None,
+) -> None:
+    """List sites with their labels."""
+    params = [("label", term) for term in label or []]
+    items = _call(ctx, "GET", "/api/v1/sites", params=params)["items"]
+    _table(
+        "sites",
+        ["name", "timezone", "labels"],
+        [
+            (
+                s["name"],
+                s["timezone"],
+                escape(", ".join(f"{k}={v}" for k, v in s.get("labels", {}).items())),
+            )
+            for s in items
+        ],
+    )
 
 
 @sites_app.command("create")
@@ -190,9 +207,18 @@ def sites_create(
     ctx: typer.Context,
     name: str,
     timezone: Annotated[str, typer.Option(help="IANA timezone of the site.")] = "UTC",
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE label; repeat for more.")
+    ] = None,
 ) -> None:
     """Create a site."""
-    _call(ctx, "POST", "/api/v1/sites", json={"name": name, "timezone": timezone})
+    labels: dict[str, str] = {}
+    for term in label or []:
+        key, separator, value = term.partition("=")
+        if not separator:
+            raise typer.BadParameter(f"--label {term!r} is not KEY=VALUE (e.g. region=eu)")
+        labels[key] = value
+    _call(ctx, "POST", "/api/v1/sites", json={"name": name, "timezone": timezone, "labels": labels})
     console.print(f"created site {name}")
 
 
@@ -260,12 +286,13 @@ def config_revisions(ctx: typer.Context, site: str) -> None:
     items = _call(ctx, "GET", f"/api/v1/sites/{site}/config/revisions")["items"]
     _table(
         f"config revisions of {site}",
-        ["revision", "created at", "by", "changed keys"],
+        ["revision", "created at", "by", "rollout", "changed keys"],
         [
             (
                 r["revision"],
                 r.get("created_at"),
                 r.get("created_by"),
+                f"{r['rollout_action']} {r['rollout_id']}" if r.get("rollout_id") else "",
                 ", ".join(change.get("key", "") for change in r.get("diff") or []),
             )
             for r in items
@@ -368,9 +395,15 @@ def _dicom_security(reports: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 @admin_app.command("fleet")
-def fleet(ctx: typer.Context) -> None:
+def fleet(
+    ctx: typer.Context,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE; only sites carrying all.")
+    ] = None,
+) -> None:
     """The whole fleet: sites and agents per status, and the sites that need attention."""
-    answer = _call(ctx, "GET", "/api/v1/fleet/health")
+    params = [("label", term) for term in label or []]
+    answer = _call(ctx, "GET", "/api/v1/fleet/health", params=params)
     statuses = list(answer["sites"])
     _table(
         f"fleet: {answer['status']}",

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.admin import admin_app, agents_app
+from cli.admin import admin_app, agents_app, sites_app
 from cli.admin_metrics import card, metrics
+from cli.admin_rollouts import labels_app, rollouts_app
 from cli.admin_routing import route_check
 from cli.admin_series import series_app
 from cli.admin_sessions import sessions_app
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 admin_app.add_typer(series_app, name="series")
 admin_app.add_typer(sessions_app, name="sessions")
+admin_app.add_typer(rollouts_app, name="rollouts")
+sites_app.add_typer(labels_app, name="labels")
 admin_app.command("route-check")(route_check)
 admin_app.command("metrics")(metrics)
 admin_app.command("card")(card)

@@ -874,6 +874,16 @@ def load_site_config(text: str) -> SiteConfig:
     return validate_site_config(document)
 
 
+def parse_document(text: str) -> Any:
+    """Parse a YAML or JSON document the way site configs are read (YAML 1.2 scalars, no
+    duplicate keys) without validating it: for config fragments such as rollout patches.
+
+    Raises:
+        ConfigError: for text that is neither valid YAML nor JSON.
+    """
+    return _parse_document(text)
+
+
 def dicom_keywords(config: SiteConfig) -> list[tuple[str, str]]:
     """Every DICOM keyword the config names, as ``(dotted key, keyword)``."""
     named = [

@@ -34,6 +34,13 @@ class AuditAction(StrEnum):
     session_purge = "session.purge"
     series_retry = "series.retry"
     series_discard = "series.discard"
+    site_labels = "site.labels"
+    rollout_create = "rollout.create"
+    rollout_pause = "rollout.pause"
+    rollout_resume = "rollout.resume"
+    rollout_abort = "rollout.abort"
+    rollout_complete = "rollout.complete"
+    rollout_rollback = "rollout.rollback"
 
 
 def record(

@@ -22,6 +22,7 @@ from control_plane.access import Access, check, may_see_site
 from control_plane.errors import NotFoundError
 from control_plane.fleet.agents import authenticate_agent, site_id_of_agent
 from control_plane.fleet.health import HealthContext
+from control_plane.fleet.rollout_driver import RolloutDriver
 from control_plane.fleet.view import FleetView
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hierarchy.catalog import site_id_of_file, site_id_of_session
@@ -85,6 +86,16 @@ def get_fleet_view(resources: ResourcesDep) -> FleetView:
 
 
 FleetViewDep = Annotated[FleetView, Depends(get_fleet_view)]
+
+
+def get_rollout_driver(resources: ResourcesDep) -> RolloutDriver:
+    """The rollout driver of this process."""
+    if resources.rollouts is None:
+        raise RuntimeError("the app was built without a rollout driver")
+    return resources.rollouts
+
+
+RolloutDriverDep = Annotated[RolloutDriver, Depends(get_rollout_driver)]
 
 
 def get_health_context(resources: ResourcesDep) -> HealthContext:

@@ -2,9 +2,9 @@
 
 Nothing is built at import time. The lifespan migrates the database (unless told not to),
 opens the engine and the blob store, runs the hub's background work (link state flushes,
-reconciling, history pruning) and the replica bus (other replicas' changes, on PostgreSQL),
-and on shutdown closes the agent links, writes what they left pending and disposes of the
-engine.
+reconciling, history pruning), the replica bus (other replicas' changes, on PostgreSQL)
+and the rollout driver, and on shutdown gives back its rollout leases, closes the agent
+links, writes what they left pending and disposes of the engine.
 Must not import `agent` or pynetdicom.
 """
 
@@ -39,6 +39,7 @@ from control_plane.db import (
     ensure_database_directory,
 )
 from control_plane.errors import ControlPlaneError, InvalidConfigError
+from control_plane.fleet.rollout_driver import RolloutDriver
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
 from control_plane.metrics import HttpMetrics
@@ -109,6 +110,15 @@ def create_app(
             clock,
             dt.timedelta(seconds=settings.heartbeat_interval_s),
         )
+        rollouts = RolloutDriver(
+            sessionmaker,
+            hub,
+            clock,
+            lease=dt.timedelta(seconds=settings.rollout_lease_s),
+            tick_interval_s=settings.rollout_tick_interval_s,
+            heartbeat_interval=dt.timedelta(seconds=settings.heartbeat_interval_s),
+            reconnect_grace=dt.timedelta(seconds=settings.rollout_reconnect_grace_s),
+        )
         bus = ReplicaBus(settings.database_url, hub.apply_notice, hub.catch_up)
         app.state.resources = Resources(
             settings=settings,
@@ -120,6 +130,7 @@ def create_app(
             hub=hub,
             clock=clock,
             alerter=alerter,
+            rollouts=rollouts,
             replica_bus=bus,
         )
         # The fleet routes answer from the hub's view: it is filled before the first request.
@@ -131,16 +142,21 @@ def create_app(
         await _listening(bus)
         alerts_work = asyncio.create_task(alerter.run(), name="alerts")
         alerts_work.add_done_callback(_report_crash)
+        # Rollouts left running by an earlier run (or a replica that died) are taken up here.
+        rollouts_work = asyncio.create_task(rollouts.run(), name="rollouts")
+        rollouts_work.add_done_callback(_report_crash)
         if settings.tune_garbage_collector:
             _tune_garbage_collector()
         logger.info("control plane started", revision=migrate.head_revision())
         try:
             yield
         finally:
+            rollouts_work.cancel()
             alerts_work.cancel()
             bus_work.cancel()
             hub_work.cancel()
-            await asyncio.wait([hub_work, bus_work, alerts_work])
+            await asyncio.wait([hub_work, bus_work, alerts_work, rollouts_work])
+            await rollouts.release()
             await hub.close()
             if read_engine is not None:
                 await read_engine.dispose()

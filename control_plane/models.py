@@ -108,6 +108,11 @@ class Site(Base):
     # shown by the API, so the same UID maps to the same new UID across restarts and agents.
     deid_salt: Mapped[str] = mapped_column(String(DEID_SALT_LENGTH), default=new_deid_salt)
     created_at: Mapped[datetime] = _created_at()
+    # Free-form `key: value` labels (region, scanner kind...) that fleet views filter by and
+    # rollouts select sites with; validated by `control_plane.fleet.labels`.
+    labels: Mapped[dict[str, str]] = mapped_column(
+        JSONDocument, default=dict, server_default=text("'{}'")
+    )
 
 
 class ConfigRevision(Base):
@@ -123,6 +128,77 @@ class ConfigRevision(Base):
     diff: Mapped[list[dict[str, Any]]] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = _created_at()
     created_by: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    # Set when a rollout wrote this revision: `apply` (its config) or `rollback` (the revision
+    # before it, written back when the rollout failed or was aborted).
+    rollout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("rollouts.id"))
+    rollout_action: Mapped[str | None] = mapped_column(String(16))
+
+
+class Rollout(Base):
+    """A staged config change over many sites (`control_plane.fleet.rollouts`).
+
+    `state` is what the API shows; `rollback_pending` says that the sites it changed still have
+    to be given their previous revision back (after a failure or an abort). The driving
+    control plane holds `driver_id` until `lease_expires_at` and renews it while driving;
+    another replica takes over once it has expired.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    state: Mapped[str] = mapped_column(String(16))
+    rollback_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    config_mode: Mapped[str] = mapped_column(String(16))
+    target: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    stages: Mapped[list[int]] = mapped_column(JSONDocument)
+    soak_s: Mapped[float] = mapped_column(Float)
+    apply_timeout_s: Mapped[float] = mapped_column(Float)
+    current_stage: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = _created_at()
+    actor_role: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_name: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    driver_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RolloutStage(Base):
+    """One stage of a rollout: when it started, when all its agents had applied the new
+    revision (its soak began), and when it completed."""
+
+    __tablename__ = "rollout_stages"
+    __table_args__ = (UniqueConstraint("rollout_id", "stage"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    rollout_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("rollouts.id"))
+    stage: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    soak_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RolloutSite(Base):
+    """One site of a rollout: its stage, and the revisions the rollout found and wrote."""
+
+    __tablename__ = "rollout_sites"
+    __table_args__ = (UniqueConstraint("rollout_id", "site_id"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    rollout_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("rollouts.id"))
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id"), index=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    agents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    previous_revision: Mapped[int | None] = mapped_column(Integer)
+    revision: Mapped[int | None] = mapped_column(Integer)
+    rollback_revision: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(String(REASON_LENGTH))
 
 
 class Agent(Base):

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from control_plane.alerts import Alerter
 from control_plane.clock import Clock
+from control_plane.fleet.rollout_driver import RolloutDriver
 from control_plane.hierarchy.blobs import BlobStore
 from control_plane.hub import Hub
 from control_plane.replica_bus import ReplicaBus
@@ -32,5 +33,7 @@ class Resources:
     clock: Clock
     alerter: Alerter | None = field(default=None)
     """Webhook alerts on site status changes (None when built without one, in tests)."""
+    rollouts: RolloutDriver | None = field(default=None)
+    """The driver of this process's rollouts (None when built without one, in tests)."""
     replica_bus: ReplicaBus | None = field(default=None)
     """What other replicas changed (a no-op on SQLite; None when built without one)."""

@@ -11,11 +11,12 @@ from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.config import AETitle, SiteConfig
 from common.ingest import GroupId, ProjectLabel, StorableLabel
 from common.routing import RoutingReason
+from control_plane.fleet.labels import label_problems
 from control_plane.fleet_schemas import AgentHealth, NoHealth
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -142,6 +143,18 @@ class SiteCreate(BaseModel):
 
     name: Name
     timezone: TimezoneName
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description='Labels fleet views filter by and rollouts select with, e.g. {"region": "eu"}.',
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        problems = label_problems(labels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return labels
 
 
 class SitePublic(BaseModel):
@@ -149,6 +162,7 @@ class SitePublic(BaseModel):
 
     name: str
     timezone: str
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class ConfigRevisionNumber(BaseModel):
@@ -182,6 +196,10 @@ class ConfigRevisionPublic(BaseModel):
     created_at: datetime
     created_by: str
     diff: list[ConfigChange]
+    rollout_id: uuid.UUID | None = None
+    """The rollout that wrote this revision (None: written by hand)."""
+    rollout_action: str | None = None
+    """`apply` (the rollout's config) or `rollback` (the revision before it, written back)."""
 
 
 class ConfigProblems(BaseModel):

@@ -105,6 +105,24 @@ class ControlPlaneSettings(BaseSettings):
         description="How often each control plane re-checks its links against the database:"
         " tokens rotated or revoked elsewhere, config revisions stored by another replica.",
     )
+    rollout_lease_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long the replica driving a rollout holds it without renewing; another"
+        " replica takes a rollout over this long after its driver died.",
+    )
+    rollout_tick_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the rollout driver looks at the rollouts it drives (keep it"
+        " well under rollout_lease_s).",
+    )
+    rollout_reconnect_grace_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="After a restart or a takeover, how long the driver lets agents reconnect"
+        " before a disconnect fails a rollout (agents back off up to 60 s by default).",
+    )
     tune_garbage_collector: bool = Field(
         default=True,
         description="Freeze what exists at start-up and collect the young generation less"

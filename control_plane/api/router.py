@@ -15,6 +15,7 @@ from control_plane.api.routes import (
     groups,
     ingest,
     metrics,
+    rollouts,
     routing_check,
     series,
     sessions,
@@ -41,5 +42,6 @@ for _module in (
     ingest,
     tokens,
     audit,
+    rollouts,
 ):
     api_router.include_router(_module.router)

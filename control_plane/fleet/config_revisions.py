@@ -14,7 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.config import ConfigError, SiteConfig, dictionary_problems, load_site_config
+from common.config import (
+    ConfigError,
+    SiteConfig,
+    dictionary_problems,
+    load_site_config,
+    validate_site_config,
+)
 from common.deployment import IN_CLUSTER, in_cluster_problems
 from control_plane import audit
 from control_plane.dicom_dictionary import keyword_vr
@@ -26,6 +32,14 @@ from control_plane.schemas import ConfigRevisionPublic, SiteConfigPublic
 from control_plane.security import Principal
 
 MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RevisionOrigin:
+    """The rollout that writes a revision, and whether it applies its config or rolls back."""
+
+    rollout_id: uuid.UUID
+    action: str  # apply | rollback
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,26 @@ def _canonical(config: SiteConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def validate_document(document: dict[str, Any]) -> SiteConfig:
+    """Validate an already-parsed config document; `InvalidConfigError` lists the problems."""
+    try:
+        config = validate_site_config(document)
+        problems = dictionary_problems(config, keyword_vr)
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as exc:
+        raise InvalidConfigError(
+            "the site config is invalid; fix the keys listed in `problems` and send it again",
+            list(exc.problems),
+        ) from exc
+    return config
+
+
+async def latest_revision(session: AsyncSession, site_id: uuid.UUID) -> ConfigRevision | None:
+    """The site's newest stored revision (None: never configured)."""
+    return await _latest(session, site_id)
+
+
 async def _latest(session: AsyncSession, site_id: uuid.UUID) -> ConfigRevision | None:
     return await session.scalar(
         select(ConfigRevision)
@@ -89,10 +123,15 @@ async def _latest(session: AsyncSession, site_id: uuid.UUID) -> ConfigRevision |
 
 
 async def store_config(
-    session: AsyncSession, site: Site, config: SiteConfig, actor: Principal
+    session: AsyncSession,
+    site: Site,
+    config: SiteConfig,
+    actor: Principal,
+    origin: RevisionOrigin | None = None,
 ) -> int:
     """Store `config` as the site's next revision and return its number (or the current one
-    when nothing changed); a new revision is audited with its diff."""
+    when nothing changed); a new revision is audited with its diff, and with the rollout that
+    wrote it (`origin`) if any."""
     document = _canonical(config)
     # Read once: a rollback below expires `site`, and reloading it lazily is not possible
     # under asyncio.
@@ -108,16 +147,25 @@ async def store_config(
         number = 1 if latest is None else latest.revision + 1
         diff = [change.model_dump(mode="json") for change in config_diff(previous, document)]
         revision = ConfigRevision(
-            site_id=site_id, revision=number, config=document, diff=diff, created_by=actor.name
+            site_id=site_id,
+            revision=number,
+            config=document,
+            diff=diff,
+            created_by=actor.name,
+            rollout_id=None if origin is None else origin.rollout_id,
+            rollout_action=None if origin is None else origin.action,
         )
         session.add(revision)
+        changes: dict[str, Any] = {"revision": number, "diff": diff}
+        if origin is not None:
+            changes |= {"rollout": str(origin.rollout_id), "rollout_action": origin.action}
         audit.record(
             session,
             actor,
             audit.AuditAction.config_update,
             f"site {site_name} config",
             site=site_name,
-            changes={"revision": number, "diff": diff},
+            changes=changes,
         )
         try:
             # In the same transaction: other replicas hear of the revision once it commits.
@@ -159,6 +207,8 @@ async def list_revisions(session: AsyncSession, site: Site) -> list[ConfigRevisi
                 "created_at": revision.created_at,
                 "created_by": revision.created_by,
                 "diff": revision.diff,
+                "rollout_id": revision.rollout_id,
+                "rollout_action": revision.rollout_action,
             }
         )
         for revision in revisions

@@ -347,16 +347,30 @@ class FleetView:
         site.health_json = (generation, answer)
         return answer
 
-    def fleet_health_json(self, context: HealthContext) -> bytes:
-        """`GET /api/v1/fleet/health`."""
+    def fleet_health_json(
+        self, context: HealthContext, only: Collection[str] | None = None
+    ) -> bytes:
+        """`GET /api/v1/fleet/health`, of the sites named in `only` when given (a label
+        selection: built for the request, not kept)."""
         for site in self._sites.values():
             self._judge_site(site, context)
+        if only is not None:
+            return (
+                self._fleet_health([site for site in self._sites.values() if site.name in only])
+                .model_dump_json()
+                .encode()
+            )
         if self._fleet_json is not None and self._fleet_json[0] == self._generation:
             return self._fleet_json[1]
+        answer = self._fleet_health(list(self._sites.values())).model_dump_json()
+        self._fleet_json = (self._generation, answer.encode())
+        return self._fleet_json[1]
+
+    def _fleet_health(self, chosen: list[_Site]) -> FleetHealth:
         site_statuses: list[AgentStatus] = []
         agent_counts = status_counts(())
         attention: list[SiteAttention] = []
-        for site in sorted(self._sites.values(), key=lambda site: site.name):
+        for site in sorted(chosen, key=lambda site: site.name):
             judged, counts = self._site_verdict(site)
             site_statuses.append(judged.status)
             for status, count in counts.items():
@@ -368,14 +382,12 @@ class FleetView:
                     )
                 )
         attention.sort(key=lambda entry: (-entry.status.severity, entry.site))
-        answer = FleetHealth(
+        return FleetHealth(
             status=worst(site_statuses),
             sites=status_counts(site_statuses),
             agents=agent_counts,
             attention=attention,
-        ).model_dump_json()
-        self._fleet_json = (self._generation, answer.encode())
-        return self._fleet_json[1]
+        )
 
     def site_statuses(self, context: HealthContext) -> list[SiteStatus]:
         """Every site's verdict now, with each agent's, by site name (alerts and metrics)."""

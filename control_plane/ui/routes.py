@@ -2,15 +2,17 @@
 
 Log in with a token (the admin token or an API token: support, site-admin, read-only); it is
 kept in an HttpOnly, SameSite=Strict cookie scoped to `/ui` (Secure over HTTPS) and sent to
-the API as the bearer token of every call a page makes. The one changing action, retrying a
-failed series, is a POST that must also carry htmx's `HX-Request` header, which a form posted
-from another site cannot set (with the SameSite cookie, a second guard against CSRF).
+the API as the bearer token of every call a page makes. The changing actions, retrying a failed
+series and pausing, resuming or aborting a rollout, are POSTs that must also carry htmx's
+`HX-Request` header, which a form posted from another site cannot set (with the SameSite
+cookie, a second guard against CSRF).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -188,6 +190,86 @@ async def retry(request: Request, site: str, series_key: str) -> Response:
     except ApiError as error:
         return _page("retry_result.html.j2", results=None, error=error.detail)
     return _page("retry_result.html.j2", results=answer["results"], error=None)
+
+
+_ACTIONS = {"running": ("pause", "abort"), "paused": ("resume", "abort")}
+_ENDED = ("completed", "rolled_back", "aborted")
+
+
+@router.get("/rollouts")
+async def rollouts(request: Request) -> Response:
+    """Rollouts, newest first, with their state and stage."""
+    token = _token(request)
+    if token is None:
+        return _to_login(request)
+    try:
+        async with Api(request.app, token) as api:
+            items = (await api.get("/api/v1/rollouts"))["items"]
+    except ApiError as error:
+        return _failed(request, error)
+    return _page("rollouts.html.j2", items=items)
+
+
+@router.get("/rollouts/{rollout_id}")
+async def rollout_page(request: Request, rollout_id: str) -> Response:
+    """One rollout: its stages and sites, refreshed every 2 s while it runs, and the pause,
+    resume and abort buttons its state allows."""
+    token = _token(request)
+    if token is None:
+        return _to_login(request)
+    try:
+        async with Api(request.app, token) as api:
+            rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id)}")
+    except ApiError as error:
+        return _failed(request, error)
+    return _page("rollout.html.j2", **_rollout_context(rollout, None))
+
+
+@router.get("/rollouts/{rollout_id}/part")
+async def rollout_part(request: Request, rollout_id: str) -> Response:
+    """The live part of a rollout's page (htmx polls it)."""
+    token = _token(request)
+    if token is None:
+        return HTMLResponse("log in again", status_code=401)
+    try:
+        async with Api(request.app, token) as api:
+            rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id)}")
+    except ApiError as error:
+        return HTMLResponse(f'<div id="rollout">{escape(error.detail)}</div>', error.status)
+    return _page("rollout_part.html.j2", **_rollout_context(rollout, None))
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+async def rollout_action(request: Request, rollout_id: str, action: str) -> Response:
+    """Pause, resume or abort (an htmx request; answers the refreshed live part)."""
+    token = _token(request)
+    if token is None or request.headers.get("HX-Request") != "true":
+        return HTMLResponse("refused: log in and use the dashboard's buttons", status_code=403)
+    if action not in ("pause", "resume", "abort"):
+        return HTMLResponse(f"no such action: {escape(action)}", status_code=404)
+    message = None
+    try:
+        async with Api(request.app, token) as api:
+            try:
+                await api.post(f"/api/v1/rollouts/{quote(rollout_id)}/{action}")
+            except ApiError as error:
+                if error.status >= 500:
+                    raise
+                message = error.detail
+            rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id)}")
+    except ApiError as error:
+        return HTMLResponse(f'<div id="rollout">{escape(error.detail)}</div>', error.status)
+    return _page("rollout_part.html.j2", **_rollout_context(rollout, message))
+
+
+def _rollout_context(rollout: dict[str, Any], message: str | None) -> dict[str, Any]:
+    live = rollout["state"] not in _ENDED or rollout["rollback_pending"]
+    return {
+        "rollout": rollout,
+        "live": live,
+        "actions": _ACTIONS.get(rollout["state"], ()),
+        "message": message,
+    }
 
 
 @router.get("/search")

@@ -55,10 +55,21 @@ ROUTE_ACCESS = {
     ("POST", "/api/v1/sites/{site}/series/{series_key}/retry"): "site-change",
     ("POST", "/api/v1/sites/{site}/series/{series_key}/discard"): "site-change",
     ("POST", "/api/v1/sites/{site}/deid/preview"): "site-change",
+    ("PUT", "/api/v1/sites/{site}/labels"): "support",
+    ("PUT", "/api/v1/sites/{site}/labels/{key}"): "support",
+    ("DELETE", "/api/v1/sites/{site}/labels/{key}"): "support",
+    ("POST", "/api/v1/rollouts"): "support",
+    ("GET", "/api/v1/rollouts"): "fleet-read",
+    ("GET", "/api/v1/rollouts/{rollout_id}"): "fleet-read",
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): "support",
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): "support",
+    ("POST", "/api/v1/rollouts/{rollout_id}/abort"): "support",
 }
 # An absent failed series is a 404 for whoever may act on the site's series: that is the
 # answer of a route the caller may use, not a site hidden from it.
-ANSWERS_OF_AN_ALLOWED_CALL = ("reports a failed series",)
+# The same holds for a rollout id nobody created.
+ANSWERS_OF_AN_ALLOWED_CALL = ("reports a failed series", "no rollout has the id")
+UNKNOWN_ROLLOUT = "00000000-0000-4000-8000-000000000000"
 HUMANS = {"admin", "support", "site-admin", "read-only", "read-only-site"}
 ALLOWED = {
     "agent": {"agent"},
@@ -94,6 +105,8 @@ def _url(method: str, path: str, world: World, site: str) -> str:
         .replace("{file_id}", world.file_ids[site])
         .replace("{group}", "neuro")
         .replace("{token_id}", world.spare_token_id)
+        .replace("{rollout_id}", UNKNOWN_ROLLOUT)
+        .replace("{key}", "region")
     )
 
 

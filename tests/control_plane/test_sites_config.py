@@ -34,7 +34,9 @@ async def _put(control_plane: ControlPlane, site: str, document: object) -> int:
 async def test_created_sites_are_listed(control_plane: ControlPlane, site: str) -> None:
     response = await control_plane.admin.get("/api/v1/sites")
 
-    assert response.json() == {"items": [{"name": "hospital-a", "timezone": "Europe/Berlin"}]}
+    assert response.json() == {
+        "items": [{"name": "hospital-a", "timezone": "Europe/Berlin", "labels": {}}]
+    }
 
 
 async def test_creating_an_existing_site_is_409(control_plane: ControlPlane, site: str) -> None:

@@ -1,8 +1,19 @@
 """Site and fleet health: which agents and sites need attention, and why."""
 
-from fastapi import APIRouter, Response
+from typing import Annotated
 
-from control_plane.deps import FleetReaderDep, FleetViewDep, HealthContextDep, SiteReaderDep
+from fastapi import APIRouter, Query, Response
+from fastapi.exceptions import RequestValidationError
+
+from control_plane.deps import (
+    FleetReaderDep,
+    FleetViewDep,
+    HealthContextDep,
+    ReadSessionDep,
+    SiteReaderDep,
+)
+from control_plane.fleet import sites
+from control_plane.fleet.labels import LabelError, parse_selector
 from control_plane.fleet_schemas import FleetHealth, SiteHealth
 
 router = APIRouter(tags=["fleet"])
@@ -21,7 +32,23 @@ async def site_health(
 
 @router.get("/fleet/health", response_model=FleetHealth)
 async def fleet_health(
-    _: FleetReaderDep, view: FleetViewDep, context: HealthContextDep
+    _: FleetReaderDep,
+    view: FleetViewDep,
+    context: HealthContextDep,
+    session: ReadSessionDep,
+    label: Annotated[
+        list[str] | None,
+        Query(description="KEY=VALUE; only the sites carrying all of them (label=region=eu)."),
+    ] = None,
 ) -> Response:
     """Sites and agents per status, and the sites that are not ok with their reasons."""
-    return Response(view.fleet_health_json(context), media_type=JSON)
+    if not label:
+        return Response(view.fleet_health_json(context), media_type=JSON)
+    try:
+        selector = parse_selector(label)
+    except LabelError as exc:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "label"), "msg": exc.message, "input": label}]
+        ) from exc
+    chosen = {site.name for site in await sites.list_sites(session, selector=selector)}
+    return Response(view.fleet_health_json(context, chosen), media_type=JSON)

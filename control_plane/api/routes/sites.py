@@ -1,6 +1,11 @@
 """Sites and their config revisions: support creates sites, a site's admin configures it."""
 
-from fastapi import APIRouter, Request, status
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 
 from control_plane.access import site_filter
 from control_plane.deps import (
@@ -15,6 +20,8 @@ from control_plane.deps import (
 )
 from control_plane.fleet import config_revisions, sites
 from control_plane.fleet.config_push import push_site_config
+from control_plane.fleet.labels import LabelError, parse_selector
+from control_plane.fleet.rollout_schemas import LabelValue, SiteLabels
 from control_plane.schemas import (
     ConfigRevisionNumber,
     ConfigRevisionPublic,
@@ -50,9 +57,55 @@ async def create_site(
 
 
 @router.get("/sites")
-async def list_sites(principal: ReaderDep, session: ReadSessionDep) -> ItemList[SitePublic]:
-    """All sites (a site-bound token sees its own only)."""
-    return ItemList(items=await sites.list_sites(session, site_filter(principal)))
+async def list_sites(
+    principal: ReaderDep,
+    session: ReadSessionDep,
+    label: Annotated[
+        list[str] | None,
+        Query(description="KEY=VALUE; repeat to require several (e.g. label=region=eu)."),
+    ] = None,
+) -> ItemList[SitePublic]:
+    """All sites carrying every `label` given (a site-bound token sees its own only)."""
+    with _as_validation_error(("query", "label"), label):
+        selector = parse_selector(label or [])
+    return ItemList(items=await sites.list_sites(session, site_filter(principal), selector))
+
+
+@router.put("/sites/{site}/labels")
+async def put_site_labels(
+    site: str, body: SiteLabels, principal: SupportDep, session: SessionDep
+) -> SitePublic:
+    """Replace the site's labels (support only: labels decide which rollouts reach a site)."""
+    return await sites.set_labels(session, site, body.labels, principal)
+
+
+@router.put("/sites/{site}/labels/{key}")
+async def put_site_label(
+    site: str, key: str, body: LabelValue, principal: SupportDep, session: SessionDep
+) -> SitePublic:
+    """Set one label of the site."""
+    with _as_validation_error(("path", "key"), key):
+        return await sites.set_label(session, site, key, body.value, principal)
+
+
+@router.delete("/sites/{site}/labels/{key}")
+async def delete_site_label(
+    site: str, key: str, principal: SupportDep, session: SessionDep
+) -> SitePublic:
+    """Remove one label of the site (nothing to do when it carries none of that key)."""
+    with _as_validation_error(("path", "key"), key):
+        return await sites.remove_label(session, site, key, principal)
+
+
+@contextmanager
+def _as_validation_error(loc: tuple[str, str], value: object) -> Iterator[None]:
+    # Label problems answer like every other invalid parameter: FastAPI's documented 422.
+    try:
+        yield
+    except LabelError as exc:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": exc.message, "input": value}]
+        ) from exc
 
 
 @router.put(
