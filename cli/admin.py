@@ -6,6 +6,8 @@ Only HTTP: it works the same against an all-in-one on this machine and a remote 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +37,10 @@ for sub, name in (
 ):
     admin_app.add_typer(sub, name=name)
 
-console = Console()
+# Rich falls back to 80 columns when it cannot ask a terminal, cutting table cells short with
+# an ellipsis: output piped into grep, a file or a support ticket keeps whole values instead.
+PIPED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 
 
 @dataclass(frozen=True)
