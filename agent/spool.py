@@ -14,8 +14,9 @@ an instance written as it arrives, `open_slot` and `SlotWriter.write`) fills a f
 
 `record` is a group commit (`agent.state.GroupCommit`): slots recorded at the same time by
 several associations are fsynced one after the other by one thread (fsyncs of several threads
-at once wait on each other's journal commits) and their rows go into one transaction; each
-caller returns only once its own file is fsynced and its row committed.
+at once wait on each other's journal commits), after their writeback was started together so
+that one journal commit covers them all (`agent.writeback`), and their rows go into one
+transaction; each caller returns only once its own file is fsynced and its row committed.
 
 The spool owns its files: it makes, fills, recovers and deletes them. The state only says when
 a file is no longer needed (`Spool.release`, handed to the state when the spool is built), so
@@ -221,6 +222,9 @@ class Spool:
         `SpoolFull` when the disk or the state database's disk is full (the slot is emptied);
         other `OSError`s and `StateError`s propagate.
         """
+        # Started here, on the caller's thread, so that it runs while the caller waits for the
+        # committer, not on the committer's own time (see `_commit_group`).
+        slot.start_writeback()
         return self._commits.submit(
             _Pending(
                 slot,
@@ -239,15 +243,13 @@ class Spool:
 
         One thread fsyncs them one after the other: on ext4 a file's fsync commits the
         journal, and fsyncs of several threads at once wait on each other's commits (measured
-        several times slower than the same fsyncs in turn, docs/benchmarks.md). Before the
-        first fsync, the writeback of every slot is started (`agent.writeback`): with delayed
-        allocation a slot's blocks are allocated when it is written back, so started together
-        they land in one journal transaction, which the first fsync commits for the whole
-        group instead of each fsync committing one of its own. Each slot is still fsynced
-        before its caller is answered.
+        several times slower than the same fsyncs in turn, docs/benchmarks.md). Each caller
+        started its slot's writeback before it queued (`record`, `agent.writeback`): with
+        delayed allocation a slot's blocks are allocated when it is written back, so those of
+        the whole group are in the running journal transaction by now, and the group's first
+        fsync commits them in one journal commit instead of each fsync committing one of its
+        own. Each slot is still fsynced before its caller is answered.
         """
-        for pending in group:
-            pending.slot.start_writeback()
         results: list[AddOutcome | Exception] = []
         instances: list[SpooledInstance] = []
         places: list[int] = []

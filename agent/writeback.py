@@ -59,7 +59,8 @@ def libc_sync_file_range() -> SyncFileRange | None:
 class Writeback:
     """Starts the writeback of whole files (see the module docstring for why).
 
-    Not thread-safe by design: one spool's group committer uses it, one group at a time.
+    Thread-safe: its only state is whether to fall back, set once (two threads finding out at
+    the same moment may both log it).
     """
 
     def __init__(self, sync_file_range: SyncFileRange | None) -> None:
