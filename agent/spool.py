@@ -14,9 +14,8 @@ an instance written as it arrives, `open_slot` and `SlotWriter.write`) fills a f
 
 `record` is a group commit (`agent.state.GroupCommit`): slots recorded at the same time by
 several associations are fsynced one after the other by one thread (fsyncs of several threads
-at once wait on each other's journal commits), after their writeback was started together so
-that one journal commit covers them all (`agent.writeback`), and their rows go into one
-transaction; each caller returns only once its own file is fsynced and its row committed.
+at once wait on each other's journal commits) and their rows go into one transaction; each
+caller returns only once its own file is fsynced and its row committed.
 
 The spool owns its files: it makes, fills, recovers and deletes them. The state only says when
 a file is no longer needed (`Spool.release`, handed to the state when the spool is built), so
@@ -50,7 +49,6 @@ from pathlib import Path
 import structlog
 
 from agent.state import AddOutcome, AgentState, GroupCommit, SpooledInstance, StateFullError
-from agent.writeback import Writeback
 
 __all__ = [
     "AppendFile",
@@ -143,7 +141,6 @@ class Spool:
         self._append_file = append_file or append_all
         self._make_layout()
         self._pool = _SlotPool(self._slots, slot_batch)
-        self._writeback = Writeback.from_libc()
         self._commits: GroupCommit[_Pending, AddOutcome] = GroupCommit(self._commit_group)
         # The spool owns its files: the state says when one is no longer needed, we delete it.
         state.release_files_with(self.release)
@@ -222,9 +219,6 @@ class Spool:
         `SpoolFull` when the disk or the state database's disk is full (the slot is emptied);
         other `OSError`s and `StateError`s propagate.
         """
-        # Started here, on the caller's thread, so that it runs while the caller waits for the
-        # committer, not on the committer's own time (see `_commit_group`).
-        slot.start_writeback()
         return self._commits.submit(
             _Pending(
                 slot,
@@ -243,12 +237,7 @@ class Spool:
 
         One thread fsyncs them one after the other: on ext4 a file's fsync commits the
         journal, and fsyncs of several threads at once wait on each other's commits (measured
-        several times slower than the same fsyncs in turn, docs/benchmarks.md). Each caller
-        started its slot's writeback before it queued (`record`, `agent.writeback`): with
-        delayed allocation a slot's blocks are allocated when it is written back, so those of
-        the whole group are in the running journal transaction by now, and the group's first
-        fsync commits them in one journal commit instead of each fsync committing one of its
-        own. Each slot is still fsynced before its caller is answered.
+        several times slower than the same fsyncs in turn, docs/benchmarks.md).
         """
         results: list[AddOutcome | Exception] = []
         instances: list[SpooledInstance] = []
@@ -496,16 +485,6 @@ class SlotWriter:
         fd = self._open_fd()
         with mmap.mmap(fd, self.size, prot=mmap.PROT_READ) as mapping, memoryview(mapping) as view:
             yield view
-
-    def start_writeback(self) -> None:
-        """Start writing the slot to disk without waiting (`agent.writeback`); `finish` still
-        fsyncs it. A no-op once the slot is finished or discarded."""
-        if self._fd is None:
-            return
-        # Only a hint: a failure here is this slot's write-back failing, which the fsync in
-        # `finish` reports (waiting for write-back is what collects its errors).
-        with suppress(OSError):
-            self._spool._writeback.start(self._fd)
 
     def finish(self) -> WrittenSlot:
         """Fsync the slot and close it; it is ready for `Spool.record`. Raises `SpoolFull` (the

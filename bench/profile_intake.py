@@ -188,8 +188,6 @@ def _category(frames: Sequence[re.Match[str]], role: str) -> str:
             return "spool: other"
         if function.endswith("SlotWriter.finish") and "fsync" in text:
             return "spool: fsync file"
-        if function.endswith("SlotWriter.start_writeback"):
-            return "spool: start writeback (sync_file_range)"
         if function.endswith("GroupCommit.submit") and "wait" in text:
             return "state: waiting for the group commit of others"
         if "agent/state/" in path or path.endswith("agent/state.py"):
