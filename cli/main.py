@@ -192,8 +192,13 @@ def _control_plane_settings(
         )
         raise typer.Exit(2) from None
     if settings.blob_url is not None:
+
+        async def check_blob_store(url: str) -> None:
+            async with BlobStore.s3(url) as blobs:
+                await blobs.prepare()
+
         try:
-            asyncio.run(BlobStore.s3(settings.blob_url).prepare())
+            asyncio.run(check_blob_store(settings.blob_url))
         except BlobStoreConfigError as exc:
             typer.echo(f"control-plane: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -94,8 +94,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _check_schema(settings)
-        blobs = _blob_store(settings)
-        await blobs.prepare()
+        blobs = await _prepared_blob_store(settings)
         engine = create_engine(settings.database_url)
         read_engine = create_read_engine(settings.database_url)
         for traced in (engine, read_engine):
@@ -158,6 +157,7 @@ def create_app(
             await asyncio.wait([hub_work, bus_work, alerts_work, rollouts_work])
             await rollouts.release()
             await hub.close()
+            await blobs.close()  # after the last request: waits for blob calls still running
             if read_engine is not None:
                 await read_engine.dispose()
             await engine.dispose()
@@ -219,11 +219,18 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
 
-def _blob_store(settings: ControlPlaneSettings) -> BlobStore:
+async def _prepared_blob_store(settings: ControlPlaneSettings) -> BlobStore:
     if settings.blob_url is not None:
-        return BlobStore.s3(settings.blob_url)
-    assert settings.blob_dir is not None  # the settings hold exactly one of the two
-    return BlobStore.local(settings.blob_dir)
+        blobs = BlobStore.s3(settings.blob_url)
+    else:
+        assert settings.blob_dir is not None  # the settings hold exactly one of the two
+        blobs = BlobStore.local(settings.blob_dir)
+    try:
+        await blobs.prepare()
+    except BaseException:
+        await blobs.close()  # its threads, should the refusal not end the process
+        raise
+    return blobs
 
 
 # Ready means hearing other replicas' changes; a database that will not take the bus's

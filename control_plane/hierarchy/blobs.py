@@ -12,19 +12,33 @@ body fits in one part, an S3 multipart upload otherwise), a download is read in 
 Local blobs are fsynced (file and directory) before they count as kept; obstore's local
 store alone does not. The local layout is the one the store had before obstore, so existing
 data directories keep working. Must not import FastAPI or the database layer.
+
+Every obstore call is a blocking one (`obstore.put`, `get`, `head`, `rename`, `delete`) made
+in the store's own bounded pool of `blob-io` threads, never obstore's `*_async` API. That API
+completes its futures from obstore's tokio threads, and a tokio thread handing over a result
+while the interpreter finalizes aborts the process: `control-plane --blob-url` naming a
+missing bucket then died of SIGABRT now and then instead of exiting with status 2, and so
+could a server stopping with a blob call in flight. Our own threads are joined before the
+interpreter finalizes (by `close`, else by `concurrent.futures` at exit), so no obstore call
+outlives it. A multipart upload holds one thread for as long as it lasts, the put pulling
+each next batch from the event loop; at most `STREAMING_UPLOADS` do so at once, so that
+short calls always find a thread. A download holds a thread only while it fetches a chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar
 from urllib.parse import urlsplit
 
 import obstore
@@ -42,7 +56,16 @@ INCOMING = "incoming"
 PART_BYTES = 5 * 1024 * 1024
 UPLOAD_CONCURRENCY = 4
 READ_CHUNK_BYTES = 1024 * 1024
+# Each blob-io thread makes one blocking obstore call at a time (the GIL released while it
+# waits on the store), so this many calls of one process are in flight at once.
+IO_THREADS = 16
+# Multipart uploads holding a thread each: the other half of the threads stay for short calls,
+# and the uploads' memory (see above) stays bounded.
+STREAMING_UPLOADS = IO_THREADS // 2
 S3_SCHEME = "s3"
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class BlobStoreConfigError(ValueError):
@@ -79,13 +102,18 @@ def check_blob_url(url: str) -> str:
 
 
 class BlobStore:
-    """Blobs in one obstore store."""
+    """Blobs in one obstore store, reached through the store's own `blob-io` threads.
+
+    `close` (or leaving `async with`) waits for the calls still running and ends the threads.
+    """
 
     def __init__(self, store: ObjectStore, location: str, local_root: Path | None) -> None:
         self._store = store
         self.location = location
         """Where the blobs are, for messages: a directory or an s3:// URL (no credentials)."""
         self._local_root = local_root
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="blob-io")
+        self._streaming = asyncio.Semaphore(STREAMING_UPLOADS)
 
     @classmethod
     def local(cls, root: Path) -> BlobStore:
@@ -100,20 +128,31 @@ class BlobStore:
         check_blob_url(url)
         return cls(S3Store.from_url(url), url, None)
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Wait for the blob calls still running, then end the `blob-io` threads; call once
+        nothing uses the store any more. Idempotent."""
+        # Waited for off the loop: a streamed upload still running needs the loop to fetch its
+        # batches.
+        await asyncio.to_thread(self._io.shutdown)
+
     async def prepare(self) -> None:
         """Check that the store takes uploads; create the local directories. Call once
         before the first upload; `BlobStoreConfigError` when the store refuses us."""
         if self._local_root is not None:
-            await asyncio.to_thread(
-                (self._local_root / INCOMING).mkdir, parents=True, exist_ok=True
-            )
+            await self._call((self._local_root / INCOMING).mkdir, parents=True, exist_ok=True)
             return
         # A write and its removal: the store must exist and take uploads (a HEAD would answer
         # "not found" alike for a missing key and a missing bucket).
         probe = f"{INCOMING}/{uuid.uuid4().hex}.probe"
         try:
-            await obstore.put_async(self._store, probe, b"", use_multipart=False)
-            await obstore.delete_async(self._store, probe)
+            await self._call(obstore.put, self._store, probe, b"", use_multipart=False)
+            await self._call(obstore.delete, self._store, probe)
         except Exception as exc:  # obstore raises its own types, and OSError for transport
             raise BlobStoreConfigError(
                 f"the blob store {self.location} cannot be used ({type(exc).__name__}): check"
@@ -129,7 +168,7 @@ class BlobStore:
     async def open(self, sha256: str) -> StoredBlob:
         """Start reading the blob of a file; `MissingBlobError` when it is not there."""
         try:
-            result = await obstore.get_async(self._store, self.key_of(sha256))
+            result = await self._call(obstore.get, self._store, self.key_of(sha256))
         except FileNotFoundError:
             raise MissingBlobError(
                 f"the bytes with sha256 {sha256} are missing from the blob store at"
@@ -137,7 +176,7 @@ class BlobStore:
             ) from None
         return StoredBlob(
             size=result.meta["size"],
-            chunks=_views(result.stream(min_chunk_size=READ_CHUNK_BYTES)),
+            chunks=self._views(result.stream(min_chunk_size=READ_CHUNK_BYTES)),
         )
 
     async def receive(self, chunks: AsyncIterable[bytes]) -> ReceivedBlob:
@@ -152,15 +191,10 @@ class BlobStore:
             first = await anext(batches, b"")
             second = await anext(batches, None)
             if second is None:
-                await obstore.put_async(self._store, temp_key, first, use_multipart=False)
+                await self._call(obstore.put, self._store, temp_key, first, use_multipart=False)
             else:
-                await obstore.put_async(
-                    self._store,
-                    temp_key,
-                    _chained(first, second, batches),
-                    chunk_size=PART_BYTES,
-                    max_concurrency=UPLOAD_CONCURRENCY,
-                )
+                async with self._streaming:
+                    await self._stream(temp_key, (first, second), batches)
         except BaseException:
             await self._delete_quietly(temp_key)
             raise
@@ -171,12 +205,12 @@ class BlobStore:
         digest exists already, leave it untouched and drop the upload."""
         final = self.key_of(received.sha256)
         try:
-            await obstore.head_async(self._store, final)
+            await self._call(obstore.head, self._store, final)
         except FileNotFoundError:
             # Same digest means same bytes: a concurrent keep of the same blob is harmless.
-            await obstore.rename_async(self._store, received.temp_key, final, overwrite=True)
+            await self._call(obstore.rename, self._store, received.temp_key, final, overwrite=True)
             if self._local_root is not None:
-                await asyncio.to_thread(_fsync_file_and_directory, self._local_root / final)
+                await self._call(_fsync_file_and_directory, self._local_root / final)
             return
         await self._delete_quietly(received.temp_key)
 
@@ -190,7 +224,7 @@ class BlobStore:
         for digest in digests:
             key = self.key_of(digest)
             try:
-                await obstore.head_async(self._store, key)
+                await self._call(obstore.head, self._store, key)
             except FileNotFoundError:
                 continue
             await self._delete_quietly(key)
@@ -199,7 +233,48 @@ class BlobStore:
 
     async def _delete_quietly(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            await obstore.delete_async(self._store, key)
+            await self._call(obstore.delete, self._store, key)
+
+    async def _call(self, function: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await _outcome(self._io.submit(function, *args, **kwargs))
+
+    async def _stream(
+        self, key: str, first: tuple[bytes, bytes], rest: AsyncIterator[bytes]
+    ) -> None:
+        # A multipart upload: the blocking put pulls the batches through `_Feed` for as long
+        # as the upload lasts; an error of the body (the client gone) comes out of it as is.
+        feed = _Feed(first, rest, asyncio.get_running_loop())
+        put = self._io.submit(
+            obstore.put,
+            self._store,
+            key,
+            feed,
+            chunk_size=PART_BYTES,
+            max_concurrency=UPLOAD_CONCURRENCY,
+        )
+        await _outcome(put, abandon=feed.stop)
+
+    async def _views(self, stream: BytesStream) -> AsyncIterator[memoryview]:
+        # One chunk per call: a slow reader holds no thread between chunks. The HTTP server
+        # takes memoryviews (of obstore's bytes, without a copy).
+        while (chunk := await self._call(next, stream, None)) is not None:
+            yield memoryview(chunk)
+
+
+async def _outcome(call: Future[T], abandon: Callable[[], None] | None = None) -> T:
+    """The result of `call`, running in a blob-io thread.
+
+    When the caller is cancelled, a call not yet started is dropped; a started one cannot be
+    stopped, so it is asked to end early (`abandon`) and waited for: whatever the caller
+    cleans up next (a temporary object) must not be written by it afterwards.
+    """
+    try:
+        return await asyncio.wrap_future(call)
+    except asyncio.CancelledError:
+        if abandon is not None:
+            abandon()
+        await asyncio.wait([asyncio.wrap_future(call)])
+        raise
 
 
 class _Tally:
@@ -231,17 +306,48 @@ class _Tally:
         return self._digest.hexdigest()
 
 
-async def _chained(first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    yield second
-    async for batch in rest:
-        yield batch
+class _Feed:
+    """An upload's batches as the plain iterator that the blocking `obstore.put` pulls in its
+    blob-io thread: each batch after the first ones is fetched on the event loop when obstore
+    asks for it, so the upload still streams."""
+
+    def __init__(
+        self, first: tuple[bytes, ...], rest: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._first = collections.deque(first)
+        self._rest = rest
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: Future[bytes | None] | None = None
+        self._stopped = False
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._first:
+            return self._first.popleft()
+        with self._lock:
+            if self._stopped:
+                raise CancelledError
+            self._pending = asyncio.run_coroutine_threadsafe(_next_batch(self._rest), self._loop)
+            pending = self._pending
+        batch = pending.result()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def stop(self) -> None:
+        """Make the upload fail at the batch it waits for, or else at its next one (from the
+        event loop)."""
+        with self._lock:
+            self._stopped = True
+            if self._pending is not None:
+                self._pending.cancel()
 
 
-async def _views(stream: BytesStream) -> AsyncIterator[memoryview]:
-    # obstore's Bytes share the buffer without a copy; the HTTP server takes memoryviews.
-    async for chunk in stream:
-        yield memoryview(chunk)
+async def _next_batch(batches: AsyncIterator[bytes]) -> bytes | None:
+    return await anext(batches, None)
 
 
 def _fsync_file_and_directory(path: Path) -> None:

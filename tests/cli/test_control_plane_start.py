@@ -16,25 +16,12 @@ import psycopg
 import pytest
 
 from control_plane.migrate import head_revision, upgrade
-from tests.support.cli_process import Process
-from tests.support.environment import free_port
+from tests.support.cli_process import control_plane_process
 from tests.support.postgres import libpq_url, temporary_database
 from tests.support.s3_server import s3_server
 
-ADMIN_TOKEN = "cli-start-admin-token-0123456789"
 FUTURE_REVISION = "0999_from_the_future"
 MIGRATED = "database schema migrated"
-
-
-def _control_plane(
-    database_url: str, root: Path, *extra: str, env: dict[str, str] | None = None
-) -> tuple[Process, str]:
-    port = free_port()
-    args = ["control-plane", "--db", database_url, "--http-port", str(port)]
-    args += ["--host", "127.0.0.1", "--admin-token", ADMIN_TOKEN, *extra]
-    if "--blob-url" not in extra and "--blob-dir" not in extra:
-        args += ["--blob-dir", str(root / "blobs")]
-    return Process(args, env or {}, lambda _line: False), f"http://127.0.0.1:{port}"
 
 
 def _healthy(url: str) -> bool:
@@ -59,7 +46,7 @@ def test_two_replicas_starting_together_on_an_empty_database_migrate_it_once(
     tmp_path: Path,
 ) -> None:
     with temporary_database() as url, ExitStack() as stack:
-        started = [_control_plane(url, tmp_path) for _ in range(2)]
+        started = [control_plane_process(url, tmp_path) for _ in range(2)]
         for process, _ in started:
             stack.callback(process.stop)
         for process, base_url in started:
@@ -78,7 +65,7 @@ def test_a_database_migrated_by_a_newer_version_is_refused(
     upgrade(fresh_database)
     _set_revision(fresh_database, FUTURE_REVISION)
 
-    process, _ = _control_plane(fresh_database, tmp_path)
+    process, _ = control_plane_process(fresh_database, tmp_path)
 
     assert process.wait_exit() == 2
     output = "".join(process.output)
@@ -91,7 +78,7 @@ def test_a_database_migrated_by_a_newer_version_is_refused(
 def test_a_database_behind_the_code_is_refused_under_no_migrate(
     fresh_database: str, tmp_path: Path
 ) -> None:
-    process, _ = _control_plane(fresh_database, tmp_path, "--no-migrate")
+    process, _ = control_plane_process(fresh_database, tmp_path, "--no-migrate")
 
     assert process.wait_exit() == 2
     output = "".join(process.output)
@@ -102,7 +89,7 @@ def test_a_database_behind_the_code_is_refused_under_no_migrate(
 
 
 def test_blob_dir_and_blob_url_together_are_refused(tmp_path: Path) -> None:
-    process, _ = _control_plane(
+    process, _ = control_plane_process(
         f"sqlite:///{tmp_path / 'cp.db'}",
         tmp_path,
         "--blob-dir",
@@ -116,7 +103,7 @@ def test_blob_dir_and_blob_url_together_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_blob_url_that_is_not_s3_is_refused(tmp_path: Path) -> None:
-    process, _ = _control_plane(
+    process, _ = control_plane_process(
         f"sqlite:///{tmp_path / 'cp.db'}", tmp_path, "--blob-url", "gs://bucket/prefix"
     )
 
@@ -126,7 +113,7 @@ def test_a_blob_url_that_is_not_s3_is_refused(tmp_path: Path) -> None:
 
 def test_a_blob_url_whose_bucket_does_not_exist_is_refused(tmp_path: Path) -> None:
     with s3_server() as s3:
-        process, _ = _control_plane(
+        process, _ = control_plane_process(
             f"sqlite:///{tmp_path / 'cp.db'}",
             tmp_path,
             "--blob-url",

@@ -1,9 +1,11 @@
 """The blob store on a local directory and on a real S3 API (moto's server on loopback):
 uploads stream in and are kept under their digest, large ones in parts; an existing blob is
-never rewritten; a discarded or failed upload leaves nothing; reads stream the bytes back."""
+never rewritten; a discarded, failed or cancelled upload leaves nothing; reads stream the bytes
+back."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -45,11 +47,10 @@ def s3() -> Iterator[S3Server]:
 @pytest.fixture(params=["local", "s3"])
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Backend:
+) -> AsyncIterator[Backend]:
     if request.param == "local":
         root = tmp_path / "blobs"
         store = BlobStore.local(root)
-        await store.prepare()
         inodes: dict[str, set[int]] = {}
 
         def local_versions(key: str) -> int:
@@ -60,18 +61,22 @@ async def backend(
         def local_keys() -> list[str]:
             return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
-        return Backend(store, local_versions, local_keys)
+        async with store:
+            await store.prepare()
+            yield Backend(store, local_versions, local_keys)
+        return
     server: S3Server = request.getfixturevalue("s3")
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
     prefix = f"test-{os.urandom(4).hex()}"
     store = BlobStore.s3(server.url(prefix))
-    await store.prepare()
-    return Backend(
-        store,
-        lambda key: server.versions(f"{prefix}/{key}"),
-        lambda: [key.removeprefix(f"{prefix}/") for key in server.keys(f"{prefix}/")],
-    )
+    async with store:
+        await store.prepare()
+        yield Backend(
+            store,
+            lambda key: server.versions(f"{prefix}/{key}"),
+            lambda: [key.removeprefix(f"{prefix}/") for key in server.keys(f"{prefix}/")],
+        )
 
 
 async def _chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -145,4 +150,23 @@ async def test_a_missing_blob_is_an_explicit_error_and_remove_counts_what_existe
     with pytest.raises(MissingBlobError, match="missing from the blob store"):
         await backend.store.open(absent)
     assert await backend.store.remove([kept, absent]) == 1
+    assert backend.keys() == []
+
+
+async def test_an_upload_cancelled_while_it_streams_leaves_nothing(backend: Backend) -> None:
+    stalled = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        # Two parts are sent; the third never comes, as from a client that stopped sending.
+        async for chunk in _chunks(LARGE[: 2 * PART_BYTES + 1]):
+            yield chunk
+        stalled.set()
+        await asyncio.Event().wait()
+
+    upload = asyncio.create_task(backend.store.receive(stalling()))
+    await stalled.wait()
+    upload.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await upload
     assert backend.keys() == []

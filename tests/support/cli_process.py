@@ -1,4 +1,5 @@
 """`python -m cli ...` as a real process for end-to-end tests: output collected, always stopped.
+`control_plane_process` starts `control-plane` on a free loopback port.
 
 Each process runs in a session of its own, so the last-resort SIGKILL reaches whatever it
 started too.
@@ -13,8 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.environment import free_port
 
 START_TIMEOUT_S = 60.0
+CONTROL_PLANE_ADMIN_TOKEN = "cli-start-admin-token-0123456789"
 
 
 class Process:
@@ -31,7 +36,8 @@ class Process:
             env={**os.environ, **env},
             start_new_session=True,
         )
-        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(ready,), daemon=True)
+        self._pump_thread.start()
 
     def _pump(self, ready: Callable[[str], bool]) -> None:
         assert self.proc.stdout is not None
@@ -50,12 +56,16 @@ class Process:
             time.sleep(0.05)
 
     def wait_exit(self, timeout: float = START_TIMEOUT_S) -> int:
-        """The exit status once the process ended by itself (it is killed after `timeout`)."""
+        """The exit status once the process ended by itself (it is killed after `timeout`);
+        `output` then holds all it wrote."""
         try:
-            return self.proc.wait(timeout)
+            status = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise
+        # The last lines may still be in the pipe when the process is gone.
+        self._pump_thread.join(timeout)
+        return status
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 30 s; idempotent."""
@@ -66,3 +76,16 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def control_plane_process(
+    database_url: str, root: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[Process, str]:
+    """`control-plane --db database_url` on a free port of 127.0.0.1 with `extra` arguments
+    (blobs under `root/blobs` unless `extra` names a blob store), and its base URL."""
+    port = free_port()
+    args = ["control-plane", "--db", database_url, "--http-port", str(port)]
+    args += ["--host", "127.0.0.1", "--admin-token", CONTROL_PLANE_ADMIN_TOKEN, *extra]
+    if "--blob-url" not in extra and "--blob-dir" not in extra:
+        args += ["--blob-dir", str(root / "blobs")]
+    return Process(args, env or {}, lambda _line: False), f"http://127.0.0.1:{port}"
