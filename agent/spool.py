@@ -237,7 +237,11 @@ class Spool:
 
         One thread fsyncs them one after the other: on ext4 a file's fsync commits the
         journal, and fsyncs of several threads at once wait on each other's commits (measured
-        several times slower than the same fsyncs in turn, docs/benchmarks.md).
+        several times slower than the same fsyncs in turn, docs/benchmarks.md). Starting the
+        whole group's writeback first (`sync_file_range`), so that one journal commit covers
+        the group, was built and measured: the later fsyncs got cheaper, but the writeback
+        calls took what they saved and the intake rate did not move (docs/benchmarks.md, "One
+        journal commit per group").
         """
         results: list[AddOutcome | Exception] = []
         instances: list[SpooledInstance] = []
