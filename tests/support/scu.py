@@ -9,6 +9,7 @@ from pathlib import Path
 from pydicom import Dataset
 from pynetdicom import AE
 
+from agent.dicom.pynetdicom_adapter import park_reactor
 from tests.support.environment import require_executable, tool_env
 
 
@@ -34,6 +35,9 @@ def send_datasets(
     assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
     if not assoc.is_established:
         raise ConnectionError(f"association to port {port} was not established")
+    # Else pynetdicom's reactor may take a C-STORE response now and then and the send waits
+    # for `timeout` (pynetdicom issue #875; seen failing the kill -9 test on a loaded machine).
+    park_reactor(assoc)
     statuses: list[int] = []
     try:
         for ds in datasets:
