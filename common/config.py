@@ -429,9 +429,7 @@ class PullConfig(_Section):
         default=4,
         ge=1,
         le=32,
-        description="Retrieve associations (C-MOVE or C-GET) open at the same time, over all "
-        "sources: that many series at once; a large series retrieved for the first time is "
-        "split over the slots no other series waits for.",
+        description="Series retrieved at the same time, over all sources.",
     )
 
     @field_validator("sources")

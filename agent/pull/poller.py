@@ -2,12 +2,11 @@
 
 `SourcePoller.poll_once` is one round: a complete C-FIND round (`QueryRounds`), recorded in
 the ledger at once, then every series that became due is retrieved (at most
-`max_concurrent_retrievals` associations at a time over all sources, through the shared
-`slots`; a large series fetched for the first time takes the slots nobody waits for and is
-split over them), and the round ends when those retrievals ended. So a source never has two
-rounds, or a round and the retrieval of the same series, at the same time. A failed query is
-recorded as the source's error state (health), and the ledger is left as it was; a failed or
-short retrieval is booked in the ledger with a backoff and shows in health too.
+`max_concurrent_retrievals` at a time over all sources, through the shared `slots`), and the
+round ends when those retrievals ended. So a source never has two rounds, or a round and the
+retrieval of the same series, at the same time. A failed query is recorded as the source's
+error state (health), and the ledger is left as it was; a failed or short retrieval is booked
+in the ledger with a backoff and shows in health too.
 
 Time stamps (stability, grace period, backoff) come from the injected `clock`; durations are
 measured on the monotonic clock. Blocking DICOM and database work runs in `asyncio.to_thread`.
@@ -31,7 +30,7 @@ from agent.dicom.tls import TlsFiles
 from agent.health import PipelineCounters, PullSourceHealth
 from agent.pull.ledger import PullLedger, RoundChanges, TrackedSeries
 from agent.pull.query import QueryRounds
-from agent.pull.retrieval import RetrievalResult, Retriever, useful_parts
+from agent.pull.retrieval import RetrievalResult, Retriever
 from agent.retry import backoff
 from agent.site import SiteSnapshot
 from agent.state import AgentState
@@ -254,18 +253,15 @@ class SourcePoller:
         uid = series.series_instance_uid
         retriever = self._retriever
         async with self._slots:
-            parts = await self._spare_slots(series)
             self._status.in_flight += 1
             started = time.monotonic()
             try:
-                result = await asyncio.to_thread(retriever.retrieve, series, parts)
+                result = await asyncio.to_thread(retriever.retrieve, series)
             except SourceError as exc:
                 await self._book_failure(series, str(exc))
                 return None
             finally:
                 self._status.in_flight -= 1
-                for _ in range(parts - 1):
-                    self._slots.release()
         now = self._clock()
         self._status.instances_retrieved += result.received
         fields = {
@@ -296,17 +292,6 @@ class SourcePoller:
         self._counters.record_error(message, now)
         log.warning("pull.retrieval_short", **fields, error=message)
         return result
-
-    async def _spare_slots(self, series: TrackedSeries) -> int:
-        """How many associations the retrieval of `series` may use: its own slot, plus, for a
-        large series fetched for the first time (`useful_parts`), the retrieve slots no other
-        retrieval waits for. Taken without waiting."""
-        parts, wanted = 1, useful_parts(series)
-        # locked() is also true while another retrieval waits, so none is kept waiting.
-        while parts < wanted and not self._slots.locked():
-            await self._slots.acquire()
-            parts += 1
-        return parts
 
     async def _book_failure(self, series: TrackedSeries, message: str) -> None:
         now = self._clock()

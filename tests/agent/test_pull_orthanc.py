@@ -24,7 +24,6 @@ from agent.dicom.scu import RequestorEngine, SpoolSink
 from agent.health import PipelineCounters
 from agent.pull.ledger import PullLedger, SeriesState
 from agent.pull.poller import SourcePoller
-from agent.pull.retrieval import MIN_PART_INSTANCES
 from agent.site import SiteSnapshot
 from agent.spool import Spool, SpoolFull
 from agent.state import AddOutcome, AgentState
@@ -375,71 +374,6 @@ async def test_a_retrieval_that_stays_short_is_retried_then_reported_with_the_mi
     retried = await poller.poll_once()
     assert [(r.received, r.complete) for r in retried.retrievals] == [(1, True)]
     assert poller.health().series_short == 0
-    assert intake.known(series) == uids(series)
-
-
-@pytest.mark.parametrize("retrieve", ["move", "get"])
-async def test_a_large_new_series_is_split_over_the_free_retrieve_slots(
-    pacs: Orthanc, intake: Intake, clock: Clock, retrieve: str
-) -> None:
-    # 3 * MIN_PART_INSTANCES instances: three parts of 16, though four slots are free.
-    (series,) = study_today(clock, 1, 3 * MIN_PART_INSTANCES)
-    pacs.upload(series)
-    poller = intake.poller(source={"retrieve": retrieve})
-    await poller.poll_once()
-    clock.advance(DELAY)
-    finds = pacs.find_requests()
-
-    done = await poller.poll_once()
-
-    (result,) = done.retrievals
-    assert (result.complete, result.expected, result.received) == (True, 48, 48)
-    assert result.requests == 3
-    assert intake.known(series) == uids(series)
-    assert intake.spool.stores == 48  # each instance once, in one of the three parts
-    requests = pacs.move_requests() if retrieve == "move" else pacs.get_requests()
-    assert requests == 3
-    # The round's study-level C-FIND (the study's counts did not change, so its series were
-    # not asked again), and the image-level one that split the series.
-    assert pacs.find_requests() - finds == 2
-
-
-async def test_a_series_is_not_split_when_one_retrieve_slot_is_allowed(
-    pacs: Orthanc, intake: Intake, clock: Clock
-) -> None:
-    (series,) = study_today(clock, 1, 3 * MIN_PART_INSTANCES)
-    pacs.upload(series)
-    poller = intake.poller(pull={"max_concurrent_retrievals": 1})
-    await poller.poll_once()
-    clock.advance(DELAY)
-
-    done = await poller.poll_once()
-
-    assert [(r.complete, r.received, r.requests) for r in done.retrievals] == [(True, 48, 1)]
-    assert pacs.move_requests() == 1
-
-
-async def test_a_split_retrieval_cut_short_is_retried_for_what_it_lacks(
-    pacs: Orthanc, intake: Intake, clock: Clock
-) -> None:
-    (series,) = study_today(clock, 1, 2 * MIN_PART_INSTANCES)
-    pacs.upload(series)
-    ordered = sorted(uids(series))
-    # The first instance of the second part: Orthanc stops that part's C-MOVE there.
-    intake.spool.refuse = {ordered[MIN_PART_INSTANCES]}
-    poller = intake.poller()
-    await poller.poll_once()
-    clock.advance(DELAY)
-
-    short = await poller.poll_once()
-
-    (result,) = short.retrievals
-    assert (result.expected, result.missing, result.complete) == (32, 1, False)
-    assert intake.known(series) == uids(series) - intake.spool.refuse
-    intake.spool.refuse = set()
-    clock.advance(2 * 3600)
-    retried = await poller.poll_once()
-    assert [(r.received, r.complete) for r in retried.retrievals] == [(1, True)]
     assert intake.known(series) == uids(series)
 
 
