@@ -15,8 +15,7 @@ an instance written as it arrives, `open_slot` and `SlotWriter.write`) fills a f
 `record` is a group commit (`agent.state.GroupCommit`): slots recorded at the same time by
 several associations are fsynced one after the other by one thread (fsyncs of several threads
 at once wait on each other's journal commits) and their rows go into one transaction; each
-caller returns only once its own file is fsynced and its row committed. The fsyncs of one
-group overlap the transaction of the group before (the group commit's two stages).
+caller returns only once its own file is fsynced and its row committed.
 
 The spool owns its files: it makes, fills, recovers and deletes them. The state only says when
 a file is no longer needed (`Spool.release`, handed to the state when the spool is built), so
@@ -44,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -142,9 +141,7 @@ class Spool:
         self._append_file = append_file or append_all
         self._make_layout()
         self._pool = _SlotPool(self._slots, slot_batch)
-        self._commits: GroupCommit[_Pending, AddOutcome] = GroupCommit(
-            self._commit_group, prepare=self._sync_group
-        )
+        self._commits: GroupCommit[_Pending, AddOutcome] = GroupCommit(self._commit_group)
         # The spool owns its files: the state says when one is no longer needed, we delete it.
         state.release_files_with(self.release)
 
@@ -234,8 +231,9 @@ class Spool:
             )
         )
 
-    def _sync_group(self, group: Sequence[_Pending]) -> list[_Pending | Exception]:
-        """Fsync every slot of the group; each is then ready for its row, or has its error.
+    def _commit_group(self, group: Sequence[_Pending]) -> list[AddOutcome | Exception]:
+        """Fsync every slot of the group, then record those that are on disk in one
+        transaction; each gets its outcome or its error.
 
         One thread fsyncs them one after the other: on ext4 a file's fsync commits the
         journal, and fsyncs of several threads at once wait on each other's commits (measured
@@ -245,27 +243,30 @@ class Spool:
         calls took what they saved and the intake rate did not move (docs/benchmarks.md, "One
         journal commit per group").
         """
-        synced: list[_Pending | Exception] = []
+        results: list[AddOutcome | Exception] = []
+        instances: list[SpooledInstance] = []
+        places: list[int] = []
         for pending in group:
             try:
-                synced.append(replace(pending, written=pending.slot.finish()))
-            except Exception as exc:  # the slot was given back by finish
-                synced.append(exc)
-        return synced
-
-    def _commit_group(self, group: Sequence[_Pending]) -> list[AddOutcome | Exception]:
-        """Record the fsynced slots of a group in one transaction; each gets its outcome."""
-        instances = [pending.instance() for pending in group]
-        results: list[AddOutcome | Exception] = []
-        for inst, outcome in zip(instances, self._state.add_instances(instances), strict=True):
-            if isinstance(outcome, StateFullError):
-                # Rolled back: no row names the slot, so it is ours to empty.
-                self._give_back(inst.path)
-                full = SpoolFull(str(outcome))
-                full.__cause__ = outcome
-                results.append(full)
-            else:
-                results.append(outcome)
+                written = pending.slot.finish()  # the slot is given back if this fails
+            except Exception as exc:
+                results.append(exc)
+                continue
+            places.append(len(results))
+            results.append(AddOutcome.new)  # replaced below by what the state says
+            instances.append(pending.instance(written))
+        if instances:
+            for place, inst, outcome in zip(
+                places, instances, self._state.add_instances(instances), strict=True
+            ):
+                if isinstance(outcome, StateFullError):
+                    # Rolled back: no row names the slot, so it is ours to empty.
+                    self._give_back(inst.path)
+                    full = SpoolFull(str(outcome))
+                    full.__cause__ = outcome
+                    results[place] = full
+                else:
+                    results[place] = outcome
         return results
 
     def release(self, path: Path) -> None:
@@ -421,8 +422,7 @@ class Spool:
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """A written slot waiting for its group commit, with what its row will say; `written`
-    once it is fsynced."""
+    """A written slot waiting for its group commit, with what its row will say."""
 
     slot: SlotWriter
     sop_instance_uid: str
@@ -431,12 +431,8 @@ class _Pending:
     study_instance_uid: str
     transfer_syntax_uid: str
     received_at: float
-    written: WrittenSlot | None = None
 
-    def instance(self) -> SpooledInstance:
-        written = self.written
-        if written is None:
-            raise ValueError(f"the spool slot {self.slot.path} was not fsynced before its record")
+    def instance(self, written: WrittenSlot) -> SpooledInstance:
         return SpooledInstance(
             sop_instance_uid=self.sop_instance_uid,
             sop_class_uid=self.sop_class_uid,
