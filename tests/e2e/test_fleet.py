@@ -1,5 +1,10 @@
 """Fleet control end to end: a real `dicom-connector control-plane` process and real
-`dicom-connector agent` processes over a real websocket, on SQLite and on PostgreSQL.
+`dicom-connector agent` processes over a real websocket.
+
+On PostgreSQL, the fleet's production database; the config path and a control plane restarted
+on its database also on SQLite. (Every process start costs seconds of CPU on a suite that keeps
+the cores busy; the control plane's fleet logic runs on both databases in tests/control_plane,
+and the all-in-one end-to-end tests run it on SQLite with real agents.)
 
 Every process runs on free loopback ports and is stopped by the test that started it (SIGTERM,
 SIGKILL as the last resort). The control plane's heartbeat interval is made short through its
@@ -40,6 +45,8 @@ AGENT_ENV = {
     "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_BASE": "0.1",
     "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_CAP": "1",
     "DICOM_CONNECTOR_AGENT_LINK_UNAUTHORIZED_RETRY_INTERVAL": "0.5",
+    # One intake process: no worker process to start (~1 s of CPU) for tests of the fleet.
+    "DICOM_CONNECTOR_AGENT_INTAKE_PROCESSES": "1",
 }
 
 
@@ -122,7 +129,15 @@ def postgres_database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+ON_POSTGRESQL = pytest.mark.parametrize(
+    "fleet", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+ON_BOTH = pytest.mark.parametrize(
+    "fleet", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.fixture
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'control-plane.db'}"
@@ -153,6 +168,7 @@ def _series(n: int, comments: str | None) -> list[Dataset]:
     ]
 
 
+@ON_BOTH
 def test_a_config_put_reaches_the_agent_process_which_applies_it(fleet: Fleet) -> None:
     agent_id, token_file = fleet.register_agent("edge-1")
     _, port = fleet.start_agent("edge-1", token_file)
@@ -168,6 +184,7 @@ def test_a_config_put_reaches_the_agent_process_which_applies_it(fleet: Fleet) -
     assert send_datasets(port, _series(1, None), called_ae="RENAMED") == [0]
 
 
+@ON_BOTH
 def test_a_series_received_while_the_control_plane_is_down_lands_after_it_returns(
     fleet: Fleet,
 ) -> None:
@@ -190,6 +207,7 @@ def test_a_series_received_while_the_control_plane_is_down_lands_after_it_return
     fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
 
 
+@ON_POSTGRESQL
 def test_a_rotated_token_closes_the_old_link_and_the_new_token_reconnects(fleet: Fleet) -> None:
     agent_id, token_file = fleet.register_agent("edge-1")
     agent, _ = fleet.start_agent("edge-1", token_file)
@@ -204,6 +222,7 @@ def test_a_rotated_token_closes_the_old_link_and_the_new_token_reconnects(fleet:
     fleet.eventually(f"/api/v1/agents/{agent_id}", lambda a: a["connected"])
 
 
+@ON_POSTGRESQL
 def test_an_agent_that_stops_turns_its_site_missing(fleet: Fleet) -> None:
     agent_id, token_file = fleet.register_agent("edge-1")
     agent, _ = fleet.start_agent("edge-1", token_file)
@@ -216,6 +235,7 @@ def test_an_agent_that_stops_turns_its_site_missing(fleet: Fleet) -> None:
     assert not fleet.call("GET", f"/api/v1/agents/{agent_id}")["connected"]
 
 
+@ON_POSTGRESQL
 def test_a_config_the_agent_cannot_apply_is_rejected_with_its_reason_and_the_old_one_runs_on(
     fleet: Fleet,
 ) -> None:
@@ -239,6 +259,7 @@ def test_a_config_the_agent_cannot_apply_is_rejected_with_its_reason_and_the_old
     assert send_datasets(port, _series(1, None)) == [0]  # revision 1: any peer is accepted
 
 
+@ON_POSTGRESQL
 def test_a_revoked_token_closes_the_link_within_ten_seconds_and_intake_goes_on(
     fleet: Fleet,
 ) -> None:
@@ -254,6 +275,7 @@ def test_a_revoked_token_closes_the_link_within_ten_seconds_and_intake_goes_on(
     assert send_datasets(port, _series(2, None)) == [0, 0]
 
 
+@ON_POSTGRESQL
 def test_an_agent_with_a_bad_token_is_refused_and_says_why(fleet: Fleet) -> None:
     agent_id, token_file = fleet.register_agent("edge-1")
     token_file.write_text("not-the-token-of-any-agent", encoding="utf-8")
@@ -268,6 +290,7 @@ def test_an_agent_with_a_bad_token_is_refused_and_says_why(fleet: Fleet) -> None
     assert not fleet.call("GET", f"/api/v1/agents/{agent_id}")["connected"]
 
 
+@ON_POSTGRESQL
 def test_a_reap_over_the_sites_threshold_turns_the_agent_degraded(fleet: Fleet) -> None:
     fleet.call(
         "PUT",

@@ -1,5 +1,8 @@
 """Rollouts end to end: real `dicom-connector control-plane` processes and real `dicom-connector
-agent` processes over real websockets, on SQLite and PostgreSQL (a fresh database per test).
+agent` processes over real websockets, on PostgreSQL (a fresh database per test), the fleet's
+production database; a control plane restarted mid-rollout also on SQLite. (Each test starts
+four processes, seconds of CPU on a suite that keeps the cores busy; the rollout driver runs on
+both databases in tests/control_plane/test_rollouts_api.py.)
 
 Three sites with one agent each; stages [30, 60, 100] put one site in each stage. The agent
 that rejects a config is a real rejection: its listener follows `dicom.port` (the others listen
@@ -59,7 +62,17 @@ class World:
     database_url: str
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+ON_POSTGRESQL = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+ON_BOTH = pytest.mark.parametrize(
+    "database_url",
+    ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'control-plane.db'}"
@@ -153,6 +166,7 @@ def _agent_runs(control_plane: ControlPlaneProcess, agent: SiteAgent, revision: 
     )
 
 
+@ON_POSTGRESQL
 def test_an_agent_rejecting_the_config_in_stage_two_rolls_back_exactly_the_touched_sites(
     world: World,
 ) -> None:
@@ -189,6 +203,7 @@ def test_an_agent_rejecting_the_config_in_stage_two_rolls_back_exactly_the_touch
     _agent_runs(cp, world.agents["site-c"], 1)
 
 
+@ON_POSTGRESQL
 def test_a_good_rollout_completes_with_every_agent_on_the_new_revision(world: World) -> None:
     cp = world.control_plane
     rollout_id = _create(cp, sites="all", config={"dicom": {"ae_title": "ROLLED"}}, soak="1s")
@@ -213,6 +228,7 @@ def test_a_good_rollout_completes_with_every_agent_on_the_new_revision(world: Wo
     assert send_datasets(world.agents["site-a"].port, [instance], called_ae="ROLLED") == [0]
 
 
+@ON_POSTGRESQL
 def test_pause_holds_the_next_stage_resume_goes_on_and_abort_rolls_back(
     world: World,
 ) -> None:
@@ -240,6 +256,7 @@ def test_pause_holds_the_next_stage_resume_goes_on_and_abort_rolls_back(
     assert len(_revisions(cp, "site-b")) == 1
 
 
+@ON_BOTH
 def test_a_restarted_control_plane_resumes_the_rollout_it_was_driving(world: World) -> None:
     cp = world.control_plane
     rollout_id = _create(cp, sites="all", config={"timing": {"sleep_time": "3m"}}, soak="3s")

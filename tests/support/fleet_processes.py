@@ -27,6 +27,9 @@ AGENT_ENV = {
     "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_BASE": "0.1",
     "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_CAP": "1",
     "DICOM_CONNECTOR_AGENT_LINK_UNAUTHORIZED_RETRY_INTERVAL": "0.5",
+    # These agents are about the fleet, not intake: one intake process spares each start a
+    # worker process (~1 s of CPU) on a suite that keeps every core busy.
+    "DICOM_CONNECTOR_AGENT_INTAKE_PROCESSES": "1",
 }
 
 
