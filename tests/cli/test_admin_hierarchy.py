@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +136,27 @@ def test_a_calling_ae_title_checks_under_that_scanners_fields_and_shows_metadata
     assert "session metadata protocol: Brain" in as_ct
     assert "neuro/Unsorted" in as_site
     assert "looked for in routing.fields" in as_site
+
+
+@pytest.mark.parametrize(("columns", "whole"), [(None, True), ("80", False)])
+def test_piped_output_is_not_cut_at_rich_default_width_unless_columns_says_so(
+    base_url: str, columns: str | None, whole: bool
+) -> None:
+    # A real process with its stdout piped, as into grep or a ticket: without a terminal rich
+    # falls back to 80 columns; the admin CLI prints 200 wide then, and COLUMNS still rules.
+    env = {name: value for name, value in os.environ.items() if name != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    subject = "sub-" + "x" * 56
+    admin = [sys.executable, "-m", "cli", "admin", "--url", base_url, "--token", ADMIN_TOKEN]
+    result = subprocess.run(
+        [*admin, "route-check", "--site", "st-marys", "--string", f"fw://neuro/study-ms/{subject}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    line = f"neuro/study-ms/{subject}/unknown (acquisition unknown)"
+    assert (line in result.stdout.splitlines()) is whole, result.stdout
