@@ -27,7 +27,8 @@ from pydicom.uid import generate_uid
 from tests.support.cli_process import START_TIMEOUT_S, Process
 from tests.support.dicom_factory import make_instance
 from tests.support.environment import free_port
-from tests.support.postgres import reset_schema, temporary_database
+from tests.support.fleet_processes import AGENT_ENV
+from tests.support.postgres import on_databases, reset_schema, temporary_database
 from tests.support.scu import send_datasets
 
 ADMIN_TOKEN = "e2e-fleet-admin-token-0123456789"
@@ -37,16 +38,6 @@ CONTROL_PLANE_ENV = {
     "DICOM_CONNECTOR_HEARTBEAT_INTERVAL_S": "0.5",
     "DICOM_CONNECTOR_FLEET_FLUSH_INTERVAL_S": "0.1",
     "DICOM_CONNECTOR_FLEET_RECONCILE_INTERVAL_S": "0.5",
-}
-AGENT_ENV = {
-    "DICOM_CONNECTOR_AGENT_DICOM_HOST": "127.0.0.1",
-    "DICOM_CONNECTOR_AGENT_SPOOL_RESERVE_BYTES": "0",
-    "DICOM_CONNECTOR_AGENT_REAP_INTERVAL": "0.1",
-    "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_BASE": "0.1",
-    "DICOM_CONNECTOR_AGENT_LINK_BACKOFF_CAP": "1",
-    "DICOM_CONNECTOR_AGENT_LINK_UNAUTHORIZED_RETRY_INTERVAL": "0.5",
-    # One intake process: no worker process to start (~1 s of CPU) for tests of the fleet.
-    "DICOM_CONNECTOR_AGENT_INTAKE_PROCESSES": "1",
 }
 
 
@@ -129,12 +120,8 @@ def postgres_database() -> Iterator[str]:
         yield url
 
 
-ON_POSTGRESQL = pytest.mark.parametrize(
-    "fleet", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
-ON_BOTH = pytest.mark.parametrize(
-    "fleet", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+ON_POSTGRESQL = on_databases("fleet", sqlite=False)
+ON_BOTH = on_databases("fleet", sqlite=True)
 
 
 @pytest.fixture

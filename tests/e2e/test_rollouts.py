@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from tests.support.dicom_factory import make_instance
 from tests.support.environment import free_port
 from tests.support.fleet_processes import ControlPlaneProcess, Process, start_agent
-from tests.support.postgres import temporary_database
+from tests.support.postgres import on_databases, temporary_database
 from tests.support.scu import send_datasets
 
 ADMIN_TOKEN = "e2e-rollouts-admin-token-0123456789"
@@ -62,14 +62,8 @@ class World:
     database_url: str
 
 
-ON_POSTGRESQL = pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
-ON_BOTH = pytest.mark.parametrize(
-    "database_url",
-    ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-    indirect=True,
-)
+ON_POSTGRESQL = on_databases("database_url", sqlite=False)
+ON_BOTH = on_databases("database_url", sqlite=True)
 
 
 @pytest.fixture

@@ -105,3 +105,12 @@ def truncate_tables(url: str, keep: tuple[str, ...] = ("alembic_version",)) -> N
                     sql.SQL(", ").join(sql.Identifier(name) for name in names)
                 )
             )
+
+
+def on_databases(argname: str, *, sqlite: bool) -> pytest.MarkDecorator:
+    """Parametrize the fixture `argname` (indirectly) with "postgresql", and "sqlite" first
+    when `sqlite`; the fixture builds the database from `request.param`."""
+    postgresql = pytest.param("postgresql", marks=pytest.mark.postgres)
+    return pytest.mark.parametrize(
+        argname, ["sqlite", postgresql] if sqlite else [postgresql], indirect=True
+    )
