@@ -58,9 +58,9 @@ from agent.dicom.engine.pdu import (
     PeerClosed,
     Reader,
     abort_pdu,
-    decode_request,
-    negotiate,
+    accept,
     p_data_pdus,
+    read_request,
     reject_pdu,
     release_response_pdu,
 )
@@ -226,13 +226,12 @@ class Association:
         self._check_length(length)
         pdu = bytes((pdu_type, 0)) + length.to_bytes(4, "big") + reader.read(length)
         try:
-            request = decode_request(pdu)
+            request = read_request(pdu)
         except Exception:  # pynetdicom raises many kinds on items it cannot read
             raise ProtocolError(
                 "an A-ASSOCIATE-RQ that does not decode", _INVALID_PARAMETER
             ) from None
-        calling = str(request.calling_ae_title or "").strip()
-        called = str(request.called_ae_title or "").strip()
+        calling, called = request.calling_ae_title, request.called_ae_title
         self.tally.peer_ae = calling
         refusal = services.access.refusal(calling=calling, called=called, host=self._host)
         slot = None
@@ -249,7 +248,7 @@ class Association:
             self._await_close()
             return None
         try:
-            negotiated = negotiate(request, services.maximum_pdu)
+            negotiated = accept(request, services.maximum_pdu)
         except BaseException:
             services.limit.release(slot)  # type: ignore[arg-type]
             raise
