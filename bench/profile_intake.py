@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Each association has one thread of each role, busy or waiting for the whole send.
         wall_ms = seconds * args.associations / len(files) * 1000
         print(_breakdown(raw.read_text(), wall_ms))
+        if args.stacks is not None:
+            shutil.copyfile(raw, args.stacks)
     except ProcessFailed as exc:
         print(f"profile failed: {exc}", file=sys.stderr)
         return 1
@@ -92,6 +94,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="parent of the temp dir (e.g. /dev/shm)"
+    )
+    parser.add_argument(
+        "--stacks", type=Path, default=None, help="keep py-spy's raw stacks in this file"
     )
     return parser.parse_args(argv)
 
