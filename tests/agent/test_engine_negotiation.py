@@ -16,6 +16,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
+from agent.dicom.engine import pdu as pdu_module
 from agent.dicom.engine.pdu import accept, decode_request, negotiate, read_request
 from agent.dicom.listeners import Listener
 from tests.support.raw_dicom import association_request, connect, read_pdu, rejection
@@ -59,6 +60,20 @@ def test_requests_differing_in_one_field_are_told_apart() -> None:
     assert dict(accept(other_contexts, 16384).abstract_syntaxes) == {1: MRImageStorage}
     assert accept(base, 16384) is not accept(base, 32768)
     assert accept(base, 32768).accept_pdu != accept(base, 16384).accept_pdu
+
+
+def test_a_large_request_is_decoded_and_negotiated_each_time_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    large = association_request(_CONTEXTS, calling="LARGE")
+    monkeypatch.setattr(pdu_module, "_REMEMBERED_REQUEST_BYTES", len(large) - 1)
+    first, again = read_request(large), read_request(large)
+    assert first is not again
+    assert first == again
+    assert accept(first, 16384) is not accept(first, 16384)
+    assert accept(first, 16384) == negotiate(decode_request(large), 16384)
+    monkeypatch.setattr(pdu_module, "_REMEMBERED_REQUEST_BYTES", len(large))
+    assert read_request(large) is read_request(large)
 
 
 def test_a_request_that_does_not_decode_fails_every_time() -> None:

@@ -189,9 +189,12 @@ def release_response_pdu() -> bytes:
 # Distinct A-ASSOCIATE-RQs remembered with their decoding and negotiation. A PACS or scanner
 # sends the same bytes association after association, and decoding plus negotiating Orthanc's
 # 126 presentation contexts costs ~20 ms of CPU: a fifth of the agent's CPU in a C-MOVE of 100
-# instances. Each entry holds a decoded request (tens of KB); a peer that varies its requests
-# only evicts others.
+# instances. Such a request is ~8 KB and its decoding ~100 KB; larger requests are decoded each
+# time, so that whoever can connect (the allowlist is asked after the decoding) cannot make
+# the acceptor hold 16 decoded megabyte-sized requests. A peer that varies its requests only
+# evicts others.
 _REQUESTS_REMEMBERED = 16
+_REMEMBERED_REQUEST_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +211,22 @@ class AssociationRequest:
     primitive: A_ASSOCIATE = field(compare=False, repr=False)
 
 
-@lru_cache(maxsize=_REQUESTS_REMEMBERED)
 def read_request(pdu: bytes) -> AssociationRequest:
     """`decode_request`, remembered for the bytes of recent requests; raises as it does."""
+    if len(pdu) > _REMEMBERED_REQUEST_BYTES:
+        return _read_request(pdu)
+    return _remembered_request(pdu)
+
+
+def accept(request: AssociationRequest, maximum_pdu: int) -> Negotiated:
+    """`negotiate`, remembered for recent requests: the answer depends only on the request's
+    bytes, `maximum_pdu` and the contexts this process supports, which never change."""
+    if len(request.pdu) > _REMEMBERED_REQUEST_BYTES:
+        return negotiate(request.primitive, maximum_pdu)
+    return _remembered_negotiation(request, maximum_pdu)
+
+
+def _read_request(pdu: bytes) -> AssociationRequest:
     primitive = decode_request(pdu)
     return AssociationRequest(
         pdu=pdu,
@@ -220,10 +236,11 @@ def read_request(pdu: bytes) -> AssociationRequest:
     )
 
 
+_remembered_request = lru_cache(maxsize=_REQUESTS_REMEMBERED)(_read_request)
+
+
 @lru_cache(maxsize=_REQUESTS_REMEMBERED)
-def accept(request: AssociationRequest, maximum_pdu: int) -> Negotiated:
-    """`negotiate`, remembered for recent requests: the answer depends only on the request's
-    bytes, `maximum_pdu` and the contexts this process supports, which never change."""
+def _remembered_negotiation(request: AssociationRequest, maximum_pdu: int) -> Negotiated:
     return negotiate(request.primitive, maximum_pdu)
 
 
