@@ -189,7 +189,7 @@ def release_response_pdu() -> bytes:
 # Distinct A-ASSOCIATE-RQs remembered with their decoding and negotiation. A PACS or scanner
 # sends the same bytes association after association, and decoding plus negotiating Orthanc's
 # 126 presentation contexts costs ~20 ms of CPU: a fifth of the agent's CPU in a C-MOVE of 100
-# instances. Such a request is ~8 KB and its decoding ~100 KB; larger requests are decoded each
+# instances. Such a request is ~9 KB and its decoding ~100 KB; larger requests are decoded each
 # time, so that whoever can connect (the allowlist is asked after the decoding) cannot make
 # the acceptor hold 16 decoded megabyte-sized requests. A peer that varies its requests only
 # evicts others.
